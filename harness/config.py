@@ -1,0 +1,212 @@
+"""Scenario configs: typed, frozen, validated once at the edge.
+
+A scenario is `harness/configs/<name>.yaml`. OmegaConf merges it onto the structured config below, so unknown keys and
+wrong types are refused by OmegaConf; the ranges OmegaConf cannot know are checked by `validate`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / 'configs'
+SPATIAL_NAMES = ('x', 'y', 'z')
+PHYSICS = ('burgers',)
+MODEL_KINDS = ('u_net', 'conv_net')
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    resolution: List[int] = field(default_factory=lambda: [32, 32])
+    domain_size: float = 1.0
+    viscosity: float = 0.003
+    dt: float = 0.01
+    n_steps: int = 40
+    noise_scale: float = 0.3
+    noise_smoothness: float = 2.0
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per simulation, the initial frame included."""
+        return self.n_steps + 1
+
+    @property
+    def spatial_dims(self) -> tuple[str, ...]:
+        """Names of the spatial dims, `('x', 'y')` for 2-D."""
+        return SPATIAL_NAMES[:len(self.resolution)]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_sims: int = 8
+    n_val_sims: int = 2
+    rollout_steps: int = 4
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = 'u_net'
+    levels: int = 2
+    filters: int = 16
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    torch_threads: int = 2
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: str = 'burgers'
+    physics: str = 'burgers'
+    seed: int = 42
+    sim: SimConfig = field(default_factory=SimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def train_sims(self) -> list[int]:
+        return list(range(self.data.n_sims))
+
+    @property
+    def val_sims(self) -> list[int]:
+        return list(range(self.data.n_sims, self.data.n_sims + self.data.n_val_sims))
+
+    @property
+    def all_sims(self) -> list[int]:
+        return self.train_sims + self.val_sims
+
+    @property
+    def windows_per_sim(self) -> int:
+        """Sliding windows per simulation: `n_frames - rollout_steps`."""
+        return self.sim.n_frames - self.data.rollout_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_scenarios() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
+
+
+def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
+    """Loads `harness/configs/<scenario>.yaml`, applies `key=value` overrides and validates the result.
+
+    Raises:
+        ConfigError: unknown scenario, malformed YAML, unknown key, wrong type or a value out of range.
+    """
+    path = CONFIG_DIR / f'{scenario}.yaml'
+    if not path.is_file():
+        raise ConfigError(f"unknown scenario {scenario!r}: expected one of {available_scenarios()}")
+    return load_config_file(path, overrides)
+
+
+def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
+    """Like `load_config` for a YAML file anywhere on disk."""
+    for item in overrides:
+        if '=' not in item or item.startswith('='):
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.epochs=3)")
+    try:
+        schema = _schema()
+        from_file = OmegaConf.load(path)
+        merged = OmegaConf.merge(schema, from_file, OmegaConf.from_dotlist(list(overrides)))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path.name} with overrides {list(overrides)}: {_one_line(err)}") from None
+    except Exception as err:  # yaml.YAMLError and friends: malformed file
+        raise ConfigError(f"{path}: not a valid YAML config ({_one_line(err)})") from None
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict) -> ScenarioConfig:
+    """Builds and validates a config from a plain dict (e.g. `summary.json`'s provenance)."""
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(_schema(), OmegaConf.create(values)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+    validate(config)
+    return config
+
+
+def _schema():
+    """The structured schema, unlocked for merging: frozen dataclasses make every node read-only, the result stays frozen."""
+    schema = OmegaConf.structured(ScenarioConfig)
+    _unlock(schema)
+    return schema
+
+
+def _unlock(node) -> None:
+    OmegaConf.set_readonly(node, False)
+    if OmegaConf.is_dict(node):
+        for key in node:
+            child = node._get_node(key)
+            if OmegaConf.is_config(child):
+                _unlock(child)
+
+
+def validate(config: ScenarioConfig) -> None:
+    """Checks the ranges that the types alone cannot express.
+
+    Raises:
+        ConfigError: naming the parameter, its value and what was expected.
+    """
+    sim, data = config.sim, config.data
+    if config.physics not in PHYSICS:
+        raise ConfigError(f"`physics` (={config.physics!r}) must be one of {list(PHYSICS)}")
+    if not 1 <= len(sim.resolution) <= 3:
+        raise ConfigError(f"`sim.resolution` (={list(sim.resolution)}) must have 1, 2 or 3 entries (one per spatial dim)")
+    if min(sim.resolution) < 4:
+        raise ConfigError(f"`sim.resolution` (={list(sim.resolution)}) must be at least 4 cells along every axis")
+    _positive(sim.domain_size, 'sim.domain_size')
+    _positive(sim.dt, 'sim.dt')
+    _positive(sim.noise_scale, 'sim.noise_scale')
+    _positive(sim.noise_smoothness, 'sim.noise_smoothness')
+    if sim.viscosity < 0:
+        raise ConfigError(f"`sim.viscosity` (={sim.viscosity}) must be >= 0")
+    if sim.n_steps < 1:
+        raise ConfigError(f"`sim.n_steps` (={sim.n_steps}) must be >= 1")
+    if data.n_sims < 1:
+        raise ConfigError(f"`data.n_sims` (={data.n_sims}) must be >= 1: there are no training sims")
+    if data.n_val_sims < 0:
+        raise ConfigError(f"`data.n_val_sims` (={data.n_val_sims}) must be >= 0")
+    if not 1 <= data.rollout_steps < sim.n_frames:
+        raise ConfigError(f"`data.rollout_steps` (={data.rollout_steps}) must be >= 1 and smaller than the frames per sim "
+                          f"(`sim.n_steps` + 1 = {sim.n_frames})")
+    if data.batch_size < 1:
+        raise ConfigError(f"`data.batch_size` (={data.batch_size}) must be >= 1")
+    if config.model.kind not in MODEL_KINDS:
+        raise ConfigError(f"`model.kind` (={config.model.kind!r}) must be one of {list(MODEL_KINDS)}")
+    if config.model.levels < 1 or config.model.filters < 1:
+        raise ConfigError(f"`model.levels` (={config.model.levels}) and `model.filters` (={config.model.filters}) must be >= 1")
+    if config.model.kind == 'u_net' and min(sim.resolution) % 2 ** config.model.levels:
+        raise ConfigError(f"`sim.resolution` (={list(sim.resolution)}) must be divisible by 2**`model.levels` "
+                          f"(={2 ** config.model.levels}) for a u_net")
+    _positive(config.trainer.learning_rate, 'trainer.learning_rate')
+    if config.trainer.epochs < 1:
+        raise ConfigError(f"`trainer.epochs` (={config.trainer.epochs}) must be >= 1")
+    if config.trainer.torch_threads < 1:
+        raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
+
+
+def _positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"`{name}` (={value}) must be > 0")
+
+
+def _one_line(err: Exception) -> str:
+    key = getattr(err, 'full_key', None)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(('full_key:', 'object_type=', 'reference_type='))]
+    message = '; '.join(keep or lines)
+    return f"`{key}`: {message}" if key else message

@@ -1,0 +1,93 @@
+"""The legacy pipeline behind the harness's `Pipeline` interface."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from harness.errors import CacheError
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
+from .convert import convert_batch
+from .data_manager import DataManager
+from .dataset import build_window_dataset, plan_indices
+from .trainer import SyntheticTrainer
+
+
+class LegacyPipeline(AbstractPipeline):
+    """`.pt` cache -> `TensorDataset` of windows -> `DataLoader` -> `torch_to_phiml`."""
+    name = 'legacy'
+    file_suffix = '.pt'
+
+    def __init__(self, cache_dir: Path, rollout_steps: int):
+        super().__init__(cache_dir, rollout_steps)
+        self.manager = DataManager(self.cache_dir)
+        self.dataset = None
+        self.keys: list[WindowKey] = []
+        self.field_order: list[str] = []
+        self.field_channels: dict[str, list[str]] = {}
+        self.spatial_dims: tuple[str, ...] = ()
+
+    def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
+        tensor_data, channels = {}, {}
+        for name, field in fields.items():
+            tensor_data[name], channels[name] = self.manager.field_to_tensor(field)
+        spatial = next(iter(fields.values())).values.shape.spatial.names
+        return self.manager.save_cache(sim, tensor_data, {**metadata, 'spatial_dims': list(spatial), 'field_channels': channels})
+
+    def open(self, sims: Sequence[int]) -> None:
+        if not sims:
+            raise CacheError(f"{self.cache_dir}: no sims to open (expected at least one sim index)")
+        loaded = {sim: self.manager.load_cache(sim) for sim in sims}
+        first_sim = sims[0]
+        reference = _signature(loaded[first_sim])
+        for sim, data in loaded.items():
+            if _signature(data) != reference:
+                raise CacheError(f"{self.manager.get_cached_path(sim)}: fields/shape {_signature(data)} differ from "
+                                 f"{self.manager.get_cached_path(first_sim).name} {reference}; one cache must hold sims "
+                                 f"of one resolution and one set of fields")
+        meta = loaded[first_sim]['metadata']
+        if meta['n_frames'] <= self.rollout_steps:
+            raise CacheError(f"{self.manager.get_cached_path(first_sim)}: {meta['n_frames']} frames per sim, but "
+                             f"`rollout_steps` (={self.rollout_steps}) needs more than that")
+        self.field_channels = {k: list(v) for k, v in meta['field_channels'].items()}
+        self.spatial_dims = tuple(meta['spatial_dims'])
+        tensors = {sim: data['tensor_data'] for sim, data in loaded.items()}
+        self.dataset, self.keys, self.field_order = build_window_dataset(tensors, self.rollout_steps)
+        self._index = {key: i for i, key in enumerate(self.keys)}
+
+    def window_keys(self) -> list[WindowKey]:
+        return list(self.keys)
+
+    def data_loader(self, batch_size: int, shuffle: bool = True, *, seed: int, epoch: int = 0) -> DataLoader:
+        """The everyday loader: torch's own shuffling, seeded explicitly from `(seed, epoch)`."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        return DataLoader(self._require_open(), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
+        sampler = self.data_loader(batch_size, seed=seed, epoch=epoch).batch_sampler
+        return [[self.keys[i] for i in indices] for indices in sampler]
+
+    def load_batches(self, plan: BatchPlan) -> Iterator[tuple]:
+        loader = DataLoader(self._require_open(), batch_sampler=plan_indices(plan.batches, self._index))
+        yield from loader
+
+    def to_phiml(self, raw: Sequence[torch.Tensor]) -> Batch:
+        return convert_batch(raw, self.field_order, self.field_channels, self.spatial_dims)
+
+    def trainer(self, network, optimizer) -> SyntheticTrainer:
+        return SyntheticTrainer(network, optimizer, self.field_order, self.field_channels, self.spatial_dims)
+
+    def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
+        trainer = self.trainer(network, optimizer)
+        return [trainer.train_batch(raw) for plan in plans for raw in self.load_batches(plan)]
+
+    def _require_open(self):
+        if self.dataset is None:
+            raise RuntimeError("LegacyPipeline.open(sims) must be called before loading batches")
+        return self.dataset
+
+
+def _signature(data: dict) -> tuple:
+    return tuple((name, tuple(t.shape)) for name, t in sorted(data['tensor_data'].items()))

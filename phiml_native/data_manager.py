@@ -1,0 +1,119 @@
+"""The PhiML-native cache: one `phiml.math.save` file per simulation, tensors with named dims `time, x, y, vector`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from phiml import math
+from phiml.math import Tensor, batch, channel, spatial
+
+from harness.atomic import atomic_path
+from harness.errors import CacheError
+from .npz import read_phiml_npz
+
+logger = logging.getLogger(__name__)
+REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
+
+
+class PhiMLDataManager:
+    """Writes and reads the native `.npz` cache; files stay readable by `phiml.math.load`.
+
+    Each file holds `{field_name: Tensor(time, *spatial, [vector]), 'metadata': {...}}`.
+
+    Args:
+        cache_dir: Folder of the `sim_XXXXXX.npz` files.
+    """
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+
+    def get_cached_path(self, sim_index: int) -> Path:
+        return self.cache_dir / f"sim_{sim_index:06d}.npz"
+
+    @staticmethod
+    def field_to_phiml_tensor(field, field_name: str) -> Tensor:
+        """The values of a PhiFlow field as a float32 numpy-backed tensor with canonical dims.
+
+        Returns:
+            Tensor with dims `time` (batch), the spatial dims in order (spatial) and, for a vector field, `vector`
+            (channel, item names = spatial dim names), in exactly that order.
+        """
+        values = field.values
+        if 'time' not in values.shape:
+            raise ValueError(f"field {field_name!r} has no `time` dim (dims {values.shape.names}); expected a trajectory")
+        spatial_names = values.shape.spatial.names
+        order = ['time', *spatial_names]
+        dims = [batch(time=values.shape.get_size('time')), spatial(**{n: values.shape.get_size(n) for n in spatial_names})]
+        if values.shape.channel:
+            items = values.shape.channel.item_names[0] or spatial_names
+            order.append(values.shape.channel.name)
+            dims.append(channel(vector=tuple(items)))
+        extra = values.shape.without(order)
+        if extra:
+            raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")
+        native = np.ascontiguousarray(values.numpy(order), dtype=np.float32)
+        return math.wrap(native, *dims)
+
+    def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
+        """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`."""
+        path = self.get_cached_path(sim_index)
+        with atomic_path(path, '.npz') as tmp:
+            math.save(str(tmp), dict(data))
+        return path
+
+    def load_cache(self, sim_index: int, mmap: bool = False) -> dict[str, Any]:
+        """Loads one sim's cache without unpickling code, and validates it.
+
+        Raises:
+            CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
+        """
+        path = self.get_cached_path(sim_index)
+        if not path.is_file():
+            raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
+        data = read_phiml_npz(path, mmap=mmap)
+        validate_native(path, data)
+        return data
+
+
+def validate_native(path: Path, data: Any) -> None:
+    """Checks one loaded cache against the data contract.
+
+    Raises:
+        CacheError: naming `path`, what was found and what was expected.
+    """
+    if not isinstance(data, dict) or 'metadata' not in data:
+        raise CacheError(f"{path}: expected a dict with 'metadata' and one tensor per field, "
+                         f"found {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    meta = data['metadata']
+    missing = [k for k in REQUIRED_METADATA if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CacheError(f"{path}: metadata lacks {missing} (expected keys {list(REQUIRED_METADATA)})")
+    for name in meta['fields']:
+        if name not in data:
+            raise CacheError(f"{path}: field {name!r} listed in metadata is missing (found {sorted(k for k in data if k != 'metadata')})")
+        t = data[name]
+        if not isinstance(t, Tensor):
+            raise CacheError(f"{path}: field {name!r} is a {type(t).__name__}, expected a PhiML tensor")
+        shape = t.shape
+        spatial_names = shape.spatial.names
+        expected = ('time', *spatial_names) + (('vector',) if shape.channel else ())
+        if shape.names != expected or not shape.spatial or shape.batch.names != ('time',) \
+                or shape.channel.names not in ((), ('vector',)) or shape.instance or shape.dual:
+            raise CacheError(f"{path}: field {name!r} has dims {_describe(shape)}, expected time (batch), spatial dims "
+                             f"x[, y[, z]], [vector (channel)] in that order")
+        if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
+            raise CacheError(f"{path}: field {name!r} has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}")
+        if shape.channel and tuple(shape.channel.item_names[0] or ()) != spatial_names:
+            raise CacheError(f"{path}: field {name!r} has vector item names {shape.channel.item_names[0]}, "
+                             f"expected {spatial_names}")
+        if shape.get_size('time') != meta['n_frames']:
+            raise CacheError(f"{path}: field {name!r} has {shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}")
+        if t.dtype != math.DType(float, 32):
+            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected float32")
+
+
+def _describe(shape) -> str:
+    return '(' + ', '.join(f"{d.name} ({d.dim_type.__name__ if hasattr(d.dim_type, '__name__') else d.dim_type})"
+                           for d in shape) + ')'

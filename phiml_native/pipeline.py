@@ -1,0 +1,51 @@
+"""The PhiML-native pipeline behind the harness's `Pipeline` interface."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from harness.errors import CacheError
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
+from .data_manager import PhiMLDataManager
+from .dataset import PhiMLDataset
+from .trainer import PhiMLSyntheticTrainer
+
+
+class NativePipeline(AbstractPipeline):
+    """`.npz` cache -> `PhiMLDataset` -> PhiML batches; `to_phiml` is the identity."""
+    name = 'phiml'
+    file_suffix = '.npz'
+
+    def __init__(self, cache_dir: Path, rollout_steps: int):
+        super().__init__(cache_dir, rollout_steps)
+        self.manager = PhiMLDataManager(self.cache_dir)
+        self.dataset: PhiMLDataset | None = None
+
+    def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
+        data = {name: self.manager.field_to_phiml_tensor(field, name) for name, field in fields.items()}
+        return self.manager.save_cache(sim, {**data, 'metadata': dict(metadata)})
+
+    def open(self, sims: Sequence[int]) -> None:
+        self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps)
+
+    def window_keys(self) -> list[WindowKey]:
+        return self._require_open().window_keys()
+
+    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
+        keys = self._require_open().epoch_order(seed=seed, epoch=epoch)
+        return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+
+    def load_batches(self, plan: BatchPlan) -> Iterator[Batch]:
+        return self._require_open().iterate_plan(plan)
+
+    def to_phiml(self, raw: Batch) -> Batch:
+        return raw
+
+    def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
+        trainer = PhiMLSyntheticTrainer(network, optimizer, batch_size=1, seed=0)
+        return [loss for plan in plans for loss in trainer.train_batches(self.load_batches(plan))]
+
+    def _require_open(self) -> PhiMLDataset:
+        if self.dataset is None:
+            raise RuntimeError("NativePipeline.open(sims) must be called before loading batches")
+        return self.dataset

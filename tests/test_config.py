@@ -1,0 +1,50 @@
+import dataclasses
+
+import pytest
+
+from harness.config import available_scenarios, load_config
+from harness.errors import ConfigError
+
+
+def test_burgers_defaults():
+    config = load_config('burgers')
+    assert config.sim.resolution == [32, 32]
+    assert config.sim.n_frames == config.sim.n_steps + 1
+    assert config.windows_per_sim == config.sim.n_frames - config.data.rollout_steps
+    assert config.train_sims == list(range(config.data.n_sims))
+    assert config.val_sims == list(range(config.data.n_sims, config.data.n_sims + config.data.n_val_sims))
+    assert 'burgers' in available_scenarios()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_config('burgers').seed = 1
+
+
+def test_overrides_applied():
+    config = load_config('burgers', ['trainer.epochs=5', 'data.n_sims=3', 'sim.resolution=[64]'])
+    assert (config.trainer.epochs, config.data.n_sims, config.sim.resolution) == (5, 3, [64])
+    assert config.sim.spatial_dims == ('x',)
+
+
+@pytest.mark.parametrize('override, words', [
+    ('data.rollout_steps=41', '`data.rollout_steps` (=41)'),
+    ('data.batch_size=0', '`data.batch_size` (=0)'),
+    ('sim.resolution=[2,2]', '`sim.resolution` (=[2, 2])'),
+    ('data.n_sims=0', '`data.n_sims` (=0)'),
+    ('sim.resolution=[8,8,8,8]', '1, 2 or 3 entries'),
+    ('model.kind=mlp', '`model.kind`'),
+    ('data.unknown=1', 'data.unknown'),
+    ('data.batch_size=abc', 'data.batch_size'),
+    ('seed=1.5', 'seed'),
+    ('novalue', 'key=value'),
+])
+def test_bad_values_named(override, words):
+    with pytest.raises(ConfigError) as info:
+        load_config('burgers', [override])
+    assert words in str(info.value)
+
+
+def test_unknown_scenario():
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'.*burgers"):
+        load_config('nope')

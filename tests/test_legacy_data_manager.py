@@ -1,0 +1,92 @@
+import shutil
+
+import pytest
+import torch
+
+from harness.errors import CacheError
+from legacy import DataManager, LegacyPipeline, phiml_to_torch, torch_to_phiml
+
+
+def test_round_trip(cache_dirs, tiny_sim, tiny_config):
+    data = DataManager(cache_dirs['legacy']).load_cache(1)
+    tensor = data['tensor_data']['velocity']
+    assert tensor.dtype == torch.float32
+    assert tuple(tensor.shape) == (2, tiny_config.sim.n_frames, 16, 16)
+    assert data['metadata']['sim_index'] == 1
+    assert data['metadata']['field_channels'] == {'velocity': ['x', 'y']}
+    assert data['metadata']['spatial_dims'] == ['x', 'y']
+    assert data['metadata']['seed'] == tiny_config.seed
+    source = tiny_sim.sim_fields(1)['velocity'].values.native(['vector', 'time', 'x', 'y'])
+    assert torch.equal(tensor, source)
+
+
+def test_layout_mapping(cache_dirs, tiny_sim):
+    """tensor[c, t, i, j] == values[vector=c, time=t, x=i, y=j] (H is x, W is y)."""
+    tensor = DataManager(cache_dirs['legacy']).load_cache(2)['tensor_data']['velocity']
+    values = tiny_sim.sim_fields(2)['velocity'].values
+    for c, t, i, j in [(0, 0, 0, 0), (1, 3, 5, 11), (0, 8, 15, 2), (1, 1, 2, 15)]:
+        expected = values[{'vector': c, 'time': t, 'x': i, 'y': j}].native()
+        assert tensor[c, t, i, j].item() == expected.item()
+    # x and y are distinguishable: the layout is not accidentally symmetric
+    assert not torch.equal(tensor, tensor.transpose(2, 3))
+
+
+def test_cached_path():
+    assert DataManager('somewhere').get_cached_path(12).name == 'sim_000012.pt'
+
+
+def test_conversion_round_trip():
+    raw = torch.arange(2 * 3 * 2 * 4 * 5, dtype=torch.float32).reshape(2, 3, 2, 4, 5)
+    t = torch_to_phiml(raw, ('x', 'y'), ['x', 'y'], has_time=True)
+    assert t.shape.names == ('batch', 'time', 'x', 'y', 'vector')
+    assert t[{'batch': 1, 'time': 2, 'vector': 1, 'x': 3, 'y': 4}].native().item() == raw[1, 2, 1, 3, 4].item()
+    assert torch.equal(phiml_to_torch(t, has_time=True), raw)
+
+
+def _broken_copy(cache_dirs, tmp_path, mutate):
+    target = tmp_path / 'legacy'
+    shutil.copytree(cache_dirs['legacy'], target)
+    path = target / 'sim_000000.pt'
+    data = torch.load(path, weights_only=True)
+    mutate(data)
+    torch.save(data, path)
+    return target, path
+
+
+@pytest.mark.parametrize('mutate, words', [
+    (lambda d: d['tensor_data'].pop('velocity'), "tensor_data holds fields [], expected ['velocity']"),
+    (lambda d: d['metadata'].pop('n_frames'), "metadata lacks ['n_frames']"),
+    (lambda d: d.pop('metadata'), "expected a dict with keys 'tensor_data' and 'metadata'"),
+    (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'].transpose(0, 1).contiguous()),
+     "expected C=2 channels first"),
+    (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'][0]), "expected [C, T, x, y]"),
+    (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'].double()), "dtype torch.float64"),
+], ids=['missing-field', 'missing-metadata', 'no-metadata', 'time-first', 'no-channel', 'float64'])
+def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
+    folder, path = _broken_copy(cache_dirs, tmp_path, mutate)
+    pipeline = LegacyPipeline(folder, tiny_config.data.rollout_steps)
+    with pytest.raises(CacheError) as info:
+        pipeline.open([0, 1])
+    assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_missing_and_garbage_files(cache_dirs, tmp_path):
+    manager = DataManager(tmp_path)
+    with pytest.raises(CacheError, match='sim_000004.pt: cache file missing'):
+        manager.load_cache(4)
+    (tmp_path / 'sim_000004.pt').write_bytes(b'not a torch file')
+    with pytest.raises(CacheError, match='not a readable torch file'):
+        manager.load_cache(4)
+
+
+def test_unsafe_payload_not_executed(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    torch.save({'tensor_data': {}, 'metadata': Payload()}, tmp_path / 'sim_000000.pt')
+    with pytest.raises(CacheError, match='refused to load'):
+        DataManager(tmp_path).load_cache(0)
+    assert not marker.exists()

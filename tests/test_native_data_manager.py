@@ -1,0 +1,111 @@
+import pickle
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from phiml import math
+from phiml.math import batch, channel, spatial
+
+from harness.errors import CacheError
+from phiml_native import NativePipeline, PhiMLDataManager, read_phiml_npz
+
+
+def test_round_trip(cache_dirs, tiny_sim, tiny_config):
+    data = PhiMLDataManager(cache_dirs['phiml']).load_cache(1)
+    v = data['velocity']
+    assert v.shape.names == ('time', 'x', 'y', 'vector')
+    assert v.shape.dim_types == (batch, spatial, spatial, channel) or \
+        [d.dim_type for d in v.shape] == [d.dim_type for d in (batch(time=1) & spatial(x=1, y=1) & channel(vector='x,y'))]
+    assert v.shape.get_item_names('vector') == ('x', 'y')
+    assert v.shape.sizes == (tiny_config.sim.n_frames, 16, 16, 2)
+    assert v.dtype == math.DType(float, 32)
+    source = tiny_sim.sim_fields(1)['velocity'].values.numpy(['time', 'x', 'y', 'vector'])
+    assert np.array_equal(v.numpy(['time', 'x', 'y', 'vector']), source)
+    assert data['metadata'] == tiny_sim.metadata(1)
+
+
+def test_dim_types(cache_dirs):
+    v = PhiMLDataManager(cache_dirs['phiml']).load_cache(0)['velocity']
+    assert v.shape.batch.names == ('time',)
+    assert v.shape.spatial.names == ('x', 'y')
+    assert v.shape.channel.names == ('vector',)
+
+
+def test_files_stay_readable_by_phiml_load(cache_dirs):
+    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0)
+    by_phiml = math.load(str(path))
+    ours = read_phiml_npz(path)
+    assert by_phiml['velocity'].shape == ours['velocity'].shape
+    assert np.array_equal(by_phiml['velocity'].numpy('time,x,y,vector'), ours['velocity'].numpy('time,x,y,vector'))
+    assert by_phiml['metadata'] == ours['metadata']
+
+
+def test_mmap_read_matches(cache_dirs):
+    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(2)
+    a, b = read_phiml_npz(path), read_phiml_npz(path, mmap=True)
+    assert np.array_equal(a['velocity'].numpy('time,x,y,vector'), b['velocity'].numpy('time,x,y,vector'))
+
+
+def test_cached_path():
+    assert PhiMLDataManager('somewhere').get_cached_path(7).name == 'sim_000007.npz'
+
+
+def _rewrite(cache_dirs, tmp_path, mutate):
+    target = tmp_path / 'phiml'
+    shutil.copytree(cache_dirs['phiml'], target)
+    path = target / 'sim_000000.npz'
+    data = math.load(str(path))
+    math.save(str(path), mutate(data))
+    return target, path
+
+
+@pytest.mark.parametrize('mutate, words', [
+    (lambda d: {'metadata': d['metadata']}, "field 'velocity' listed in metadata is missing"),
+    (lambda d: {'velocity': d['velocity']}, "expected a dict with 'metadata'"),
+    (lambda d: {**d, 'metadata': {k: v for k, v in d['metadata'].items() if k != 'n_frames'}}, "metadata lacks ['n_frames']"),
+    (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'time', spatial('time'))}, "has dims"),
+    (lambda d: {**d, 'velocity': math.transpose(d['velocity'], ['x', 'time', 'y', 'vector'])
+                if hasattr(math, 'transpose') else d['velocity'].time[0]}, "has dims"),
+    (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'vector', channel(vector='y,x'))}, "vector item names"),
+    (lambda d: {**d, 'velocity': math.wrap(d['velocity'].numpy('time,x,y,vector').astype(np.float64), d['velocity'].shape)},
+     "dtype float64, expected float32"),
+], ids=['missing-field', 'no-metadata', 'missing-metadata', 'time-spatial', 'time-missing', 'swapped-items', 'float64'])
+def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
+    folder, path = _rewrite(cache_dirs, tmp_path, mutate)
+    with pytest.raises(CacheError) as info:
+        NativePipeline(folder, tiny_config.data.rollout_steps).open([0, 1])
+    assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_missing_and_garbage_files(tmp_path):
+    manager = PhiMLDataManager(tmp_path)
+    with pytest.raises(CacheError, match='sim_000003.npz: cache file missing'):
+        manager.load_cache(3)
+    (tmp_path / 'sim_000003.npz').write_bytes(b'garbage')
+    with pytest.raises(CacheError, match='not a readable .npz file'):
+        manager.load_cache(3)
+
+
+def test_crafted_pickle_not_executed(cache_dirs, tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    path = tmp_path / 'sim_000000.npz'
+    np.savez(path, tree=np.asarray({'tree': Payload()}, dtype=object), specs=np.asarray([], dtype=object),
+             paths=np.asarray([], dtype=str))
+    assert not marker.exists()
+    with pytest.raises(CacheError, match="refused to unpickle member 'tree.npy': global 'io.open' is not allowed"):
+        PhiMLDataManager(tmp_path).load_cache(0)
+    assert not marker.exists()
+
+
+def test_truncated_file(cache_dirs, tmp_path):
+    path = tmp_path / 'sim_000000.npz'
+    data = (cache_dirs['phiml'] / 'sim_000000.npz').read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CacheError, match=str(path)):
+        PhiMLDataManager(tmp_path).load_cache(0)
