@@ -65,6 +65,18 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Thresholds of the go / no-go verdict and how the harness measures."""
+    tier: str = 'identical'          # batch equality: identical (bitwise) | equal (NaN == NaN) | close
+    rtol: float = 0.0                # used by tier=close
+    atol: float = 0.0                # used by tier=close
+    loss_rtol: float = 1e-5          # max relative difference of the two loss curves
+    min_speedup: float = 0.9         # legacy_s / native_s below this fails (batch loading, train step)
+    timing_repeats: int = 5
+    timing_warmup: int = 1
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -73,6 +85,7 @@ class ScenarioConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     @property
     def train_sims(self) -> list[int]:
@@ -195,6 +208,15 @@ def validate(config: ScenarioConfig) -> None:
     _positive(config.trainer.learning_rate, 'trainer.learning_rate')
     if config.trainer.epochs < 1:
         raise ConfigError(f"`trainer.epochs` (={config.trainer.epochs}) must be >= 1")
+    cmp = config.compare
+    if cmp.tier not in ('identical', 'equal', 'close'):
+        raise ConfigError(f"`compare.tier` (={cmp.tier!r}) must be one of ['identical', 'equal', 'close']")
+    if cmp.rtol < 0 or cmp.atol < 0 or cmp.loss_rtol < 0:
+        raise ConfigError(f"`compare.rtol` (={cmp.rtol}), `compare.atol` (={cmp.atol}) and `compare.loss_rtol` "
+                          f"(={cmp.loss_rtol}) must be >= 0")
+    if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
+        raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
+                          f"(={cmp.timing_warmup}) >= 0")
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
 
