@@ -77,6 +77,15 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """What the data health scan (`harness.health`) lets through before training."""
+    max_abs_value: float = 100.0     # any |value| above this is a finding
+    allow_nonfinite: bool = False    # NaN / Inf frames
+    allow_constant: bool = False     # frames with the same value in every cell
+    allow_repeated: bool = False     # frames equal to the one before
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -86,6 +95,7 @@ class ScenarioConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def train_sims(self) -> list[int]:
@@ -219,6 +229,7 @@ def validate(config: ScenarioConfig) -> None:
                           f"(={cmp.timing_warmup}) >= 0")
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
+    _positive(config.health.max_abs_value, 'health.max_abs_value')
 
 
 def _positive(value: float, name: str) -> None:
