@@ -1,0 +1,37 @@
+"""What every command-line entry point shares: one-line errors with exit code 2, and logging set-up."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from .errors import HarnessError
+
+USAGE_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+
+
+def guarded(main: Callable[[Sequence[str] | None], int], prog: str, argv: Sequence[str] | None = None) -> int:
+    """Runs `main(argv)`; a `HarnessError` or an OS error on a user-given path becomes one line and exit code 2."""
+    try:
+        return main(argv)
+    except HarnessError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+    except OSError as err:
+        where = f" {err.filename!r}" if err.filename else ''
+        print(f"{prog}: error: cannot use{where}: {err.strerror or err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return USAGE_ERROR

@@ -1,0 +1,203 @@
+"""`python -m harness.compare SCENARIO [key=value ...]`: run both pipelines on the same simulations and seeds,
+diff every batch, time every stage, train the same model with both, and write the report that decides the default.
+
+Exit code: 0 when the verdict is go, 1 when no-go, 2 for bad usage or a bad config.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import model
+from .cache import write_cache
+from .cli import OneLineParser, guarded, setup_logging
+from .config import ScenarioConfig, load_config
+from .diff import Tolerance
+from .equivalence import compare_pipelines
+from .errors import HarnessError
+from .identify import FrameIndex
+from .parity import train_both
+from .pipeline import BatchPlan, WindowKey
+from .plan import make_plans
+from .provenance import provenance
+from .report import write_report
+from .simulate import simulate
+from .timing import time_stages
+from .verdict import coverage_check, equivalence_check, speed_check, training_check, verdict, window_keys_check
+
+logger = logging.getLogger(__name__)
+PROG = 'python -m harness.compare'
+QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
+         'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
+    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
+    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
+    parser.add_argument('--cache-dir', type=Path, help="cache folder (default: <out>/cache)")
+    parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
+    parser.add_argument('--no-progress', action='store_true', help="no progress bars")
+    parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_intermixed_args(argv)
+    setup_logging(args.verbose)
+    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    out = args.out or Path('reports') / config.name
+    overrides = [*(['--quick'] if args.quick else []), *args.overrides]
+    summary = run_compare(config, out, args.cache_dir, progress=not args.no_progress, overrides=overrides)
+    print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
+          f"checks passed) in {summary['durations']['total_s']:.1f} s")
+    for check in summary['checks']:
+        if not check['passed']:
+            print(f"  FAILED {check['name']}: {check['detail']}")
+    print(f"report: {(out / 'index.html').resolve()}")
+    return 0 if summary['verdict'] == 'go' else 1
+
+
+def prepare_output(out: Path) -> None:
+    """Creates `out` and proves it writable before any work is done.
+
+    Raises:
+        HarnessError: naming the folder when it cannot be created or written.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / '.write-test'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as err:
+        raise HarnessError(f"output folder {str(out)!r} cannot be written: {err.strerror or err}") from None
+
+
+def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *, legacy_cls=None, native_cls=None,
+                progress: bool = True, overrides: Sequence[str] = ()) -> dict:
+    """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
+
+    Args:
+        legacy_cls, native_cls: Pipeline classes (default: `LegacyPipeline`, `NativePipeline`); tests pass doubles.
+    """
+    from legacy import LegacyPipeline
+    from phiml_native import NativePipeline
+    legacy_cls, native_cls = legacy_cls or LegacyPipeline, native_cls or NativePipeline
+    out = Path(out)
+    prepare_output(out)
+    cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
+    _seed_everything(config)
+    durations = {}
+    start = time.perf_counter()
+    r, cmp = config.data.rollout_steps, config.compare
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=desc, disable=not progress, leave=False, file=sys.stderr)
+
+    with bar(config.sim.n_steps, 'simulate') as b:
+        simulation = simulate(config, b.update)
+    durations['simulate_s'] = time.perf_counter() - start
+
+    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
+    for pipeline in (legacy, native):
+        shutil.rmtree(pipeline.cache_dir, ignore_errors=True)
+    t = time.perf_counter()
+    with bar(2 * len(config.all_sims), 'write caches') as b:
+        for pipeline in (legacy, native):
+            write_cache(pipeline, simulation, config.all_sims, b.update)
+    durations['write_s'] = time.perf_counter() - t
+    for pipeline in (legacy, native):
+        pipeline.open(config.train_sims)
+
+    expected_keys = [WindowKey(s, t0) for s in config.train_sims for t0 in range(config.windows_per_sim)]
+    plans = make_plans(expected_keys, config.data.batch_size, seed=config.seed, epochs=config.trainer.epochs)
+    t = time.perf_counter()
+    with bar(sum(len(p) for p in plans), 'load + compare batches') as b:
+        equivalence = compare_pipelines(legacy, native, plans, Tolerance(cmp.tier, cmp.rtol, cmp.atol),
+                                        FrameIndex(simulation, config.train_sims), b.update)
+    durations['compare_s'] = time.perf_counter() - t
+
+    network = model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=config.seed)
+    t = time.perf_counter()
+    with bar(cmp.timing_warmup + cmp.timing_repeats, 'time stages') as b:
+        timings = time_stages(legacy, native, simulation, plans[0], config.train_sims, network,
+                              config.trainer.learning_rate, cache_dir / 'timing', repeats=cmp.timing_repeats,
+                              warmup=cmp.timing_warmup, progress=b.update)
+    durations['timing_s'] = time.perf_counter() - t
+
+    val = None
+    if config.val_sims:
+        val_legacy, val_native = legacy_cls(legacy.cache_dir, r), native_cls(native.cache_dir, r)
+        val_legacy.open(config.val_sims)
+        val_native.open(config.val_sims)
+        val_keys = [WindowKey(s, t0) for s in config.val_sims for t0 in range(config.windows_per_sim)]
+        b_size = config.data.batch_size
+        val_plan = BatchPlan(config.seed, -1, tuple(tuple(val_keys[i:i + b_size]) for i in range(0, len(val_keys), b_size)))
+        val = (val_legacy, val_native, val_plan)
+    t = time.perf_counter()
+    with bar(2 * sum(len(p) for p in plans), 'train') as b:
+        training = train_both(legacy, native, plans, network, config.trainer.learning_rate, val,
+                              loss_rtol=cmp.loss_rtol, progress=b.update)
+    durations['train_s'] = time.perf_counter() - t
+
+    checks = [
+        window_keys_check(expected_keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
+        equivalence_check(equivalence, config),
+        coverage_check(equivalence),
+        training_check(training),
+        speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
+        speed_check(timings, 'step', 'train step', cmp.min_speedup),
+    ]
+    durations['total_s'] = time.perf_counter() - start
+    summary = {
+        'scenario': config.name,
+        'verdict': verdict(checks),
+        'checks': [c.to_dict() for c in checks],
+        'equivalence': {
+            'batches_compared': equivalence.batches_compared, 'elements_compared': equivalence.elements_compared,
+            'max_abs_diff': equivalence.max_abs_diff, 'max_rel_diff': equivalence.max_rel_diff,
+            'identical': equivalence.identical, 'failed_batches': equivalence.failed_batches,
+            'tolerance': {'tier': cmp.tier, 'rtol': cmp.rtol, 'atol': cmp.atol},
+            'batch_count_errors': equivalence.batch_count_errors,
+            'failures': [f.describe() for f in equivalence.failures],
+            'per_tensor': equivalence.per_tensor,
+            'coverage': [{'pipeline': c.pipeline, 'epoch': c.epoch, 'expected': c.expected, 'delivered': c.delivered,
+                          'passed': c.passed, 'detail': c.describe()} for c in equivalence.coverage],
+        },
+        'training': training.to_dict(),
+        'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
+        'provenance': {**provenance(config), 'overrides': list(overrides)},
+        'durations': durations,
+    }
+    write_report(out, summary)
+    logger.info("report written to %s", out)
+    return summary
+
+
+def _channels(simulation) -> int:
+    total = 0
+    for field in simulation.fields.values():
+        total += field.values.shape.channel.volume if field.values.shape.channel else 1
+    return total
+
+
+def _seed_everything(config: ScenarioConfig) -> None:
+    """Fixes what could leak nondeterminism into the run; every seed is also passed explicitly where it is used."""
+    torch.set_num_threads(config.trainer.torch_threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2 ** 32)
+    torch.manual_seed(config.seed)
+
+
+if __name__ == '__main__':
+    sys.exit(guarded(main, PROG))

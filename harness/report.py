@@ -1,0 +1,90 @@
+"""Writes a compare run's report: `summary.json`, `loss_curves.png`, `timings.png` and `index.html`."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import jinja2
+import markupsafe
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+from .timing import STAGE_TITLES  # noqa: E402
+
+logger = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).parent / 'templates'
+
+
+def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (), worst_frame: str | None = None) -> Path:
+    """Writes all report files into `out_dir`; returns the path of `index.html`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_losses(summary['training'], out_dir / 'loss_curves.png')
+    plot_timings(summary['performance'], out_dir / 'timings.png')
+    with atomic_path(out_dir / 'summary.json', '.json') as tmp:
+        tmp.write_text(json.dumps(_finite(summary), indent=2))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.get_template('report.html.j2').render(
+        s=summary, failed=[c for c in summary['checks'] if not c['passed']], titles=STAGE_TITLES,
+        sections=[markupsafe.Markup(s) for s in extra_sections], worst_frame=worst_frame,
+        provenance_json=json.dumps(summary['provenance'], indent=2))
+    index = out_dir / 'index.html'
+    with atomic_path(index, '.html') as tmp:
+        tmp.write_text(html)
+    return index
+
+
+def _finite(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def plot_losses(training: dict, path: Path) -> None:
+    legacy, native = training['legacy_losses'], training['native_losses']
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={'height_ratios': [3, 1.4]})
+    top.plot(legacy, label='legacy (.pt + DataLoader + torch_to_phiml)', lw=2.5, alpha=.6)
+    top.plot(native, '--', label='native (.npz + PhiMLDataset)', lw=1.2)
+    top.set_yscale('log')
+    top.set_ylabel('training loss')
+    top.legend()
+    top.set_title('Training loss per step, same initial weights and batch plans')
+    diff = [n - l for l, n in zip(legacy, native)]
+    bottom.plot(diff, color='tab:red')
+    bottom.axhline(0, color='k', lw=.5)
+    bottom.set_ylabel('native − legacy')
+    bottom.set_xlabel('step')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timings(performance: dict, path: Path) -> None:
+    stages = list(performance)
+    legacy = [performance[s]['legacy_s'] * 1e3 for s in stages]
+    native = [performance[s]['native_s'] * 1e3 for s in stages]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = range(len(stages))
+    ax.bar([i - .2 for i in x], legacy, .4, label='legacy')
+    ax.bar([i + .2 for i in x], native, .4, label='native')
+    for i, s in enumerate(stages):
+        ax.annotate(f"{performance[s]['speedup']:.2f}×", (i, max(legacy[i], native[i])), ha='center', va='bottom', fontsize=8)
+    ax.set_xticks(list(x), [STAGE_TITLES.get(s, s) for s in stages], rotation=15, fontsize=8)
+    ax.set_yscale('log')
+    ax.set_ylabel('median time [ms] (log)')
+    ax.set_title('Per-stage time; label = speedup (legacy / native)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

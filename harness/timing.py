@@ -1,0 +1,98 @@
+"""Per-stage timing of both pipelines, interleaved in one process so that machine noise hits both alike.
+
+Stages: `write` (cache of all sims), `read` (a fresh pipeline opening the training sims), `iterate` (one epoch of
+`load_batches`), `convert` (`to_phiml` of one epoch of raw batches), `step` (one training step on one batch).
+Each repetition runs legacy then native, or native then legacy on odd repetitions; warm-up repetitions are dropped.
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import model
+from .cache import write_cache
+from .pipeline import AbstractPipeline, BatchPlan
+from .simulate import Simulation
+
+STAGES = ('write', 'read', 'iterate', 'convert', 'step')
+STAGE_TITLES = {'write': 'cache write', 'read': 'cache read', 'iterate': 'batch loading (1 epoch)',
+                'convert': 'conversion to PhiML (1 epoch)', 'step': 'train step'}
+
+
+@dataclass
+class StageTiming:
+    """Seconds per repetition of one stage; `speedup` = legacy / native (> 1: native is faster)."""
+    stage: str
+    legacy: list[float] = field(default_factory=list)
+    native: list[float] = field(default_factory=list)
+
+    @property
+    def legacy_s(self) -> float:
+        return statistics.median(self.legacy)
+
+    @property
+    def native_s(self) -> float:
+        return statistics.median(self.native)
+
+    @property
+    def speedup(self) -> float:
+        return self.legacy_s / self.native_s if self.native_s > 0 else float('inf')
+
+    def to_dict(self) -> dict:
+        return {'legacy_s': self.legacy_s, 'native_s': self.native_s, 'speedup': self.speedup,
+                'repeats': len(self.legacy)}
+
+
+def _timed(f: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def time_stages(legacy: AbstractPipeline, native: AbstractPipeline, simulation: Simulation, plan: BatchPlan,
+                sims: Sequence[int], network, learning_rate: float, scratch: Path, *, repeats: int, warmup: int,
+                progress: Callable[[int], None] | None = None) -> dict[str, StageTiming]:
+    """Times every stage of both pipelines (already opened on `sims` and written to their caches).
+
+    Args:
+        plan: The epoch whose batches are loaded, converted, and whose first batch is trained on.
+        network: Copied for the train steps; never modified.
+        scratch: Folder for the timed cache writes (removed afterwards).
+    """
+    timings = {stage: StageTiming(stage) for stage in STAGES}
+    pipelines = (legacy, native)
+    raw = {p.name: list(p.load_batches(plan)) for p in pipelines}
+    converted = {p.name: p.to_phiml(raw[p.name][0]) for p in pipelines}
+    nets = {p.name: model.clone_network(network) for p in pipelines}
+    optimizers = {name: model.make_optimizer(net, learning_rate) for name, net in nets.items()}
+    try:
+        for rep in range(warmup + repeats):
+            order = pipelines if rep % 2 == 0 else pipelines[::-1]
+            for p in order:
+                target = 'legacy' if p is legacy else 'native'
+                samples = {
+                    'write': _time_write(p, simulation, scratch / f'{p.name}-{rep}'),
+                    'read': _timed(lambda: type(p)(p.cache_dir, p.rollout_steps).open(sims)),
+                    'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
+                    'convert': _timed(lambda: [p.to_phiml(r) for r in raw[p.name]]),
+                    'step': _timed(lambda: model.train_step(nets[p.name], optimizers[p.name], converted[p.name])),
+                }
+                if rep >= warmup:
+                    for stage, seconds in samples.items():
+                        getattr(timings[stage], target).append(seconds)
+            if progress:
+                progress(1)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return timings
+
+
+def _time_write(pipeline: AbstractPipeline, simulation: Simulation, folder: Path) -> float:
+    fresh = type(pipeline)(folder, pipeline.rollout_steps)
+    seconds = _timed(lambda: write_cache(fresh, simulation, list(range(simulation.n_sims))))
+    shutil.rmtree(folder, ignore_errors=True)
+    return seconds

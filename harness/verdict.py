@@ -1,0 +1,78 @@
+"""The checks behind the go / no-go verdict, each with a detail a user can act on."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+from .config import ScenarioConfig
+from .equivalence import EquivalenceResult
+from .parity import TrainingResult
+from .timing import StageTiming
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict(checks: Sequence[Check]) -> str:
+    """`'go'` when every check passed, else `'no-go'`."""
+    return 'go' if checks and all(checks) else 'no-go'
+
+
+def equivalence_check(result: EquivalenceResult, config: ScenarioConfig) -> Check:
+    tier = config.compare.tier
+    if result.passed:
+        return Check('batches equal', True, result.describe())
+    hint = ("the native pipeline hands the model different data than the legacy one; fix its conversion "
+            "(PhiMLDataManager.field_to_phiml_tensor) or its batch assembly (PhiMLDataset.gather) before switching")
+    return Check('batches equal', False, f"{result.describe()} (tier={tier}); {hint}")
+
+
+def coverage_check(result: EquivalenceResult) -> Check:
+    failed = [c for c in result.coverage if not c]
+    if not result.coverage:
+        return Check('every window delivered exactly once', False, "coverage was not audited")
+    if not failed:
+        epochs = len({c.epoch for c in result.coverage})
+        return Check('every window delivered exactly once', True,
+                     f"both pipelines delivered each planned window exactly once in all {epochs} epoch(s), "
+                     f"identified by content against the simulation")
+    return Check('every window delivered exactly once', False,
+                 '; '.join(c.describe() for c in failed[:4]) + "; a pipeline drops, repeats or alters windows")
+
+
+def window_keys_check(expected: Sequence, found: Mapping[str, Sequence]) -> Check:
+    wrong = {name: keys for name, keys in found.items() if list(keys) != list(expected)}
+    if not wrong:
+        return Check('window enumeration', True, f"both pipelines enumerate the same {len(expected)} windows "
+                                                 f"(n_frames - rollout_steps per sim)")
+    details = [f"{name} enumerates {len(keys)} windows, expected {len(expected)}" +
+               (f" (first extra {sorted(set(keys) - set(expected))[:1]}, first missing {sorted(set(expected) - set(keys))[:1]})"
+                if set(keys) != set(expected) else ' in another order') for name, keys in wrong.items()]
+    return Check('window enumeration', False, '; '.join(details))
+
+
+def training_check(result: TrainingResult) -> Check:
+    if result.passed:
+        return Check('loss curves agree', True, result.describe())
+    return Check('loss curves agree', False, result.describe() + "; with equal batches this points at nondeterminism "
+                 "(torch thread count, initial weights, optimizer state) or at a data difference the diff did not see")
+
+
+def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_speedup: float) -> Check:
+    t = timings[stage]
+    detail = (f"native {t.native_s * 1e3:.2f} ms vs legacy {t.legacy_s * 1e3:.2f} ms (median of {len(t.native)}), "
+              f"speedup {t.speedup:.2f}x")
+    if t.speedup >= min_speedup:
+        return Check(f'{title} not slower', True, detail)
+    return Check(f'{title} not slower', False, f"{detail} < {min_speedup}; the native pipeline is slower at {title}: "
+                 f"profile it (python -m harness.bench) before switching")

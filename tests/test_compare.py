@@ -1,0 +1,139 @@
+"""The compare CLI end to end on --quick, a deliberately broken native pipeline, overrides and bad usage."""
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from phiml import math
+
+from harness import compare
+from harness.cli import guarded
+from harness.config import load_config
+from phiml_native import NativePipeline
+
+pytestmark = pytest.mark.slow
+PERF_STAGES = ('write', 'read', 'iterate', 'convert', 'step')
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('quick')
+    code = compare.main(['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', '--out', str(out), '--no-progress'])
+    return code, out, json.loads((out / 'summary.json').read_text())
+
+
+def test_quick_writes_every_file(quick_run):
+    code, out, summary = quick_run
+    assert code == (0 if summary['verdict'] == 'go' else 1)
+    for name in ('index.html', 'loss_curves.png', 'timings.png', 'summary.json'):
+        assert (out / name).stat().st_size > 1000, name
+    html = (out / 'index.html').read_text()
+    assert 'src="loss_curves.png"' in html and 'src="timings.png"' in html
+    assert html.index('Verdict') < html.index('Checks') < html.index('Equivalence') < html.index('Performance') \
+        < html.index('Training') < html.index('Provenance')
+
+
+def test_summary_has_every_key(quick_run):
+    _, _, s = quick_run
+    assert s['scenario'] == 'burgers' and s['verdict'] in ('go', 'no-go')
+    assert {c['name'] for c in s['checks']} >= {'batches equal', 'every window delivered exactly once',
+                                                 'loss curves agree', 'batch loading not slower', 'train step not slower'}
+    assert all(set(c) == {'name', 'passed', 'detail'} for c in s['checks'])
+    e = s['equivalence']
+    # quick: 3 sims x (11 frames - 2) windows = 27 windows, batch_size 5 -> 6 batches, 1 epoch
+    assert e['batches_compared'] == 6
+    assert e['elements_compared'] == 27 * (1 + 2) * 16 * 16 * 2
+    assert e['identical'] is True and e['max_abs_diff'] == 0 and e['max_rel_diff'] == 0
+    t = s['training']
+    assert t['steps'] == 6 and len(t['legacy_losses']) == len(t['native_losses']) == 6
+    assert t['legacy_losses'] == t['native_losses'] and t['max_rel_loss_diff'] == 0
+    assert t['first_divergent_step'] is None
+    assert len(t['legacy_val_losses']) == 1 and np.isfinite(t['legacy_val_losses'][0])
+    for stage in PERF_STAGES:
+        p = s['performance'][stage]
+        assert p['legacy_s'] > 0 and p['native_s'] > 0
+        assert p['speedup'] == pytest.approx(p['legacy_s'] / p['native_s'])
+    prov = s['provenance']
+    assert prov['packages']['phiml'] == '1.16.1' and prov['packages']['phiflow'] == '3.4.0'
+    assert prov['python'].startswith('3.11') and prov['platform'] and prov['seed'] == 42
+    assert 'git_commit' in prov
+
+
+def test_overrides_applied(quick_run):
+    _, _, s = quick_run
+    config = s['provenance']['config']
+    assert config['trainer']['epochs'] == 1 and config['data']['batch_size'] == 5
+    assert config['sim']['resolution'] == [16, 16]  # from --quick
+    assert s['provenance']['overrides'] == ['--quick', 'trainer.epochs=1', 'data.batch_size=5']
+
+
+def test_passing_checks_agree_with_verdict(quick_run):
+    _, _, s = quick_run
+    assert (s['verdict'] == 'go') == all(c['passed'] for c in s['checks'])
+    by_name = {c['name']: c for c in s['checks']}
+    assert by_name['batches equal']['passed'] and by_name['loss curves agree']['passed']
+    assert by_name['every window delivered exactly once']['passed']
+
+
+class SwappedXY(NativePipeline):
+    """A native pipeline with a classic migration bug: x and y transposed, names kept."""
+
+    def to_phiml(self, raw):
+        def swap(t):
+            order = t.shape.names
+            native = t.native(order)
+            i, j = order.index('x'), order.index('y')
+            return math.wrap(torch.transpose(native, i, j).contiguous(), t.shape)
+        return {key: swap(value) for key, value in raw.items()}
+
+
+def test_broken_native_is_no_go(tmp_path, capsys):
+    config = load_config('burgers', [*compare.QUICK, 'trainer.epochs=1'])
+    summary = compare.run_compare(config, tmp_path, native_cls=SwappedXY, progress=False)
+    assert summary['verdict'] == 'no-go'
+    failed = {c['name'] for c in summary['checks'] if not c['passed']}
+    assert 'batches equal' in failed
+    assert 'every window delivered exactly once' in failed  # transposed frames match no simulated window
+    detail = next(c['detail'] for c in summary['checks'] if c['name'] == 'batches equal')
+    assert re.search(r'\d+ of \d+ batch pairs differ', detail) and 'max abs' in detail
+    assert summary['equivalence']['identical'] is False
+
+
+def test_broken_native_exit_code(tmp_path, monkeypatch):
+    monkeypatch.setattr('phiml_native.NativePipeline', SwappedXY)
+    assert compare.main(['burgers', '--quick', 'trainer.epochs=1', '--out', str(tmp_path), '--no-progress']) == 1
+
+
+@pytest.mark.parametrize('args, words', [
+    (['burgers', 'data.nope=1'], 'data.nope'),
+    (['burgers', 'data.batch_size=many'], 'data.batch_size'),
+    (['nosuch'], "unknown scenario 'nosuch'"),
+    (['burgers', 'data.rollout_steps=99'], '`data.rollout_steps` (=99)'),
+    (['burgers', '--bogus'], 'unrecognized arguments'),
+], ids=['unknown-key', 'wrong-type', 'unknown-scenario', 'out-of-range', 'bad-flag'])
+def test_bad_usage_exit_2(args, words, capsys, tmp_path):
+    with pytest.raises(SystemExit) if '--bogus' in args else _nothing():
+        code = guarded(compare.main, compare.PROG, [*args, '--out', str(tmp_path / 'out')])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+    assert not (tmp_path / 'out').exists()  # refused before anything was written
+
+
+def test_bad_usage_subprocess_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'harness.compare', 'burgers', 'trainer.epochs=lots'],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and 'trainer.epochs' in proc.stderr
+    assert not (tmp_path / 'reports').exists()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
