@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -65,6 +65,14 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class FieldTolerance:
+    """Per-field override of the value comparison (`compare.fields.<name>`); None keeps the run-wide value."""
+    tier: Optional[str] = None
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Thresholds of the go / no-go verdict and how the harness measures."""
     tier: str = 'identical'          # batch equality: identical (bitwise) | equal (NaN == NaN) | close
@@ -74,6 +82,9 @@ class CompareConfig:
     min_speedup: float = 0.9         # legacy_s / native_s below this fails (batch loading, train step)
     timing_repeats: int = 5
     timing_warmup: int = 1
+    fields: Dict[str, FieldTolerance] = field(default_factory=dict)
+    selftest: bool = True            # run the injected-bug catalogue and show it in the report
+    parity_seeds: int = 1            # >1: also train from N seeds and report the spread of the final-loss difference
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,13 @@ def validate(config: ScenarioConfig) -> None:
     if cmp.rtol < 0 or cmp.atol < 0 or cmp.loss_rtol < 0:
         raise ConfigError(f"`compare.rtol` (={cmp.rtol}), `compare.atol` (={cmp.atol}) and `compare.loss_rtol` "
                           f"(={cmp.loss_rtol}) must be >= 0")
+    for name, ft in cmp.fields.items():
+        if ft.tier is not None and ft.tier not in ('identical', 'equal', 'close'):
+            raise ConfigError(f"`compare.fields.{name}.tier` (={ft.tier!r}) must be one of ['identical', 'equal', 'close']")
+        if (ft.rtol is not None and ft.rtol < 0) or (ft.atol is not None and ft.atol < 0):
+            raise ConfigError(f"`compare.fields.{name}.rtol` (={ft.rtol}) and `.atol` (={ft.atol}) must be >= 0")
+    if cmp.parity_seeds < 1:
+        raise ConfigError(f"`compare.parity_seeds` (={cmp.parity_seeds}) must be >= 1")
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
         raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
                           f"(={cmp.timing_warmup}) >= 0")
