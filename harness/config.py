@@ -64,7 +64,7 @@ class TrainerConfig:
     torch_threads: int = 2
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: OmegaConf would create dict entries of a frozen type read-only and refuse to merge them
 class FieldTolerance:
     """Per-field override of the value comparison (`compare.fields.<name>`); None keeps the run-wide value."""
     tier: Optional[str] = None
