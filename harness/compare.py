@@ -21,7 +21,7 @@ from . import model
 from .cache import write_cache
 from .cli import OneLineParser, guarded, setup_logging
 from .config import ScenarioConfig, load_config
-from .diff import Tolerance
+from .diff import ToleranceMap
 from .equivalence import compare_pipelines
 from .errors import HarnessError
 from .identify import FrameIndex
@@ -123,8 +123,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     plans = make_plans(expected_keys, config.data.batch_size, seed=config.seed, epochs=config.trainer.epochs)
     t = time.perf_counter()
     with bar(sum(len(p) for p in plans), 'load + compare batches') as b:
-        equivalence = compare_pipelines(legacy, native, plans, Tolerance(cmp.tier, cmp.rtol, cmp.atol),
-                                        FrameIndex(simulation, config.train_sims), b.update)
+        tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
+        equivalence = compare_pipelines(legacy, native, plans, tolerances, FrameIndex(simulation, config.train_sims), b.update)
     durations['compare_s'] = time.perf_counter() - t
 
     network = model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=config.seed)
@@ -167,7 +167,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             'batches_compared': equivalence.batches_compared, 'elements_compared': equivalence.elements_compared,
             'max_abs_diff': equivalence.max_abs_diff, 'max_rel_diff': equivalence.max_rel_diff,
             'identical': equivalence.identical, 'failed_batches': equivalence.failed_batches,
-            'tolerance': {'tier': cmp.tier, 'rtol': cmp.rtol, 'atol': cmp.atol},
+            'tolerance': tolerances.describe(),
             'batch_count_errors': equivalence.batch_count_errors,
             'failures': [f.describe() for f in equivalence.failures],
             'per_tensor': equivalence.per_tensor,

@@ -29,6 +29,49 @@ class Tolerance:
             raise ValueError(f"`rtol` (={self.rtol}) and `atol` (={self.atol}) must be >= 0")
 
 
+# torch.testing.assert_close's defaults: used by tier 'close' when neither rtol nor atol is given
+DEFAULT_CLOSE = {'float16': (1e-3, 1e-5), 'bfloat16': (1.6e-2, 1e-5), 'float32': (1.3e-6, 1e-5), 'float64': (1e-7, 1e-7)}
+
+
+def resolve_tolerance(tier: str, rtol: float | None, atol: float | None, dtype: str = 'float32') -> Tolerance:
+    """The tolerance to apply: tier 'close' without rtol and atol (both None or 0) takes dtype-aware defaults."""
+    if tier == 'close' and not rtol and not atol:
+        rtol, atol = DEFAULT_CLOSE.get(dtype, DEFAULT_CLOSE['float32'])
+    return Tolerance(tier, rtol or 0.0, atol or 0.0)
+
+
+class ToleranceMap:
+    """Per-tensor tolerances: the run-wide setting, overridden per field (`compare.fields.<field>`).
+
+    Args:
+        tier, rtol, atol: Run-wide.
+        fields: Field name -> object with `tier`, `rtol`, `atol` (None = keep the run-wide value).
+        field_names: The scenario's fields; with a single field, tensor `targets` belongs to it.
+    """
+
+    def __init__(self, tier: str = 'identical', rtol: float = 0.0, atol: float = 0.0, fields: dict | None = None,
+                 field_names: Sequence[str] = ()):
+        self.tier, self.rtol, self.atol = tier, rtol, atol
+        self.fields = dict(fields or {})
+        self.field_names = list(field_names)
+        resolve_tolerance(tier, rtol, atol)  # validates
+
+    def __call__(self, tensor_name: str, dtype: str = 'float32') -> Tolerance:
+        field_name = tensor_name.split('/', 1)[1] if '/' in tensor_name else (
+            self.field_names[0] if len(self.field_names) == 1 else None)
+        override = self.fields.get(field_name)
+        tier, rtol, atol = self.tier, self.rtol, self.atol
+        if override is not None:
+            tier = override.tier if override.tier is not None else tier
+            rtol = override.rtol if override.rtol is not None else rtol
+            atol = override.atol if override.atol is not None else atol
+        return resolve_tolerance(tier, rtol, atol, dtype)
+
+    def describe(self) -> dict:
+        return {'tier': self.tier, 'rtol': self.rtol, 'atol': self.atol,
+                'fields': {k: vars(v) if hasattr(v, '__dict__') else v for k, v in self.fields.items()}}
+
+
 @dataclass
 class TensorDiff:
     """The comparison of one tensor (e.g. `targets` or `targets/velocity`) of one batch.
@@ -185,9 +228,13 @@ def flatten_batch(batch: dict) -> Iterator[tuple[str, Tensor]]:
                 yield f"{key}/{field_name}", value[field_name]
 
 
-def compare_batches(legacy: dict, native: dict, tolerance: Tolerance = Tolerance(), keys: Sequence | None = None
-                    ) -> list[TensorDiff]:
-    """Compares two batches tensor by tensor, by name; a tensor present in only one batch is a failure."""
+def compare_batches(legacy: dict, native: dict, tolerance: Tolerance | ToleranceMap = Tolerance(),
+                    keys: Sequence | None = None) -> list[TensorDiff]:
+    """Compares two batches tensor by tensor, by name; a tensor present in only one batch is a failure.
+
+    Args:
+        tolerance: One tolerance for all tensors, or a `ToleranceMap` resolving it per tensor and dtype.
+    """
     a, b = dict(flatten_batch(legacy)), dict(flatten_batch(native))
     diffs = []
     for name in sorted(set(a) | set(b)):
@@ -196,5 +243,6 @@ def compare_batches(legacy: dict, native: dict, tolerance: Tolerance = Tolerance
         elif name not in a:
             diffs.append(TensorDiff(name, False, False, [f"native batch has an extra {name!r}"]))
         else:
-            diffs.append(compare_tensors(a[name], b[name], tolerance, name, keys))
+            tol = tolerance(name, str(a[name].dtype)) if isinstance(tolerance, ToleranceMap) else tolerance
+            diffs.append(compare_tensors(a[name], b[name], tol, name, keys))
     return diffs

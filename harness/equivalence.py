@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable, Sequence
 
-from .diff import TensorDiff, Tolerance, compare_batches
+from .diff import TensorDiff, Tolerance, ToleranceMap, compare_batches
 from .identify import FrameIndex
 from .pipeline import AbstractPipeline, BatchPlan, WindowKey
 
@@ -92,7 +92,7 @@ class EquivalenceResult:
 
 
 def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans: Sequence[BatchPlan],
-                      tolerance: Tolerance, frames: FrameIndex | None = None,
+                      tolerance: Tolerance | ToleranceMap, frames: FrameIndex | None = None,
                       progress: Callable[[int], None] | None = None) -> EquivalenceResult:
     """Loads every batch of every plan from both pipelines and compares them pair by pair.
 
