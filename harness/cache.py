@@ -1,23 +1,373 @@
-"""Building a pipeline's cache from one simulation."""
+"""Building, verifying, resuming and repairing a pipeline's cache folder.
+
+Every sim file is written to a temporary file and renamed into place, then recorded in the folder's
+`manifest.json` (see `harness.manifest`). `verify_cache` checks a folder against its manifest and the config and
+names every bad file; `build_cache` writes only the sims that do not verify, so an interrupted build resumes and a
+damaged cache is repaired without touching its good files; `open_cache` refuses a cache that does not verify.
+
+Typical use (what `--repair` does):
+
+    result = build_cache(pipeline, config)        # or repair_cache(folder, 'phiml', config)
+    result.rebuilt                                # sims that were missing or bad, now rewritten
+    open_cache(pipeline, config.train_sims, config)
+"""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from .config import ScenarioConfig
+from .errors import CacheError
+from .manifest import (MANIFEST_NAME, CacheKind, FileRecord, Manifest, cache_kind, config_digest, record_file,
+                       sha256_file, sims_on_disk)
 from .pipeline import AbstractPipeline
-from .simulate import Simulation
+from .simulate import Simulation, simulate
 
 logger = logging.getLogger(__name__)
+PROBLEM_KINDS = ('missing', 'empty', 'truncated', 'size-mismatch', 'hash-mismatch', 'unreadable', 'wrong-shape',
+                 'stale', 'unrecorded')
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """What is wrong with one sim file.
+
+    Attributes:
+        sim: Simulation index.
+        name: File name inside the cache folder.
+        kind: One of `PROBLEM_KINDS`.
+        detail: What was found and what was expected, in words.
+    """
+    sim: int
+    name: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.kind} ({self.detail})"
+
+
+@dataclass
+class CacheReport:
+    """The verification of one cache folder; `__bool__` is `passed`.
+
+    Attributes:
+        folder: The cache folder.
+        pipeline: `'legacy'` or `'phiml'`.
+        sims: The sims checked.
+        problems: One entry per bad file.
+        manifest_problem: Why the manifest could not be used, if so.
+        folder_problem: Why the folder as a whole is unusable (missing, empty, not a folder), if so.
+        temp_files: Leftover temporary files of interrupted writes (never read; removed by `build_cache`).
+        extra_files: Sim files in the folder beyond the sims checked (left alone).
+    """
+    folder: Path
+    pipeline: str
+    sims: list[int] = field(default_factory=list)
+    problems: list[FileProblem] = field(default_factory=list)
+    manifest_problem: str | None = None
+    folder_problem: str | None = None
+    temp_files: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and not self.folder_problem and not self.manifest_problem
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def bad_sims(self) -> list[int]:
+        return sorted({p.sim for p in self.problems})
+
+    def summary(self) -> str:
+        """One line: the verdict and the first few bad files."""
+        if self.folder_problem:
+            return self.folder_problem
+        if self.passed:
+            return f"{self.folder}: all {len(self.sims)} {self.pipeline} cache files verify against {MANIFEST_NAME}"
+        shown = '; '.join(str(p) for p in self.problems[:4])
+        more = f"; and {len(self.problems) - 4} more" if len(self.problems) > 4 else ''
+        manifest = f" [{self.manifest_problem}]" if self.manifest_problem else ''
+        return (f"{self.folder}: {len(self.problems)} of {len(self.sims)} {self.pipeline} cache files are bad: "
+                f"{shown}{more}{manifest}")
+
+    def describe(self) -> str:
+        """Every problem, one per line."""
+        lines = [self.summary()] + [f"  {p}" for p in self.problems]
+        lines += [f"  leftover temporary file {name} (ignored)" for name in self.temp_files]
+        return '\n'.join(lines)
+
+    def raise_if_failed(self) -> None:
+        """Raises `CacheError` with `summary()` unless the cache verified."""
+        if not self.passed:
+            raise CacheError(f"{self.summary()}; rebuild the bad files with harness.cache.build_cache (--repair)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'folder': str(self.folder), 'pipeline': self.pipeline, 'passed': self.passed, 'sims': self.sims,
+                'problems': [vars(p) for p in self.problems], 'manifest_problem': self.manifest_problem,
+                'folder_problem': self.folder_problem, 'temp_files': self.temp_files, 'extra_files': self.extra_files}
+
+
+@dataclass
+class BuildResult:
+    """What `build_cache` found and did.
+
+    Attributes:
+        before: Verification before writing.
+        rebuilt: Sims written (missing or bad before).
+        after: Verification after writing (passed).
+        removed_temp_files: Leftovers of interrupted writes that were deleted.
+    """
+    before: CacheReport
+    rebuilt: list[int]
+    after: CacheReport
+    removed_temp_files: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[int]:
+        return [sim for sim in self.after.sims if sim not in self.rebuilt]
+
+
+def verify_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig | None = None,
+                 sims: Sequence[int] | None = None) -> CacheReport:
+    """Checks every sim file of a cache folder against the manifest and, if given, the config.
+
+    A file is bad when it is missing, empty, shorter or longer than recorded, its SHA-256 differs, it was written
+    for another config, its fields do not have the config's frames and resolution (or, without config, those of
+    the cache's first file), it is not in the manifest, or (not recorded) it does not load.
+
+    Args:
+        folder: Cache folder.
+        pipeline_kind: `'legacy'` or `'phiml'`.
+        config: The scenario the cache must hold; also gives the sims to check.
+        sims: Sims to check; default: `config.all_sims`, else every sim recorded or present.
+
+    Returns:
+        `CacheReport` naming every bad file and what is wrong with it.
+    """
+    kind = cache_kind(pipeline_kind)
+    folder = Path(folder)
+    report = CacheReport(folder, kind.name)
+    if not folder.is_dir():
+        report.folder_problem = f"{folder}: cache folder {'is not a folder' if folder.exists() else 'does not exist'}"
+        report.sims = list(config.all_sims if sims is None and config is not None else sims or [])
+        report.problems = [FileProblem(s, kind.file_name(s), 'missing', f"no cache folder {folder}") for s in report.sims]
+        return report
+    manifest = _load_manifest(folder, kind, report)
+    records = manifest.by_sim() if manifest else {}
+    present = sims_on_disk(folder, kind)
+    report.temp_files = sorted(p.name for p in _temp_files(folder, kind))
+    if sims is None:
+        sims = config.all_sims if config is not None else sorted(set(records) | set(present))
+    report.sims = list(sims)
+    report.extra_files = [kind.file_name(s) for s in present if s not in set(report.sims)]
+    if not report.sims:
+        report.folder_problem = (f"{folder}: empty cache folder (no {kind.file_name(0).replace('000000', 'XXXXXX')} "
+                                 f"files, no {MANIFEST_NAME} records)")
+        return report
+    digest = config_digest(config) if config is not None else None
+    signatures: dict[int, tuple] = {}
+    for sim in report.sims:
+        problem = _check_file(kind, folder, sim, records.get(sim), digest, signatures)
+        if problem:
+            report.problems.append(problem)
+    report.problems += _shape_problems(kind, config, signatures)
+    report.problems.sort(key=lambda p: p.sim)
+    return report
+
+
+def _load_manifest(folder: Path, kind: CacheKind, report: CacheReport) -> Manifest | None:
+    try:
+        manifest = Manifest.load(folder)
+    except CacheError as err:
+        report.manifest_problem = str(err)
+        return None
+    if manifest is None:
+        report.manifest_problem = f"{Manifest.path(folder)} missing: no file can be verified"
+    elif manifest.pipeline != kind.name:
+        report.manifest_problem = f"{Manifest.path(folder)} records a {manifest.pipeline!r} cache, expected {kind.name!r}"
+        return None
+    return manifest
+
+
+def _check_file(kind: CacheKind, folder: Path, sim: int, record: FileRecord | None, digest: str | None,
+                signatures: dict[int, tuple]) -> FileProblem | None:
+    name = kind.file_name(sim)
+    path = folder / name
+    recorded = f", {record.size} bytes recorded" if record else ''
+    if not path.is_file():
+        return FileProblem(sim, name, 'missing', f"expected the {kind.name} cache of sim {sim}{recorded}")
+    size = path.stat().st_size
+    if size == 0:
+        return FileProblem(sim, name, 'empty', f"0 bytes{recorded}")
+    if record is None:
+        try:
+            fields, _ = kind.describe(kind.load(folder, sim, allow_any_float=True))
+        except CacheError as err:
+            return FileProblem(sim, name, 'unreadable', str(err).removeprefix(f"{path}: "))
+        signatures[sim] = FileRecord(name, sim, size, '', fields, {}).signature
+        return FileProblem(sim, name, 'unrecorded', f"not in {MANIFEST_NAME}: it loads, but its bytes cannot be verified")
+    if size != record.size:
+        return FileProblem(sim, name, 'truncated' if size < record.size else 'size-mismatch',
+                           f"{size} of {record.size} recorded bytes" if size < record.size
+                           else f"{size} bytes, {record.size} recorded")
+    sha = sha256_file(path)
+    if sha != record.sha256:
+        return FileProblem(sim, name, 'hash-mismatch', f"SHA-256 {sha[:16]}..., recorded {record.sha256[:16]}...")
+    if digest and record.config_digest and record.config_digest != digest:
+        return FileProblem(sim, name, 'stale', f"written for config {record.config_digest}, the config is {digest} "
+                                               f"(seed, sim parameters or number of sims changed)")
+    signatures[sim] = record.signature
+    return None
+
+
+def _shape_problems(kind: CacheKind, config: ScenarioConfig | None, signatures: dict[int, tuple]) -> list[FileProblem]:
+    """Files whose fields do not have the config's frames and resolution, or differ from the cache's first file."""
+    if not signatures:
+        return []
+    if config is not None:
+        expected, against = (config.sim.n_frames, tuple(config.sim.resolution)), 'the config expects'
+        problems = []
+        for sim, signature in signatures.items():
+            wrong = [(n, f, r) for n, f, r in signature if (f, r) != expected]
+            if wrong:
+                found = ', '.join(f"{n!r} {f} frames of {_cells(r)}" for n, f, r in wrong)
+                problems.append(FileProblem(sim, kind.file_name(sim), 'wrong-shape',
+                                            f"field {found}; {against} {expected[0]} frames of {_cells(expected[1])}"))
+        return problems
+    first = min(signatures)
+    return [FileProblem(sim, kind.file_name(sim), 'wrong-shape',
+                        f"fields/frames/resolution {_describe(sig)} differ from {kind.file_name(first)} "
+                        f"{_describe(signatures[first])}; one cache must hold sims of one resolution")
+            for sim, sig in signatures.items() if sig != signatures[first]]
+
+
+def _cells(resolution) -> str:
+    return 'x'.join(str(r) for r in resolution) + ' cells'
+
+
+def _describe(signature: tuple) -> str:
+    return ', '.join(f"{n!r}: {f} frames of {_cells(r)}" for n, f, r in signature)
+
+
+def _temp_files(folder: Path, kind: CacheKind) -> list[Path]:
+    """Leftovers of `atomic_path` writes killed before their rename: `.sim_000001.npz.<random>.tmp.npz`."""
+    return sorted([*folder.glob(f".sim_*{kind.suffix}.*.tmp{kind.suffix}"),
+                   *folder.glob(f".{MANIFEST_NAME}.*.tmp.json")])
 
 
 def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequence[int],
-                progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Writes the cache files of `sims` with `pipeline`'s own conversion; returns their paths."""
+                progress: Callable[[int], None] | None = None, *, record: bool = False) -> list[Path]:
+    """Writes the cache files of `sims` with `pipeline`'s own conversion; returns their paths.
+
+    Args:
+        pipeline: Writes the files into its `cache_dir`.
+        simulation: Source of the fields and metadata.
+        sims: Sims to write.
+        progress: Called with 1 per file written.
+        record: Also record every file in the folder's manifest as soon as it has landed (what `build_cache`
+            does; off for the timed write stage). Each file is read back with the pipeline's reader first. The
+            manifest is rewritten atomically after every file, so an interruption loses at most the record of the
+            file being written; that file then shows as unrecorded and the next `build_cache` rewrites it.
+
+    Raises:
+        CacheError: with `record`, the folder's manifest belongs to the other pipeline (it is not overwritten).
+    """
+    kind = cache_kind(pipeline.name)
+    folder = pipeline.cache_dir
+    manifest = _manifest_for_writing(folder, kind) if record else None
+    digest = config_digest(simulation.config)
     paths = []
     for sim in sims:
         paths.append(pipeline.write_cache(sim, simulation.sim_fields(sim), simulation.metadata(sim)))
+        if manifest is not None:
+            manifest.files[paths[-1].name] = record_file(kind, folder, sim, digest=digest)
+            manifest.save(folder)
         if progress:
             progress(1)
-    logger.info("%s: wrote %d cache files to %s", pipeline.name, len(paths), pipeline.cache_dir)
+    logger.info("%s: wrote %d cache files to %s%s", pipeline.name, len(paths), folder, ' (recorded)' if record else '')
     return paths
+
+
+def _manifest_for_writing(folder: Path, kind: CacheKind) -> Manifest:
+    try:
+        manifest = Manifest.load(folder)
+    except CacheError as err:
+        logger.warning("%s; starting a new manifest, every file not recorded in it will be rewritten", err)
+        return Manifest(kind.name)
+    if manifest is None:
+        return Manifest(kind.name)
+    if manifest.pipeline != kind.name:
+        raise CacheError(f"{Manifest.path(folder)}: the folder holds a {manifest.pipeline!r} cache, refusing to write "
+                         f"{kind.name!r} files into it (expected a folder of its own per pipeline)")
+    return manifest
+
+
+def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: Simulation | None = None,
+                sims: Sequence[int] | None = None, progress: Callable[[int], None] | None = None) -> BuildResult:
+    """Makes `pipeline`'s cache of `config` complete: writes only the sims whose files do not verify.
+
+    Resumes an interrupted build and repairs a damaged cache; files that verify are not touched (bytes and mtime
+    unchanged). The simulation is run only if something must be written, and then in full: the sims of a scenario
+    are simulated in one batched run, and every rewritten file is bitwise what a fresh build writes.
+
+    Args:
+        pipeline: Writes the files (its `cache_dir` is the folder).
+        config: The scenario.
+        simulation: Its simulation, if already at hand (must come from an equal config).
+        sims: Sims to make complete; default `config.all_sims`.
+        progress: Called with 1 per file written.
+
+    Raises:
+        CacheError: the folder holds the other pipeline's cache, or the cache still does not verify afterwards.
+        ValueError: `simulation` comes from another config.
+    """
+    kind = cache_kind(pipeline.name)
+    folder = pipeline.cache_dir
+    sims = list(config.all_sims if sims is None else sims)
+    if folder.exists() and not folder.is_dir():
+        raise CacheError(f"{folder}: cache folder is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    _manifest_for_writing(folder, kind)  # refuses a folder of the other pipeline before anything is simulated
+    removed = [p.name for p in _temp_files(folder, kind)]
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    before = verify_cache(folder, kind.name, config, sims)
+    rebuilt = before.bad_sims
+    if rebuilt:
+        if simulation is None:
+            simulation = simulate(config)
+        elif config_digest(simulation.config) != config_digest(config):
+            raise ValueError(f"`simulation` was made from config {config_digest(simulation.config)}, the cache is for "
+                             f"{config_digest(config)}; expected the simulation of `config`")
+        logger.info("%s: %d of %d sims to write (%s)", folder, len(rebuilt), len(sims),
+                    ', '.join(sorted({p.kind for p in before.problems})))
+        write_cache(pipeline, simulation, rebuilt, progress, record=True)
+    after = verify_cache(folder, kind.name, config, sims)
+    after.raise_if_failed()
+    return BuildResult(before, rebuilt, after, removed)
+
+
+def repair_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig, simulation: Simulation | None = None,
+                 progress: Callable[[int], None] | None = None) -> BuildResult:
+    """`build_cache` for a folder given by path: rewrites the missing and bad sims of `config`, nothing else."""
+    from legacy import LegacyPipeline
+    from phiml_native import NativePipeline
+    pipeline_cls = {'legacy': LegacyPipeline, 'phiml': NativePipeline}[cache_kind(pipeline_kind).name]
+    return build_cache(pipeline_cls(Path(folder), config.data.rollout_steps), config, simulation, progress=progress)
+
+
+def open_cache(pipeline: AbstractPipeline, sims: Sequence[int], config: ScenarioConfig | None = None) -> CacheReport:
+    """Verifies the cache of `sims`, then opens it with `pipeline`.
+
+    Raises:
+        CacheError: naming every bad file (see `CacheReport.summary`), before anything is loaded.
+    """
+    report = verify_cache(pipeline.cache_dir, pipeline.name, config, sims)
+    report.raise_if_failed()
+    pipeline.open(sims)
+    return report

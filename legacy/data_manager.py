@@ -50,13 +50,19 @@ class DataManager:
         return native.to(torch.float32).contiguous().clone(), channels
 
     def save_cache(self, sim_index: int, tensor_data: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+        """Writes one sim's cache atomically; equal data gives equal bytes."""
         path = self.get_cached_path(sim_index)
-        with atomic_path(path, '.pt') as tmp:
-            torch.save({'tensor_data': dict(tensor_data), 'metadata': dict(metadata)}, tmp)
+        # Saving to a file object: torch.save(path) names the archive after the file, here a random temporary name.
+        with atomic_path(path, '.pt') as tmp, open(tmp, 'wb') as f:
+            torch.save({'tensor_data': dict(tensor_data), 'metadata': dict(metadata)}, f)
         return path
 
-    def load_cache(self, sim_index: int) -> dict[str, Any]:
+    def load_cache(self, sim_index: int, *, allow_any_float: bool = False) -> dict[str, Any]:
         """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run).
+
+        Args:
+            sim_index: Which sim.
+            allow_any_float: Accept every floating dtype (for migration); training caches must be float32.
 
         Raises:
             CacheError: missing, unreadable or unsafe file, missing metadata, or a tensor that is not `[C, T, *spatial]`.
@@ -75,12 +81,17 @@ class DataManager:
                              f"({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
-        validate_legacy(path, data)
+        validate_legacy(path, data, allow_any_float=allow_any_float)
         return data
 
 
-def validate_legacy(path: Path, data: Any) -> None:
+def validate_legacy(path: Path, data: Any, *, allow_any_float: bool = False) -> None:
     """Checks one loaded `.pt` payload against the legacy layout.
+
+    Args:
+        path: Named in errors.
+        data: The loaded payload.
+        allow_any_float: Accept every floating dtype, not only float32.
 
     Raises:
         CacheError: naming `path`, what was found and what was expected.
@@ -106,5 +117,6 @@ def validate_legacy(path: Path, data: Any) -> None:
         if t.shape[0] != channels or t.shape[1] != meta['n_frames']:
             raise CacheError(f"{path}: field {name!r} has shape {tuple(t.shape)}, expected C={channels} channels first "
                              f"and T={meta['n_frames']} frames second ([C, T, {', '.join(meta['spatial_dims'])}])")
-        if t.dtype != torch.float32:
-            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected torch.float32")
+        if not (t.is_floating_point() if allow_any_float else t.dtype == torch.float32):
+            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected "
+                             f"{'a floating dtype' if allow_any_float else 'torch.float32'}")

@@ -63,8 +63,13 @@ class PhiMLDataManager:
             math.save(str(tmp), dict(data))
         return path
 
-    def load_cache(self, sim_index: int, mmap: bool = False) -> dict[str, Any]:
+    def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
+
+        Args:
+            sim_index: Which sim.
+            mmap: Memory-map the arrays instead of reading them.
+            allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
@@ -73,12 +78,17 @@ class PhiMLDataManager:
         if not path.is_file():
             raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
         data = read_phiml_npz(path, mmap=mmap)
-        validate_native(path, data)
+        validate_native(path, data, allow_any_float=allow_any_float)
         return data
 
 
-def validate_native(path: Path, data: Any) -> None:
+def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> None:
     """Checks one loaded cache against the data contract.
+
+    Args:
+        path: Named in errors.
+        data: The loaded structure.
+        allow_any_float: Accept every float precision, not only float32.
 
     Raises:
         CacheError: naming `path`, what was found and what was expected.
@@ -110,8 +120,9 @@ def validate_native(path: Path, data: Any) -> None:
                              f"expected {spatial_names}")
         if shape.get_size('time') != meta['n_frames']:
             raise CacheError(f"{path}: field {name!r} has {shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}")
-        if t.dtype != math.DType(float, 32):
-            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected float32")
+        if not (t.dtype.kind == float if allow_any_float else t.dtype == math.DType(float, 32)):
+            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected "
+                             f"{'a float dtype' if allow_any_float else 'float32'}")
 
 
 def _describe(shape) -> str:

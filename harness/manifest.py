@@ -1,0 +1,265 @@
+"""The manifest of a cache folder: what each sim file must be, so that a damaged file is found before it is used.
+
+`<cache folder>/manifest.json` holds one record per sim file: its name, sim index, byte size, SHA-256, the dims,
+shape, dtype and item names of every field, the file's metadata and a digest of the config that produced it
+(`None` for migrated files). It is rewritten atomically after every file that lands, so after an interruption it
+describes exactly the files that were completely written and recorded.
+
+Field dims are named in the file's own layout: `('channel', 'time', 'x', 'y')` for the legacy `[C, T, H, W]`
+tensors, `('time', 'x', 'y', 'vector')` for the native ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .atomic import atomic_path
+from .config import ScenarioConfig
+from .errors import CacheError
+
+logger = logging.getLogger(__name__)
+MANIFEST_NAME = 'manifest.json'
+FORMAT_VERSION = 1
+PIPELINE_KINDS = ('legacy', 'phiml')
+SPATIAL = ('x', 'y', 'z')
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """One field of a sim file: dims in the file's layout, their sizes, the dtype name and the channel item names."""
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    item_names: tuple[str, ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[self.dims.index('time')]
+
+    @property
+    def resolution(self) -> list[int]:
+        """Cells along x[, y[, z]]."""
+        return [size for dim, size in zip(self.dims, self.shape) if dim in SPATIAL]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What one sim file must be.
+
+    Attributes:
+        name: File name inside the cache folder, e.g. `sim_000003.npz`.
+        sim: Simulation index.
+        size: Bytes.
+        sha256: Hex digest of the whole file.
+        fields: Field name -> `FieldRecord`.
+        metadata: The metadata stored in the file.
+        config_digest: `config_digest` of the scenario that produced it; `None` when unknown (migrated files).
+        source: For migrated files, `{'name', 'size', 'sha256'}` of the legacy file it was converted from.
+    """
+    name: str
+    sim: int
+    size: int
+    sha256: str
+    fields: dict[str, FieldRecord]
+    metadata: dict[str, Any]
+    config_digest: str | None = None
+    source: dict[str, Any] | None = None
+
+    @property
+    def signature(self) -> tuple:
+        """Fields with their frames and resolution: equal for every file of one cache."""
+        return tuple((name, f.n_frames, tuple(f.resolution)) for name, f in sorted(self.fields.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(values: dict[str, Any]) -> 'FileRecord':
+        fields = {name: FieldRecord(tuple(f['dims']), tuple(f['shape']), f['dtype'], tuple(f['item_names']))
+                  for name, f in values['fields'].items()}
+        return FileRecord(values['name'], int(values['sim']), int(values['size']), values['sha256'], fields,
+                          values['metadata'], values.get('config_digest'), values.get('source'))
+
+
+@dataclass
+class Manifest:
+    """The records of one cache folder.
+
+    Attributes:
+        pipeline: `'legacy'` (`.pt` files) or `'phiml'` (`.npz` files).
+        files: File name -> record.
+    """
+    pipeline: str
+    files: dict[str, FileRecord] = field(default_factory=dict)
+
+    @staticmethod
+    def path(folder: Path) -> Path:
+        return Path(folder) / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, folder: Path) -> 'Manifest | None':
+        """The folder's manifest, or `None` when it has none.
+
+        Raises:
+            CacheError: the manifest exists but is unreadable or not a manifest.
+        """
+        path = cls.path(folder)
+        if not path.is_file():
+            return None
+        try:
+            values = json.loads(path.read_text(encoding='utf-8'))
+            if values.get('format_version') != FORMAT_VERSION:
+                raise ValueError(f"format_version {values.get('format_version')!r}, expected {FORMAT_VERSION}")
+            if values.get('pipeline') not in PIPELINE_KINDS:
+                raise ValueError(f"pipeline {values.get('pipeline')!r}, expected one of {list(PIPELINE_KINDS)}")
+            files = {name: FileRecord.from_json(record) for name, record in values['files'].items()}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CacheError(f"{path}: not a readable cache manifest ({type(err).__name__}: {err})") from None
+        return cls(values['pipeline'], files)
+
+    def save(self, folder: Path) -> Path:
+        """Writes `manifest.json` atomically (a reader sees the old or the new manifest, never a mix)."""
+        path = self.path(folder)
+        text = json.dumps({'format_version': FORMAT_VERSION, 'pipeline': self.pipeline,
+                           'files': {name: self.files[name].to_json() for name in sorted(self.files)}},
+                          indent=1, default=_json_default)
+        with atomic_path(path, '.json') as tmp:
+            tmp.write_text(text, encoding='utf-8')
+        return path
+
+    def by_sim(self) -> dict[int, FileRecord]:
+        return {record.sim: record for record in self.files.values()}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a whole file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_digest(config: ScenarioConfig) -> str:
+    """Digest of everything that determines the simulated data: name, physics, seed, `sim` and the number of sims.
+
+    The number of sims matters: the initial noise is drawn for all sims at once.
+    """
+    values = {'name': config.name, 'physics': config.physics, 'seed': config.seed,
+              'sim': dataclasses.asdict(config.sim), 'n_total_sims': len(config.all_sims)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """How one pipeline's files are named, read and described.
+
+    Attributes:
+        name: `'legacy'` or `'phiml'`.
+        suffix: File ending.
+        manager: Builds the pipeline's data manager for a folder.
+        describe: Loaded file contents -> (field records, metadata).
+    """
+    name: str
+    suffix: str
+    manager: Callable[[Path], Any]
+    describe: Callable[[dict], tuple[dict[str, FieldRecord], dict]]
+
+    def file_name(self, sim: int) -> str:
+        return f"sim_{sim:06d}{self.suffix}"
+
+    def load(self, folder: Path, sim: int, allow_any_float: bool = False) -> dict:
+        """Loads and validates one file with the pipeline's own safe reader.
+
+        Raises:
+            CacheError: naming the file and what is wrong with it.
+        """
+        return self.manager(folder).load_cache(sim, allow_any_float=allow_any_float)
+
+
+def _describe_legacy(data: dict) -> tuple[dict[str, FieldRecord], dict]:
+    meta = data['metadata']
+    spatial = tuple(meta['spatial_dims'])
+    fields = {name: FieldRecord(('channel', 'time', *spatial), tuple(t.shape), str(t.dtype).removeprefix('torch.'),
+                                tuple(meta['field_channels'][name]))
+              for name, t in data['tensor_data'].items()}
+    return fields, dict(meta)
+
+
+def _describe_native(data: dict) -> tuple[dict[str, FieldRecord], dict]:
+    fields = {}
+    for name in data['metadata']['fields']:
+        shape = data[name].shape
+        items = shape.get_item_names('vector') if 'vector' in shape else None
+        fields[name] = FieldRecord(shape.names, shape.sizes, dtype_name(data[name].dtype), tuple(items or ()))
+    return fields, dict(data['metadata'])
+
+
+def dtype_name(dtype) -> str:
+    """`phiml.math.DType(float, 32)` -> `'float32'`."""
+    return f"{dtype.kind.__name__}{dtype.bits}"
+
+
+def _legacy_manager(folder: Path):
+    from legacy.data_manager import DataManager
+    return DataManager(folder)
+
+
+def _native_manager(folder: Path):
+    from phiml_native.data_manager import PhiMLDataManager
+    return PhiMLDataManager(folder)
+
+
+KINDS = {
+    'legacy': CacheKind('legacy', '.pt', _legacy_manager, _describe_legacy),
+    'phiml': CacheKind('phiml', '.npz', _native_manager, _describe_native),
+}
+
+
+def cache_kind(pipeline_kind: str) -> CacheKind:
+    """The `CacheKind` named `pipeline_kind`.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if pipeline_kind not in KINDS:
+        raise ValueError(f"`pipeline_kind` (={pipeline_kind!r}) must be one of {list(KINDS)}")
+    return KINDS[pipeline_kind]
+
+
+def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
+    """The sims whose files (`sim_XXXXXX<suffix>`) are in `folder`, sorted."""
+    sims = []
+    for path in folder.glob(f"sim_*{kind.suffix}"):
+        digits = path.name[4:-len(kind.suffix)]
+        if digits.isdigit() and path.name == kind.file_name(int(digits)):
+            sims.append(int(digits))
+    return sorted(sims)
+
+
+def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None = None,
+                source: dict[str, Any] | None = None, allow_any_float: bool = False) -> FileRecord:
+    """Reads a freshly written sim file back with its pipeline's reader and describes it for the manifest.
+
+    Raises:
+        CacheError: the file does not load (a write that did not produce a valid file).
+    """
+    path = Path(folder) / kind.file_name(sim)
+    size, sha = path.stat().st_size, sha256_file(path)
+    fields, metadata = kind.describe(kind.load(folder, sim, allow_any_float))
+    return FileRecord(path.name, sim, size, sha, fields, metadata, digest, source)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} cannot be written to {MANIFEST_NAME}")
