@@ -25,14 +25,18 @@ from .diff import ToleranceMap
 from .equivalence import compare_pipelines
 from .errors import HarnessError
 from .identify import FrameIndex
-from .parity import train_both
+from .diagnose import diagnose_epoch
+from .parity import ensemble, train_both
+from .selftest import run_selftest
+from .shuffle_audit import audit_all, rows_to_dicts
 from .pipeline import BatchPlan, WindowKey
 from .plan import make_plans
 from .provenance import provenance
-from .report import write_report
+from .report import plot_worst_frame, write_report
 from .simulate import simulate
 from .timing import time_stages
-from .verdict import coverage_check, equivalence_check, speed_check, training_check, verdict, window_keys_check
+from .verdict import (coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check, training_check,
+                      verdict, window_keys_check)
 
 logger = logging.getLogger(__name__)
 PROG = 'python -m harness.compare'
@@ -125,6 +129,11 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     with bar(sum(len(p) for p in plans), 'load + compare batches') as b:
         tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
         equivalence = compare_pipelines(legacy, native, plans, tolerances, FrameIndex(simulation, config.train_sims), b.update)
+    diagnosis = None
+    if not equivalence:
+        failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
+        diagnosis = diagnose_epoch(legacy, native, plans[failing], FrameIndex(simulation, config.train_sims), tolerances)
+    shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
     durations['compare_s'] = time.perf_counter() - t
 
     network = model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=config.seed)
@@ -148,7 +157,19 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     with bar(2 * sum(len(p) for p in plans), 'train') as b:
         training = train_both(legacy, native, plans, network, config.trainer.learning_rate, val,
                               loss_rtol=cmp.loss_rtol, progress=b.update)
+    if cmp.parity_seeds > 1:
+        seeds = [config.seed + 1000 * k for k in range(1, cmp.parity_seeds)]
+        with bar(2 * len(seeds) * sum(len(p) for p in plans), f'train {len(seeds)} more seeds') as b:
+            spread = ensemble(legacy, native, expected_keys,
+                              lambda s: model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=s),
+                              lambda s: make_plans(expected_keys, config.data.batch_size, seed=s, epochs=config.trainer.epochs),
+                              config.trainer.learning_rate, [config.seed] + seeds, progress=b.update)
     durations['train_s'] = time.perf_counter() - t
+    selftest = None
+    if cmp.selftest:
+        t = time.perf_counter()
+        selftest = run_selftest(config, simulation, legacy.cache_dir, native.cache_dir)
+        durations['selftest_s'] = time.perf_counter() - t
 
     checks = [
         window_keys_check(expected_keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
@@ -157,7 +178,10 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
+        shuffle_check(shuffle_rows),
     ]
+    if selftest is not None:
+        checks.append(selftest_check(selftest))
     durations['total_s'] = time.perf_counter() - start
     summary = {
         'scenario': config.name,
@@ -171,15 +195,24 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             'batch_count_errors': equivalence.batch_count_errors,
             'failures': [f.describe() for f in equivalence.failures],
             'per_tensor': equivalence.per_tensor,
+            'diagnosis': diagnosis.to_dict() if diagnosis else None,
+            'own_shuffling': rows_to_dicts(shuffle_rows),
+            'selftest': selftest.to_dicts() if selftest else None,
             'coverage': [{'pipeline': c.pipeline, 'epoch': c.epoch, 'expected': c.expected, 'delivered': c.delivered,
                           'passed': c.passed, 'detail': c.describe()} for c in equivalence.coverage],
         },
-        'training': training.to_dict(),
+        'training': {**training.to_dict(), 'ensemble': spread.to_dict() if cmp.parity_seeds > 1 else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
         'provenance': {**provenance(config), 'overrides': list(overrides)},
         'durations': durations,
     }
-    write_report(out, summary)
+    worst_frame = None
+    if equivalence.worst is not None:
+        plot_worst_frame(*equivalence.worst, out / 'worst_frame.png')
+        worst_frame = 'worst_frame.png'
+    elif (out / 'worst_frame.png').exists():
+        (out / 'worst_frame.png').unlink()  # from an earlier, failing run
+    write_report(out, summary, worst_frame=worst_frame)
     logger.info("report written to %s", out)
     return summary
 

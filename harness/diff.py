@@ -184,7 +184,7 @@ def compare_arrays(x: np.ndarray, y: np.ndarray, names: Sequence[str], tolerance
         rel_err = np.where(abs_err == 0, 0.0, abs_err / np.where(scale == 0, 1.0, scale))
         rel_err = np.where(np.isnan(rel_err), np.inf, rel_err)
         if tolerance.tier == 'close':
-            ok = abs_err <= tolerance.atol + tolerance.rtol * np.abs(y64)
+            ok = (abs_err <= tolerance.atol + tolerance.rtol * np.nan_to_num(np.abs(y64))) | both_nan
         else:  # 'equal' and 'identical' both need exact values; 'identical' already failed on the bytes above
             ok = abs_err == 0
     if tolerance.tier == 'identical':  # bit patterns: tells -0.0 from 0.0 and one NaN payload from another
@@ -197,12 +197,15 @@ def compare_arrays(x: np.ndarray, y: np.ndarray, names: Sequence[str], tolerance
     flat = int(np.argmax(abs_err)) if n else 0
     worst_index = np.unravel_index(flat, x.shape) if n else ()
     worst = _coordinates(worst_index, names, item_names or {}, keys)
+    with np.errstate(invalid='ignore'):  # quantiles of arrays holding inf
+        stats = {f'{kind}_{stat}': float(f(err)) if n else 0.0
+                 for kind, err in (('abs', abs_err), ('rel', rel_err))
+                 for stat, f in (('max', np.max), ('mean', np.mean), ('median', np.median),
+                                 ('p99', lambda e: np.quantile(e, .99)))}
     return TensorDiff(
         name, passed=mismatched == 0, identical=False, n_elements=n, n_mismatched=mismatched,
-        max_abs=float(abs_err.max()) if n else 0.0, mean_abs=float(abs_err.mean()) if n else 0.0,
-        median_abs=float(np.median(abs_err)) if n else 0.0, p99_abs=float(np.quantile(abs_err, .99)) if n else 0.0,
-        max_rel=float(rel_err.max()) if n else 0.0, mean_rel=float(rel_err.mean()) if n else 0.0,
-        median_rel=float(np.median(rel_err)) if n else 0.0, p99_rel=float(np.quantile(rel_err, .99)) if n else 0.0,
+        max_abs=stats['abs_max'], mean_abs=stats['abs_mean'], median_abs=stats['abs_median'], p99_abs=stats['abs_p99'],
+        max_rel=stats['rel_max'], mean_rel=stats['rel_mean'], median_rel=stats['rel_median'], p99_rel=stats['rel_p99'],
         worst=worst, worst_values=(float(x64[worst_index]), float(y64[worst_index])) if n else None,
         min_atol=float(abs_err.max()) if n else 0.0, min_rtol=float(rel_err.max()) if n else 0.0)
 

@@ -73,6 +73,11 @@ class EquivalenceResult:
     failures: list[BatchFailure] = field(default_factory=list)
     coverage: list[CoverageResult] = field(default_factory=list)
     per_tensor: dict[str, dict] = field(default_factory=dict)
+    worst: tuple | None = None  # (TensorDiff, legacy Tensor, native Tensor) of the largest value error
+
+    @property
+    def first_failure(self) -> BatchFailure | None:
+        return self.failures[0] if self.failures else None
 
     @property
     def passed(self) -> bool:
@@ -119,8 +124,9 @@ def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans:
                     if frames is not None:
                         delivered[pipeline.name] += frames.identify(batches[pipeline.name])
             if len(batches) == 2:
-                _record(result, plan.epoch, index, keys, compare_batches(batches[legacy.name], batches[native.name],
-                                                                         tolerance, keys))
+                diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, keys)
+                _record(result, plan.epoch, index, keys, diffs)
+                _keep_worst(result, diffs, batches[legacy.name], batches[native.name])
             if progress:
                 progress(1)
         for name, count in counts.items():
@@ -153,6 +159,15 @@ def _record(result: EquivalenceResult, epoch: int, index: int, keys: list, diffs
         result.failed_batches += 1
         if len(result.failures) < MAX_REPORTED:
             result.failures.append(BatchFailure(epoch, index, keys, diffs))
+
+
+def _keep_worst(result: EquivalenceResult, diffs: list[TensorDiff], legacy: dict, native: dict) -> None:
+    from .diff import flatten_batch
+    for d in diffs:
+        if d or d.structure_errors or not d.n_elements:
+            continue
+        if result.worst is None or d.max_abs > result.worst[0].max_abs:
+            result.worst = (d, dict(flatten_batch(legacy))[d.name], dict(flatten_batch(native))[d.name])
 
 
 def audit_coverage(pipeline: str, epoch: int, expected: Sequence[WindowKey], delivered: Sequence[WindowKey | None]

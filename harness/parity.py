@@ -58,8 +58,14 @@ class TrainingResult:
         return (f"{self.steps} steps: curves first differ at step {self.first_divergent_step}; max relative difference "
                 f"{self.max_rel_loss_diff:.3g} ({state} loss_rtol={self.loss_rtol:g})")
 
+    @property
+    def loss_ratio(self) -> list[float]:
+        """native / legacy per step (1.0 where both are equal)."""
+        return [1.0 if a == b else (b / a if a else float('inf')) for a, b in zip(self.legacy_losses, self.native_losses)]
+
     def to_dict(self) -> dict:
         return {'steps': self.steps, 'legacy_losses': self.legacy_losses, 'native_losses': self.native_losses,
+                'loss_ratio': self.loss_ratio,
                 'legacy_val_losses': self.legacy_val, 'native_val_losses': self.native_val,
                 'max_rel_loss_diff': self.max_rel_loss_diff, 'first_divergent_step': self.first_divergent_step}
 
@@ -103,3 +109,41 @@ def validation_loss(pipeline: AbstractPipeline, plan: BatchPlan, net) -> float:
         total += model.evaluate(net, batch) * len(keys)
         count += len(keys)
     return total / count if count else float('nan')
+
+
+@dataclass
+class EnsembleResult:
+    """Final-loss differences (native - legacy) of trainings from several seeds (weights and plans)."""
+    seeds: list[int]
+    legacy_final: list[float]
+    native_final: list[float]
+
+    @property
+    def diffs(self) -> list[float]:
+        return [n - l for l, n in zip(self.legacy_final, self.native_final)]
+
+    @property
+    def rel_diffs(self) -> list[float]:
+        return [_rel(l, n) for l, n in zip(self.legacy_final, self.native_final)]
+
+    def to_dict(self) -> dict:
+        import statistics
+        d = self.diffs
+        return {'seeds': self.seeds, 'legacy_final': self.legacy_final, 'native_final': self.native_final,
+                'final_loss_diff': d, 'mean_diff': statistics.fmean(d) if d else 0.0,
+                'std_diff': statistics.stdev(d) if len(d) > 1 else 0.0, 'max_rel_diff': max(self.rel_diffs, default=0.0)}
+
+
+def ensemble(legacy: AbstractPipeline, native: AbstractPipeline, keys, make_network: Callable[[int], object],
+             make_plans: Callable[[int], Sequence[BatchPlan]], learning_rate: float, seeds: Sequence[int],
+             progress: Callable[[int], None] | None = None) -> EnsembleResult:
+    """Trains both pipelines from each seed (initial weights and plans drawn from it) and records the final losses.
+
+    For pipelines that are close but not bitwise equal, the spread across seeds shows whether the difference matters.
+    """
+    legacy_final, native_final = [], []
+    for seed in seeds:
+        result = train_both(legacy, native, make_plans(seed), make_network(seed), learning_rate, progress=progress)
+        legacy_final.append(result.legacy_losses[-1])
+        native_final.append(result.native_losses[-1])
+    return EnsembleResult(list(seeds), legacy_final, native_final)

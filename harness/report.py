@@ -88,3 +88,39 @@ def plot_timings(performance: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_worst_frame(diff, legacy, native, path: Path) -> None:
+    """The frame holding the worst element: legacy, native and their difference side by side, with named axes.
+
+    Args:
+        diff: The `TensorDiff` whose `worst` coordinates select the frame (batch, time, vector component).
+        legacy, native: The two tensors it compared.
+    """
+    import numpy as np
+    worst = diff.worst or {}
+    select = {n: worst[n] for n in legacy.shape.names if n in worst and n not in legacy.shape.spatial.names[:2]}
+    a, b = legacy[select], native[select]
+    spatial = a.shape.spatial.names
+    if len(spatial) > 2:  # 3-D: the slice through the worst element
+        extra = {n: worst[n] for n in spatial[2:]}
+        a, b, spatial = a[extra], b[extra], spatial[:2]
+    xa, xb = a.numpy(list(spatial)), b.numpy(list(spatial))
+    where = ', '.join(f"{k}={v}" for k, v in worst.items() if k not in spatial[:2])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    titles = ('legacy', 'native', 'native − legacy')
+    arrays = (xa, xb, xb.astype(np.float64) - xa)
+    for ax, title, array in zip(axes, titles, arrays):
+        if len(spatial) == 1:
+            ax.plot(array)
+            ax.set_xlabel(spatial[0])
+        else:
+            im = ax.imshow(array.T, origin='lower', cmap='RdBu_r' if title.startswith('native −') else 'viridis')
+            ax.set_xlabel(spatial[0])
+            ax.set_ylabel(spatial[1])
+            fig.colorbar(im, ax=ax, shrink=.8)
+        ax.set_title(title)
+    fig.suptitle(f"worst frame of {diff.name!r}: {where} (max |diff| {diff.max_abs:.3g})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

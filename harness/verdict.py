@@ -76,3 +76,21 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_
         return Check(f'{title} not slower', True, detail)
     return Check(f'{title} not slower', False, f"{detail} < {min_speedup}; the native pipeline is slower at {title}: "
                  f"profile it (python -m harness.bench) before switching")
+
+
+def shuffle_check(rows) -> Check:
+    failed = [r for r in rows if not r.passed]
+    if not failed:
+        return Check("own shuffling audited", True, f"{len(rows)} audits of both pipelines' own shuffling passed "
+                     "(each window once per epoch, seeded, no train/validation mixing)")
+    return Check("own shuffling audited", False, '; '.join(f"{r.pipeline}: {r.check}: {r.detail}" for r in failed[:3]) +
+                 "; the everyday (unplanned) loader would train on the wrong windows")
+
+
+def selftest_check(result) -> Check:
+    bad = [r for r in result.rows if not r.ok]
+    n = len(result.rows) - 1
+    if not bad:
+        return Check('harness self-test', True, f"all {n} injected migration bugs caught and diagnosed; clean pipeline passes")
+    return Check('harness self-test', False, "the harness itself is unreliable here: " +
+                 '; '.join(f"{r.bug}: caught={r.caught}, diagnosed {r.kind!r} (expected {r.expected_kind!r})" for r in bad[:3]))
