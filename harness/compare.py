@@ -24,6 +24,7 @@ from .config import ScenarioConfig, load_config
 from .diff import ToleranceMap
 from .equivalence import compare_pipelines
 from .errors import HarnessError
+from .health import scan_simulation
 from .identify import FrameIndex
 from .diagnose import diagnose_epoch
 from .parity import ensemble, train_both
@@ -35,7 +36,7 @@ from .provenance import provenance
 from .report import plot_worst_frame, write_report
 from .simulate import simulate
 from .timing import time_stages
-from .verdict import (coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check, training_check,
+from .verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check, training_check,
                       verdict, window_keys_check)
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     with bar(config.sim.n_steps, 'simulate') as b:
         simulation = simulate(config, b.update)
     durations['simulate_s'] = time.perf_counter() - start
+    health = scan_simulation(simulation, config.health)
 
     legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
     for pipeline in (legacy, native):
@@ -172,6 +174,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         durations['selftest_s'] = time.perf_counter() - t
 
     checks = [
+        Check('data health', health.passed, health.detail if health.passed else
+              health.detail + "; fix the simulation or allow these findings in the config's `health` section"),
         window_keys_check(expected_keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
         equivalence_check(equivalence, config),
         coverage_check(equivalence),
@@ -201,6 +205,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             'coverage': [{'pipeline': c.pipeline, 'epoch': c.epoch, 'expected': c.expected, 'delivered': c.delivered,
                           'passed': c.passed, 'detail': c.describe()} for c in equivalence.coverage],
         },
+        'health': health.to_dict(),
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if cmp.parity_seeds > 1 else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
         'provenance': {**provenance(config), 'overrides': list(overrides)},

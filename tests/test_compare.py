@@ -39,7 +39,10 @@ def test_quick_writes_every_file(quick_run):
 def test_summary_has_every_key(quick_run):
     _, _, s = quick_run
     assert s['scenario'] == 'burgers' and s['verdict'] in ('go', 'no-go')
-    assert {c['name'] for c in s['checks']} >= {'batches equal', 'every window delivered exactly once',
+    assert s['health']['passed'] and s['equivalence']['diagnosis'] is None
+    assert all(r['ok'] for r in s['equivalence']['selftest']) and len(s['equivalence']['selftest']) >= 9
+    assert all(r['passed'] for r in s['equivalence']['own_shuffling'])
+    assert {c['name'] for c in s['checks']} >= {'data health', 'harness self-test', 'own shuffling audited', 'batches equal', 'every window delivered exactly once',
                                                  'loss curves agree', 'batch loading not slower', 'train step not slower'}
     assert all(set(c) == {'name', 'passed', 'detail'} for c in s['checks'])
     e = s['equivalence']
@@ -91,11 +94,17 @@ class SwappedXY(NativePipeline):
 
 
 def test_broken_native_is_no_go(tmp_path, capsys):
-    config = load_config('burgers', [*compare.QUICK, 'trainer.epochs=1'])
+    config = load_config('burgers', [*compare.QUICK, 'trainer.epochs=1', 'health.max_abs_value=0.5'])
     summary = compare.run_compare(config, tmp_path, native_cls=SwappedXY, progress=False)
     assert summary['verdict'] == 'no-go'
     failed = {c['name'] for c in summary['checks'] if not c['passed']}
     assert 'batches equal' in failed
+    assert 'data health' in failed and summary['health']['counts']['out-of-bounds'] > 0
+    assert summary['equivalence']['diagnosis']['kind'] == 'layout'
+    assert 'x<->y transposed' in summary['equivalence']['diagnosis']['summary']
+    assert (tmp_path / 'worst_frame.png').stat().st_size > 1000
+    html = (tmp_path / 'index.html').read_text()
+    assert 'src="worst_frame.png"' in html and 'Diagnosis' in html and 'out-of-bounds' in html
     assert 'every window delivered exactly once' in failed  # transposed frames match no simulated window
     detail = next(c['detail'] for c in summary['checks'] if c['name'] == 'batches equal')
     assert re.search(r'\d+ of \d+ batch pairs differ', detail) and 'max abs' in detail
