@@ -78,7 +78,10 @@ class FileRecord:
         return tuple((name, f.n_frames, tuple(f.resolution)) for name, f in sorted(self.fields.items()))
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        fields = {name: {'dims': list(f.dims), 'shape': list(f.shape), 'dtype': f.dtype, 'item_names': list(f.item_names)}
+                  for name, f in self.fields.items()}
+        return {'name': self.name, 'sim': self.sim, 'size': self.size, 'sha256': self.sha256, 'fields': fields,
+                'metadata': self.metadata, 'config_digest': self.config_digest, 'source': self.source}
 
     @staticmethod
     def from_json(values: dict[str, Any]) -> 'FileRecord':
@@ -127,9 +130,10 @@ class Manifest:
     def save(self, folder: Path) -> Path:
         """Writes `manifest.json` atomically (a reader sees the old or the new manifest, never a mix)."""
         path = self.path(folder)
+        # compact: json's C encoder (an indent selects the pure-Python one); rewritten after every file of a build
         text = json.dumps({'format_version': FORMAT_VERSION, 'pipeline': self.pipeline,
                            'files': {name: self.files[name].to_json() for name in sorted(self.files)}},
-                          indent=1, default=_json_default)
+                          default=_json_default, separators=(',', ':'))
         with atomic_path(path, '.json') as tmp:
             tmp.write_text(text, encoding='utf-8')
         return path

@@ -253,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as done:  # usage error (one line already on stderr) or --help
+        return int(done.code or 0)
     setup_logging(args.verbose)
     from tqdm import tqdm
     with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:

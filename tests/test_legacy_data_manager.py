@@ -90,3 +90,35 @@ def test_unsafe_payload_not_executed(tmp_path):
     with pytest.raises(CacheError, match='refused to load'):
         DataManager(tmp_path).load_cache(0)
     assert not marker.exists()
+
+
+def test_unsafe_payload_in_tensor_data_not_executed(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': Payload()}, 'metadata': {}}, path)
+    with pytest.raises(CacheError, match=f"{path}: refused to load"):
+        DataManager(tmp_path).load_cache(0)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.exists()
+
+
+def test_saved_bytes_are_reproducible(cache_dirs, tmp_path):
+    """Equal data gives equal bytes (the archive is not named after the random temporary file)."""
+    data = DataManager(cache_dirs['legacy']).load_cache(1)
+    for folder in ('a', 'b'):
+        DataManager(tmp_path / folder).save_cache(1, data['tensor_data'], data['metadata'])
+    assert (tmp_path / 'a' / 'sim_000001.pt').read_bytes() == (tmp_path / 'b' / 'sim_000001.pt').read_bytes()
+
+
+def test_any_float_only_when_asked(cache_dirs, tmp_path):
+    data = DataManager(cache_dirs['legacy']).load_cache(0)
+    DataManager(tmp_path).save_cache(0, {'velocity': data['tensor_data']['velocity'].double()}, data['metadata'])
+    with pytest.raises(CacheError, match='dtype torch.float64, expected torch.float32'):
+        DataManager(tmp_path).load_cache(0)
+    assert DataManager(tmp_path).load_cache(0, allow_any_float=True)['tensor_data']['velocity'].dtype == torch.float64

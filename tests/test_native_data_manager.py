@@ -109,3 +109,38 @@ def test_truncated_file(cache_dirs, tmp_path):
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(CacheError, match=str(path)):
         PhiMLDataManager(tmp_path).load_cache(0)
+
+
+class _Payload:
+    """Unpickling this creates `marker`: proof that code from the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def _crafted_copy(cache_dirs, tmp_path, **members):
+    """The tiny cache's sim 0 with some members replaced (by `np.savez`, as `phiml.math.save` writes them)."""
+    with np.load(cache_dirs['phiml'] / 'sim_000000.npz', allow_pickle=True) as original:
+        arrays = {name: original[name] for name in original.files}
+    arrays.update(members)
+    np.savez(tmp_path / 'sim_000000.npz', **arrays)
+    return tmp_path / 'sim_000000.npz'
+
+
+@pytest.mark.parametrize('member, words', [
+    ('specs', "refused to unpickle member 'specs.npy': global 'io.open' is not allowed"),
+    ('root[metadata][seed]:0', "array member 'root[metadata][seed]:0.npy' holds Python objects, expected numbers"),
+], ids=['specs', 'array-member'])
+def test_crafted_member_not_executed(cache_dirs, tmp_path, member, words):
+    marker = tmp_path / 'pwned'
+    path = _crafted_copy(cache_dirs, tmp_path, **{member: np.asarray([_Payload(marker)], dtype=object)})
+    with pytest.raises(CacheError) as info:
+        PhiMLDataManager(tmp_path).load_cache(0)
+    assert str(path) in str(info.value) and words in str(info.value)
+    assert not marker.exists()
+    with np.load(path, allow_pickle=True) as unsafe:  # the payload is live: an unrestricted load runs it
+        unsafe[member]
+    assert marker.exists()

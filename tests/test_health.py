@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+from phiml import math
+from phiml.math import batch, channel, spatial
+
+from harness.config import HealthConfig, load_config
+from harness.errors import ConfigError
+from harness.health import HealthFinding, scan_dataset, scan_simulation, scan_tensors
+from phiml_native import PhiMLDataManager, PhiMLDataset
+from conftest import TINY
+
+
+@pytest.fixture(scope='module')
+def values(tiny_sim):
+    """The tiny scenario's velocity as an array (sim, time, x, y, vector); copy before changing it."""
+    return tiny_sim.fields['velocity'].values.numpy('sim,time,x,y,vector')
+
+
+def _scan(values, health=HealthConfig(), sims=None):
+    tensor = math.wrap(values, batch('sim,time'), spatial('x,y'), channel(vector='x,y'))
+    return scan_tensors({'velocity': tensor}, health, sims)
+
+
+def test_simulation_is_healthy(tiny_sim, tiny_config):
+    report = scan_simulation(tiny_sim, tiny_config.health)
+    assert report and report.rows == [] and report.counts == dict.fromkeys(report.counts, 0)
+    assert (report.sims, report.n_frames, report.fields) == ([0, 1, 2, 3], 9, ['velocity'])
+    assert report.detail == ("healthy: 4 sims x 9 frames of 'velocity'; no NaN/Inf, constant or repeated frames, "
+                             "no |value| > 100")
+
+
+def test_each_check_reported_per_sim_and_frame(values):
+    bad = values.copy()
+    bad[1, 3, 2, 5, 0] = np.nan
+    bad[1, 3, 0, 0, 1] = -np.inf
+    bad[2, 5] = bad[2, 4]
+    bad[0, 6] = 0.25
+    bad[3, 2, 7, 1, 1] = -1e3
+    report = _scan(bad)
+    assert not report and len(report.failures) == 4
+    assert report.rows == [
+        HealthFinding(0, 6, 'velocity', 'constant', 'every cell holds (0.25, 0.25)', False),
+        HealthFinding(1, 3, 'velocity', 'nonfinite', '1 NaN, 1 Inf of 512 values', False),
+        HealthFinding(2, 5, 'velocity', 'repeated', 'bitwise equal to frame 4', False),
+        HealthFinding(3, 2, 'velocity', 'out-of-bounds',
+                      '|value| 1000 at x=7, y=1, vector=y exceeds `health.max_abs_value` (=100)', False),
+    ]
+    assert report.counts == {'nonfinite': 1, 'out-of-bounds': 1, 'constant': 1, 'repeated': 1}
+    assert [r.frame for r in report.by_sim()[1]] == [3]
+    assert report.detail.startswith("unhealthy: 4 sims x 9 frames of 'velocity'; nonfinite in 1 frame(s), not allowed "
+                                    "(first: sim 1 frame 3 'velocity': nonfinite (1 NaN, 1 Inf of 512 values))")
+
+
+def test_allowances_let_findings_through(values):
+    bad = values.copy()
+    bad[0, 1, 0, 0, 0] = np.nan
+    bad[1, 2] = 0.0
+    bad[2, 7] = bad[2, 6]
+    lenient = HealthConfig(allow_nonfinite=True, allow_constant=True, allow_repeated=True)
+    report = _scan(bad, lenient)
+    assert report and len(report.rows) == 3 and all(r.allowed for r in report.rows)
+    assert report.detail.startswith('healthy (findings allowed by config)')
+    for strict in (HealthConfig(allow_constant=True, allow_repeated=True),
+                   HealthConfig(allow_nonfinite=True, allow_repeated=True),
+                   HealthConfig(allow_nonfinite=True, allow_constant=True)):
+        assert not _scan(bad, strict) and len(_scan(bad, strict).failures) == 1
+
+
+def test_bound_is_configurable(values):
+    peak = float(np.abs(values).max())
+    assert not _scan(values, HealthConfig(max_abs_value=peak * 0.99))
+    assert _scan(values, HealthConfig(max_abs_value=peak))
+    assert _scan(values * 1e6, HealthConfig(max_abs_value=float('inf')))
+
+
+def test_a_repeated_zero_sign_is_not_equal(values):
+    """Repetition is bitwise: -0.0 after 0.0 is a change."""
+    frames = values[:1, :2, :4, :4].copy()
+    frames[0, 1] = frames[0, 0]
+    assert [r.check for r in _scan(frames).rows] == ['repeated']
+    frames[0, 0, 0, 0, 0], frames[0, 1, 0, 0, 0] = 0.0, -0.0
+    assert _scan(frames).rows == []
+
+
+def test_scalar_and_1d_fields():
+    scalar = math.wrap(np.zeros((2, 3, 8), np.float32) + np.arange(8), batch('sim,time'), spatial('x'))
+    report = scan_tensors({'density': scalar}, HealthConfig(), sims=[5, 6])
+    assert [(r.sim, r.frame, r.check) for r in report.rows] == [(5, 1, 'repeated'), (5, 2, 'repeated'),
+                                                                (6, 1, 'repeated'), (6, 2, 'repeated')]
+    flat = math.wrap(np.ones((1, 2, 8), np.float32), batch('sim,time'), spatial('x'))
+    assert [r.detail for r in scan_tensors({'p': flat}, HealthConfig()).rows][:1] == ['every cell holds 1']
+
+
+def test_float64_values_are_not_rounded():
+    """phiml's numpy(order) casts to float32 unless the precision is set; 1e-12 apart must stay apart."""
+    frames = np.ones((1, 2, 4), np.float64) + np.arange(4) * 1e-3
+    frames[0, 1] += 1e-12
+    assert _checks(math.wrap(frames, batch('sim,time'), spatial('x'))) == []
+
+
+def _checks(tensor):
+    return [r.check for r in scan_tensors({'f': tensor}, HealthConfig()).rows]
+
+
+def test_scan_dataset_uses_cache_sim_indices(cache_dirs, tiny_config):
+    dataset = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), [3, 1], tiny_config.data.rollout_steps)
+    report = scan_dataset(dataset, tiny_config.health)
+    assert report and report.sims == [3, 1] and report.n_frames == 9
+
+
+def test_bad_input():
+    tensor = math.wrap(np.zeros((2, 4)), batch('time'), spatial('x'))
+    with pytest.raises(ValueError, match=r"field 'f' has dims \('time', 'x'\), expected `sim` and `time`"):
+        scan_tensors({'f': tensor}, HealthConfig())
+    good = math.wrap(np.zeros((2, 3, 4)), batch('sim,time'), spatial('x'))
+    with pytest.raises(ValueError, match='`sims` has 1 entries'):
+        scan_tensors({'f': good}, HealthConfig(), sims=[0])
+    with pytest.raises(ConfigError, match=r'`health.max_abs_value` \(=0.0\) must be > 0'):
+        load_config('burgers', [*TINY, 'health.max_abs_value=0'])
+    with pytest.raises(ConfigError, match='health.allow_constant'):
+        load_config('burgers', [*TINY, 'health.allow_constant=maybe'])
+
+
+def test_to_dict_is_json(values):
+    bad = values.copy()
+    bad[0, 0, 0, 0, 0] = np.nan
+    data = json.loads(json.dumps(_scan(bad).to_dict()))
+    assert data['passed'] is False and data['counts']['nonfinite'] == 1
+    assert data['rows'][0] == {'sim': 0, 'frame': 0, 'field': 'velocity', 'check': 'nonfinite',
+                               'detail': '1 NaN, 0 Inf of 512 values', 'allowed': False}
+    assert data['config'] == {'max_abs_value': 100.0, 'allow_nonfinite': False, 'allow_constant': False,
+                              'allow_repeated': False}
