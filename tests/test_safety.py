@@ -15,6 +15,7 @@ from harness.manifest import KINDS, Manifest
 from harness.simulate import simulate
 from conftest import PIPELINE_IDS, PIPELINES, TINY
 
+pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='the builds are killed in forked children')
 KILLS = 20
 KILL_CONFIG = (*TINY, 'data.n_sims=6', 'data.n_val_sims=2')  # 8 files: kills land before, between and inside writes
 
