@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,12 +17,12 @@ import torch
 from tqdm import tqdm
 
 from . import model
-from .cache import write_cache
+from .cache import build_cache, verify_cache
 from .cli import OneLineParser, guarded, setup_logging
 from .config import ScenarioConfig, load_config
 from .diff import ToleranceMap
 from .equivalence import compare_pipelines
-from .errors import HarnessError
+from .errors import CacheError, HarnessError
 from .health import scan_simulation
 from .identify import FrameIndex
 from .diagnose import diagnose_epoch
@@ -50,7 +49,9 @@ def make_parser() -> OneLineParser:
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
     parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
-    parser.add_argument('--cache-dir', type=Path, help="cache folder (default: <out>/cache)")
+    parser.add_argument('--cache-dir', type=Path, help="reuse the caches in this folder (default: <out>/cache, rebuilt "
+                        "as needed); they are verified against their manifests and a bad file is an error")
+    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir")
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -63,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
     out = args.out or Path('reports') / config.name
     overrides = [*(['--quick'] if args.quick else []), *args.overrides]
-    summary = run_compare(config, out, args.cache_dir, progress=not args.no_progress, overrides=overrides)
+    summary = run_compare(config, out, args.cache_dir, progress=not args.no_progress, overrides=overrides,
+                          repair=args.repair)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:
@@ -89,17 +91,21 @@ def prepare_output(out: Path) -> None:
 
 
 def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *, legacy_cls=None, native_cls=None,
-                progress: bool = True, overrides: Sequence[str] = ()) -> dict:
+                progress: bool = True, overrides: Sequence[str] = (), repair: bool = False) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     Args:
+        cache_dir: A cache folder to reuse (verified; bad files are an error unless `repair`). Default: `out/cache`,
+            which is completed or repaired as needed.
         legacy_cls, native_cls: Pipeline classes (default: `LegacyPipeline`, `NativePipeline`); tests pass doubles.
+        repair: Rewrite the missing and bad files of `cache_dir`.
     """
     from legacy import LegacyPipeline
     from phiml_native import NativePipeline
     legacy_cls, native_cls = legacy_cls or LegacyPipeline, native_cls or NativePipeline
     out = Path(out)
     prepare_output(out)
+    strict_cache = cache_dir is not None and not repair
     cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
     _seed_everything(config)
     durations = {}
@@ -115,12 +121,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     health = scan_simulation(simulation, config.health)
 
     legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
-    for pipeline in (legacy, native):
-        shutil.rmtree(pipeline.cache_dir, ignore_errors=True)
     t = time.perf_counter()
     with bar(2 * len(config.all_sims), 'write caches') as b:
-        for pipeline in (legacy, native):
-            write_cache(pipeline, simulation, config.all_sims, b.update)
+        caches = {p.name: _prepare_cache(p, config, simulation, strict_cache, b.update) for p in (legacy, native)}
     durations['write_s'] = time.perf_counter() - t
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
@@ -206,6 +209,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
                           'passed': c.passed, 'detail': c.describe()} for c in equivalence.coverage],
         },
         'health': health.to_dict(),
+        'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if cmp.parity_seeds > 1 else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
         'provenance': {**provenance(config), 'overrides': list(overrides)},
@@ -220,6 +224,18 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     write_report(out, summary, worst_frame=worst_frame)
     logger.info("report written to %s", out)
     return summary
+
+
+def _prepare_cache(pipeline, config: ScenarioConfig, simulation, strict: bool, progress) -> dict:
+    """Makes `pipeline`'s cache complete and verified; with `strict`, an existing cache must verify as it is."""
+    folder = pipeline.cache_dir
+    if strict and folder.is_dir() and any(folder.iterdir()):
+        report = verify_cache(folder, pipeline.name, config)
+        if not report:
+            raise CacheError(f"{report.summary()}; rerun with --repair to rewrite just those files")
+        return {'folder': str(folder), 'rebuilt': [], 'reused': report.sims}
+    result = build_cache(pipeline, config, simulation, progress=progress)
+    return {'folder': str(folder), 'rebuilt': result.rebuilt, 'reused': result.skipped}
 
 
 def _channels(simulation) -> int:

@@ -162,8 +162,18 @@ def compare_tensors(a: Tensor, b: Tensor, tolerance: Tolerance = Tolerance(), na
     if errors:
         return TensorDiff(name, passed=False, identical=False, structure_errors=errors)
     order = a.shape.names
-    return compare_arrays(a.numpy(order), b.numpy(order), order, tolerance, name,
+    return compare_arrays(as_numpy(a, order), as_numpy(b, order), order, tolerance, name,
                           item_names={n: a.shape.get_item_names(n) for n in order}, keys=keys)
+
+
+def as_numpy(t: Tensor, order: Sequence[str]) -> np.ndarray:
+    """`t.numpy(order)` in the tensor's own precision (PhiML would cast float64 to its default float32)."""
+    from phiml import math
+    bits = getattr(t.dtype, 'bits', None)
+    if t.dtype.kind is float and bits:
+        with math.precision(bits):
+            return t.numpy(order)
+    return t.numpy(order)
 
 
 def compare_arrays(x: np.ndarray, y: np.ndarray, names: Sequence[str], tolerance: Tolerance = Tolerance(),

@@ -146,3 +146,24 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_cache_dir_verified_and_repaired(quick_run, tmp_path, capsys):
+    import shutil
+    _, out, _ = quick_run
+    cache = tmp_path / 'cache'
+    shutil.copytree(out / 'cache', cache)
+    damaged = cache / 'phiml' / 'sim_000001.npz'
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    untouched = (cache / 'legacy' / 'sim_000000.pt').stat().st_mtime_ns
+    args = ['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', '--out', str(tmp_path / 'r'),
+            '--cache-dir', str(cache), '--no-progress']
+    assert guarded(compare.main, compare.PROG, args) == 2
+    err = capsys.readouterr().err
+    assert 'sim_000001.npz' in err and '--repair' in err and len(err.strip().splitlines()) == 1
+    assert damaged.stat().st_size == 100  # nothing rewritten without --repair
+    assert guarded(compare.main, compare.PROG, [*args, '--repair']) in (0, 1)
+    summary = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+    assert summary['caches']['phiml']['rebuilt'] == [1] and summary['caches']['legacy']['rebuilt'] == []
+    assert (cache / 'legacy' / 'sim_000000.pt').stat().st_mtime_ns == untouched
+    assert summary['equivalence']['identical']

@@ -105,3 +105,10 @@ def test_compare_batches_by_name():
     multi = compare_batches({'targets': {'velocity': t, 'density': t}}, {'targets': {'velocity': t, 'density': t * 2}})
     assert [(d.name, bool(d)) for d in multi] == [('targets/density', False), ('targets/velocity', True)]
     assert isinstance(multi[0], TensorDiff)
+
+
+def test_float64_not_rounded_to_float32():
+    a = math.wrap(np.array([1.0, 2.0]), spatial('x'))
+    b = math.wrap(np.array([1.0, 2.0 + 1e-12]), spatial('x'))
+    d = compare_tensors(a, b)
+    assert not d and d.max_abs == pytest.approx(1e-12, rel=1e-3)
