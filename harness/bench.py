@@ -1,0 +1,227 @@
+"""`python -m harness.bench SCENARIO [key=value ...]`: how fast and how lean each pipeline is, stage by stage, against the
+memory-bandwidth floor, and how that scales; writes `bench.json` and prints a table.
+
+`run_bench(config)` returns the content of `bench.json` (the compare report shows the same figures):
+
+- `scenario`, `machine` (cpu, cores, torch threads, package versions), `config` (resolved), `wall_s`.
+- `method`: repetitions, warm-up, statistic (median), interleaving, what "cold" means, how memory is measured.
+- `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements.
+- `stages`: `write`, `read`, `iterate`, `convert`, `step` -> `legacy_s`, `native_s`, `speedup` (legacy / native) and
+  each stage's baseline (`harness.stages.bench_stages`): `read.native_vs_npy_load`, `iterate.native_vs_floor`,
+  `iterate.legacy_vs_floor`, `convert.native_vs_step`, ...
+- `memory`: per pipeline (`legacy`, `native`) peak resident memory of `open` + one epoch of the scenario's training
+  sims (`harness.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`).
+- `scaling`: `{'resolution': [...], 'sims': [...]}`, one entry per size (`harness.scaling.bench_scaling`) with
+  `legacy_s`, `native_s`, `speedup`, `native_vs_floor`, `legacy_vs_floor`, `adjustments`, and `memory` where measured.
+- `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`).
+
+Exit code: 0 after a run (targets missed are reported, not failed: timings on a shared machine are evidence, not
+assertions), 2 for bad usage or a bad config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .atomic import atomic_path
+from .cli import OneLineParser, guarded, setup_logging
+from .config import ScenarioConfig, load_config
+from .errors import ConfigError
+from .floor import measure_bandwidth
+from .memory import measure_peaks
+from .provenance import provenance
+from .scaling import bench_scaling
+from .simulate import simulate
+from .stages import bench_stages
+
+logger = logging.getLogger(__name__)
+PROG = 'python -m harness.bench'
+MEMORY_AT = ('128x128', '4x sims')
+SPEED_TARGET = 1.5  # batch loading, native >= 1.5x legacy with 1-D and 32x32 frames
+FLOOR_TARGET = 1.5  # batch loading, native <= 1.5x the floor with 64x64 and 128x128 frames
+READ_TARGET = 1.5  # cold read <= 1.5x np.load of .npy files
+CONVERT_TARGET = 0.01  # conversion < 1 % of a train step
+MEMORY_TARGET = 1.3  # native epoch peak <= 1.3x the cached data (above the baseline)
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
+    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. data.n_sims=16")
+    parser.add_argument('--out', type=Path, help="output folder for bench.json (default: reports/<scenario>/)")
+    parser.add_argument('--repeats', type=int, default=5, help="timed repetitions per figure (median; default 5)")
+    parser.add_argument('--warmup', type=int, default=1, help="untimed repetitions first (default 1)")
+    parser.add_argument('--skip', action='append', default=[], choices=['scaling', 'memory'],
+                        help="leave out a part (repeatable)")
+    parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_intermixed_args(argv)
+    setup_logging(args.verbose)
+    if args.repeats < 1 or args.warmup < 0:
+        raise ConfigError(f"`--repeats` (={args.repeats}) must be >= 1 and `--warmup` (={args.warmup}) >= 0")
+    config = load_config(args.scenario, args.overrides)
+    out = args.out or Path('reports') / config.name
+    result = run_bench(config, out, repeats=args.repeats, warmup=args.warmup, scaling='scaling' not in args.skip,
+                       memory='memory' not in args.skip, argv=[args.scenario, *args.overrides])
+    print(format_table(result))
+    print(f"bench.json: {(out / 'bench.json').resolve()}")
+    return 0
+
+
+def run_bench(config: ScenarioConfig, out: Path | None = None, *, repeats: int = 5, warmup: int = 1,
+              scaling: bool = True, memory: bool = True, argv: list[str] | None = None) -> dict:
+    """Benchmarks both pipelines on `config`; writes `out/bench.json` when `out` is given. Keys: see the module doc.
+
+    Args:
+        config: The scenario (its training sims are timed; validation sims are not simulated).
+        out: Folder for `bench.json`, created if needed.
+        repeats: Timed repetitions per figure (>= 5 for the published figures; fewer for smoke tests).
+        warmup: Untimed repetitions first.
+        scaling: Include the scaling sweep (1-D, 32², 64², 128², 2x and 4x sims).
+        memory: Measure peak resident memory (one subprocess per pipeline and size).
+
+    Raises:
+        HarnessError: a memory worker failed, or `out` cannot be written.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(config.trainer.torch_threads)
+    workdir = Path(tempfile.mkdtemp(prefix='harness-bench-'))
+    try:
+        bandwidth = measure_bandwidth()
+        simulation = simulate(config)
+        result = {
+            'scenario': config.name,
+            'machine': _machine(config, argv),
+            'method': _method(repeats, warmup),
+            'bandwidth': bandwidth.to_dict(),
+            'stages': bench_stages(config, simulation, workdir / 'stages', bandwidth, repeats=repeats, warmup=warmup),
+        }
+        if memory:
+            from legacy import LegacyPipeline
+            from phiml_native import NativePipeline
+            rollout = config.data.rollout_steps
+            caches = {'legacy': LegacyPipeline(workdir / 'stages' / 'legacy', rollout),
+                      'native': NativePipeline(workdir / 'stages' / 'phiml', rollout)}
+            result['memory'] = measure_peaks(caches, config.train_sims, rollout, config.data.batch_size,
+                                             seed=config.seed, torch_threads=config.trainer.torch_threads)
+        if scaling:
+            result['scaling'] = bench_scaling(config, workdir / 'scaling', bandwidth, repeats=repeats, warmup=warmup,
+                                              memory_at=MEMORY_AT if memory else ())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result['targets'] = targets(result)
+    result['wall_s'] = time.perf_counter() - started
+    if out is not None:
+        write_json(result, Path(out) / 'bench.json')
+    return result
+
+
+def write_json(result: dict, path: Path) -> Path:
+    """Writes `result` atomically as indented JSON."""
+    with atomic_path(path, '.json') as tmp:
+        tmp.write_text(json.dumps(result, indent=2, default=float))
+    return path
+
+
+def targets(result: dict) -> list[dict]:
+    """The migration's performance targets, each with the measured value and whether it is met."""
+    rows = []
+
+    def add(name: str, where: str, value: float, limit: float, at_most: bool):
+        rows.append({'name': name, 'where': where, 'value': value, 'limit': limit,
+                     'met': bool(value <= limit if at_most else value >= limit)})
+
+    stages = result['stages']
+    add('cold read, native / np.load of .npy', 'scenario', stages['read']['native_vs_npy_load'], READ_TARGET, True)
+    add('conversion, native / train step', 'scenario', stages['convert']['native_vs_step'], CONVERT_TARGET, True)
+    add('batch loading, speedup over legacy', 'scenario', stages['iterate']['speedup'], 1.0, False)
+    for entry in [*result.get('scaling', {}).get('resolution', []), *result.get('scaling', {}).get('sims', [])]:
+        if entry['label'] in ('1d-256', '32x32'):
+            add('batch loading, speedup over legacy', entry['label'], entry['speedup'], SPEED_TARGET, False)
+        else:
+            add('batch loading, speedup over legacy', entry['label'], entry['speedup'], 1.0, False)
+        if entry['label'] in ('64x64', '128x128'):
+            add('batch loading, native / floor', entry['label'], entry['native_vs_floor'], FLOOR_TARGET, True)
+        if 'memory' in entry:
+            add('peak memory, native epoch / cached data', entry['label'], entry['memory']['native']['ratio'],
+                MEMORY_TARGET, True)
+    if 'memory' in result:
+        add('peak memory, native epoch / cached data', 'scenario', result['memory']['native']['ratio'], MEMORY_TARGET, True)
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """The figures of `result` as plain-text tables: stages, scaling, memory, targets."""
+    import pandas as pd
+    bandwidth = result['bandwidth']['bytes_per_s']
+    lines = [f"{result['scenario']} on {result['machine']['cpu']} ({result['machine']['cpu_count']} cores, "
+             f"torch threads {result['machine']['torch_threads']}); copy bandwidth {bandwidth / 1e9:.2f} GB/s; "
+             f"medians of {result['method']['repeats']} interleaved repetitions"]
+    stages = pd.DataFrame([{'stage': name, 'speedup': s['speedup'], 'legacy ms': s['legacy_s'] * 1e3,
+                            'native ms': s['native_s'] * 1e3, 'baseline': _baseline(name, s)}
+                           for name, s in result['stages'].items()])
+    lines += ['', stages.to_string(index=False, float_format=lambda v: f'{v:.3g}')]
+    if 'scaling' in result:
+        rows = [{'size': e['label'], 'speedup': e['speedup'], 'native/floor': e['native_vs_floor'],
+                 'legacy/floor': e['legacy_vs_floor'], 'legacy ms': e['legacy_s'] * 1e3, 'native ms': e['native_s'] * 1e3,
+                 'floor ms': e['floor_s'] * 1e3, 'MB/epoch': e['epoch_bytes'] / 1e6}
+                for part in ('resolution', 'sims') for e in result['scaling'][part]]
+        lines += ['', 'one epoch of batch loading by size:', pd.DataFrame(rows).to_string(
+            index=False, float_format=lambda v: f'{v:.3g}')]
+    memory = [{'where': 'scenario', **{f'{p} x cached': m['ratio'] for p, m in result['memory'].items()},
+               'cached MB': result['memory']['native']['cached_bytes'] / 1e6}] if 'memory' in result else []
+    for entry in [*result.get('scaling', {}).get('resolution', []), *result.get('scaling', {}).get('sims', [])]:
+        if 'memory' in entry:
+            memory.append({'where': entry['label'], **{f'{p} x cached': m['ratio'] for p, m in entry['memory'].items()},
+                           'cached MB': entry['memory']['native']['cached_bytes'] / 1e6})
+    if memory:
+        lines += ['', 'peak memory of open + one epoch above the baseline, per byte of cached data:',
+                  pd.DataFrame(memory).to_string(index=False, float_format=lambda v: f'{v:.3g}')]
+    lines += ['', 'targets:'] + [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
+                                 f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" for t in result['targets']]
+    return '\n'.join(lines)
+
+
+def _baseline(stage: str, figures: dict) -> str:
+    if stage == 'read':
+        return f"native {figures['native_vs_npy_load']:.2f}x np.load of .npy"
+    if stage == 'iterate':
+        return f"native {figures['native_vs_floor']:.2f}x, legacy {figures['legacy_vs_floor']:.2f}x the floor"
+    if stage == 'convert':
+        return f"per batch: native {figures['native_vs_step']:.2%}, legacy {figures['legacy_vs_step']:.2%} of a step"
+    return ''
+
+
+def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
+    info = provenance(config, argv)
+    return {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
+                                       'git_commit', 'date', 'argv')}
+
+
+def _method(repeats: int, warmup: int) -> dict:
+    return {
+        'repeats': repeats, 'warmup': warmup, 'statistic': 'median',
+        'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition',
+        'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
+                     'the OS page cache stays warm (dropping it needs root and would time the disk)',
+        'floor': 'bytes one epoch moves into batches (each window: initial frame + rollout frames) / streaming copy '
+                 'bandwidth (best copy between two 256 MiB arrays, numpy or torch, in this run)',
+        'memory': 'peak resident set (VmHWM, reset after imports) of open + one epoch in a fresh subprocess per '
+                  'pipeline, minus the resident set after imports, over the bytes of the cache files',
+        'convert': 'to_phiml of each batch plus the native() view math.native_call hands the network',
+    }
+
+
+if __name__ == '__main__':
+    sys.exit(guarded(main, PROG))

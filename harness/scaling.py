@@ -1,0 +1,134 @@
+"""The scaling part of `python -m harness.bench`: one epoch of batch loading, legacy vs native, against the floor, with
+1-D frames (x=256), 32², 64², 128² frames, and 2x and 4x the scenario's number of sims.
+
+Each size is simulated with the scenario's config, changed only where the size demands it (every change is listed in
+the entry's `adjustments`): the resolution, and the viscosity where explicit diffusion would be unstable on the finer
+grid (`viscosity * dt / dx**2 <= 0.45`); batch loading copies bytes, so the values do not change what is timed. The
+sims sweep simulates 4x the sims once and opens the first 1x, 2x and 4x of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from legacy import LegacyPipeline
+from phiml_native import NativePipeline
+from .cache import write_cache
+from .config import ScenarioConfig, validate
+from .floor import Bandwidth, epoch_bytes, floor_seconds
+from .memory import measure_peaks
+from .plan import make_plan
+from .simulate import simulate
+
+logger = logging.getLogger(__name__)
+RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
+SIM_FACTORS = (2, 4)
+MAX_DIFFUSION_NUMBER = 0.45
+
+
+def sized_config(config: ScenarioConfig, resolution: Sequence[int] | None = None, n_sims: int | None = None
+                 ) -> tuple[ScenarioConfig, list[str]]:
+    """`config` with another resolution and/or number of training sims, no validation sims, and stable diffusion.
+
+    Returns:
+        The config, and one line per change beyond the requested ones.
+    """
+    sim, data, notes = config.sim, config.data, []
+    if resolution is not None:
+        sim = dataclasses.replace(sim, resolution=list(resolution))
+    if n_sims is not None:
+        data = dataclasses.replace(data, n_sims=n_sims)
+    data = dataclasses.replace(data, n_val_sims=0)
+    dx = sim.domain_size / max(sim.resolution)
+    limit = MAX_DIFFUSION_NUMBER * dx ** 2 / sim.dt
+    if sim.viscosity > limit:
+        notes.append(f"sim.viscosity {sim.viscosity:g} -> {limit:.3g}: explicit diffusion is unstable above "
+                     f"viscosity * dt / dx**2 = {MAX_DIFFUSION_NUMBER} on a {sim.resolution} grid")
+        sim = dataclasses.replace(sim, viscosity=limit)
+    result = dataclasses.replace(config, sim=sim, data=data)
+    validate(result)
+    return result, notes
+
+
+def bench_scaling(config: ScenarioConfig, workdir: Path, bandwidth: Bandwidth, *, repeats: int, warmup: int,
+                  memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+    """Times one epoch of both pipelines at every size.
+
+    Args:
+        workdir: Scratch folder (its contents are removed per size).
+        memory_at: Labels of the entries (e.g. `'128x128'`, `'4x sims'`) whose peak memory is measured as well.
+
+    Returns:
+        `{'resolution': [entry, ...], 'sims': [entry, ...]}`; each entry holds `label`, `resolution`, `n_sims`,
+        `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
+        `cached_bytes`, `windows`, `batches`, `adjustments`, and `memory` (per pipeline, see
+        `harness.memory.PeakMemory.to_dict`) where measured.
+    """
+    result = {'resolution': [], 'sims': []}
+    for label, resolution in RESOLUTIONS:
+        sized, notes = sized_config(config, resolution=resolution)
+        simulation = simulate(sized)
+        folder = workdir / label
+        entry = _entry(label, sized, simulation, sized.train_sims, folder, bandwidth, repeats, warmup,
+                       label in memory_at)
+        result['resolution'].append({**entry, 'adjustments': notes})
+        shutil.rmtree(folder, ignore_errors=True)
+        if progress:
+            progress(1)
+    base = config.data.n_sims
+    sized, notes = sized_config(config, n_sims=base * max(SIM_FACTORS))
+    simulation = simulate(sized)
+    folder = workdir / 'sims'
+    for factor in (1, *SIM_FACTORS):
+        label = f'{factor}x sims'
+        entry = _entry(label, sized, simulation, list(range(base * factor)), folder, bandwidth, repeats, warmup,
+                       label in memory_at)
+        result['sims'].append({**entry, 'adjustments': notes})
+        if progress:
+            progress(1)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], folder: Path, bandwidth: Bandwidth,
+           repeats: int, warmup: int, with_memory: bool) -> dict:
+    rollout = config.data.rollout_steps
+    pipelines = {'legacy': LegacyPipeline(folder / 'legacy', rollout), 'native': NativePipeline(folder / 'phiml', rollout)}
+    for pipeline in pipelines.values():
+        missing = [s for s in sims if not pipeline.manager.get_cached_path(s).is_file()]
+        write_cache(pipeline, simulation, missing)
+        pipeline.open(sims)
+    plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
+    times = {name: [] for name in pipelines}
+    for rep in range(warmup + repeats):
+        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
+        for name, p in order:
+            start = time.perf_counter()
+            for _ in p.load_batches(plan):
+                pass
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    frame_bytes = sum(array[0, 0].nbytes for array in pipelines['native'].dataset.arrays.values())
+    moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
+    floor = floor_seconds(moved, bandwidth)
+    legacy_s, native_s = statistics.median(times['legacy']), statistics.median(times['native'])
+    entry = {
+        'label': label, 'resolution': list(config.sim.resolution), 'n_sims': len(sims), 'n_frames': config.sim.n_frames,
+        'legacy_s': legacy_s, 'native_s': native_s, 'speedup': legacy_s / native_s, 'floor_s': floor,
+        'native_vs_floor': native_s / floor, 'legacy_vs_floor': legacy_s / floor, 'epoch_bytes': moved,
+        'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
+                         for name, p in pipelines.items()},
+        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats,
+    }
+    logger.info("%s: legacy %.2f ms, native %.2f ms (x%.2f), native/floor %.2f", label, legacy_s * 1e3, native_s * 1e3,
+                entry['speedup'], entry['native_vs_floor'])
+    if with_memory:
+        entry['memory'] = measure_peaks(pipelines, sims, rollout, config.data.batch_size, seed=config.seed,
+                                        torch_threads=config.trainer.torch_threads)
+    return entry
+

@@ -1,0 +1,158 @@
+"""The per-stage part of `python -m harness.bench`: both pipelines timed interleaved in one process, with the baselines
+each stage is judged against.
+
+Stages (names as in `harness.timing`): `write` (cache of the training sims), `read` (a cold open: a fresh pipeline
+object reading every training sim, the native reader's parse caches cleared; the OS page cache stays warm: dropping it
+needs root and would time the disk, not the pipeline), `iterate` (one epoch of `load_batches`), `convert` (what stands
+between a loaded batch and the torch tensors the network is called with: `to_phiml` plus the `native()` view that
+`math.native_call` takes; identity plus that view for the native pipeline), `step` (one training step on one batch).
+Repetition `r` runs legacy then native for even `r`, the reverse for odd `r`; warm-up repetitions are dropped; figures
+are medians. Baselines: `np.load` of the same arrays from `.npy` files (for `read`), the memory-bandwidth floor (for
+`iterate`, see `harness.floor`), and the train step (for `convert`).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from legacy import LegacyPipeline
+from phiml_native import NativePipeline
+from phiml_native.npz import clear_caches
+from . import model
+from .cache import write_cache
+from .config import ScenarioConfig
+from .floor import Bandwidth, epoch_bytes, floor_seconds
+from .pipeline import AbstractPipeline, Batch
+from .plan import make_plan
+from .simulate import Simulation
+from .timing import STAGES, StageTiming
+
+logger = logging.getLogger(__name__)
+
+
+def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, bandwidth: Bandwidth, *,
+                 repeats: int, warmup: int, progress: Callable[[int], None] | None = None) -> dict[str, dict]:
+    """Times every stage of both pipelines on the training sims of `simulation`.
+
+    Args:
+        workdir: Scratch folder for the caches (left in place for the memory measurement).
+        bandwidth: Streaming copy bandwidth of this machine, for the floor of `iterate`.
+        repeats: Timed repetitions per stage (medians are reported).
+        warmup: Untimed repetitions first.
+
+    Returns:
+        Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
+        against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`; `iterate` adds `floor_s`,
+        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`; `convert` adds per-batch figures and `native_vs_step`,
+        `legacy_vs_step`; all add `bytes` and counts.
+    """
+    sims = config.train_sims
+    rollout = config.data.rollout_steps
+    pipelines = {'legacy': LegacyPipeline(workdir / 'legacy', rollout), 'native': NativePipeline(workdir / 'phiml', rollout)}
+    for pipeline in pipelines.values():
+        write_cache(pipeline, simulation, sims)
+        pipeline.open(sims)
+    npy_files = _write_npy(pipelines['native'], sims, workdir / 'npy')
+    plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
+    raw = {name: list(p.load_batches(plan)) for name, p in pipelines.items()}
+    first = {name: p.to_phiml(raw[name][0]) for name, p in pipelines.items()}
+    channels = sum(max(1, t.shape.channel.volume) for t in _field_tensors(first['native']['initial_state']))
+    network = model.make_network(config.model, channels, len(config.sim.resolution), seed=config.seed)
+    nets = {name: model.clone_network(network) for name in pipelines}
+    optimizers = {name: model.make_optimizer(net, config.trainer.learning_rate) for name, net in nets.items()}
+
+    timings = {stage: StageTiming(stage) for stage in STAGES}
+    npy_load = []
+    for rep in range(warmup + repeats):
+        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
+        for name, p in order:
+            samples = {
+                'write': _time_write(p, simulation, sims, workdir / f'write-{name}'),
+                'read': _time_cold_open(p, sims),
+                'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
+                'convert': _timed(lambda: [network_inputs(p.to_phiml(r)) for r in raw[name]]),
+                'step': _timed(lambda: model.train_step(nets[name], optimizers[name], first[name])),
+            }
+            if rep >= warmup:
+                for stage, seconds in samples.items():
+                    getattr(timings[stage], name).append(seconds)
+        seconds = _timed(lambda: [np.load(f) for f in npy_files])
+        if rep >= warmup:
+            npy_load.append(seconds)
+        if progress:
+            progress(1)
+
+    result = {stage: timing.to_dict() for stage, timing in timings.items()}
+    cache_bytes = {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims) for name, p in pipelines.items()}
+    result['write'].update(bytes=cache_bytes, sims=len(sims))
+    npy_s = statistics.median(npy_load)
+    result['read'].update(bytes=cache_bytes, sims=len(sims), npy_load_s=npy_s, npy_bytes=sum(f.stat().st_size for f in npy_files),
+                          native_vs_npy_load=result['read']['native_s'] / npy_s,
+                          legacy_vs_npy_load=result['read']['legacy_s'] / npy_s)
+    frame_bytes = sum(int(np.prod(t.shape.sizes[1:])) * t.dtype.bits // 8
+                      for t in _field_tensors(first['native']['initial_state']))
+    moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
+    floor = floor_seconds(moved, bandwidth)
+    result['iterate'].update(epoch_bytes=moved, floor_s=floor, native_vs_floor=result['iterate']['native_s'] / floor,
+                             legacy_vs_floor=result['iterate']['legacy_s'] / floor, windows=plan.n_windows,
+                             batches=len(plan))
+    per_batch = {name: result['convert'][f'{name}_s'] / len(plan) for name in pipelines}
+    result['convert'].update(batches=len(plan), legacy_per_batch_s=per_batch['legacy'],
+                             native_per_batch_s=per_batch['native'],
+                             legacy_vs_step=per_batch['legacy'] / result['step']['legacy_s'],
+                             native_vs_step=per_batch['native'] / result['step']['native_s'])
+    result['step'].update(batch_size=len(plan.batches[0]), rollout_steps=rollout)
+    return result
+
+
+def network_inputs(batch: Batch) -> list:
+    """The native tensors `math.native_call` hands the network for `batch['initial_state']`: dims (batch, channel,
+    *spatial), taken exactly as `native_call` takes them (no copy unless the layout demands one)."""
+    natives = []
+    for tensor in _field_tensors(batch['initial_state']):
+        groups = [tensor.shape.batch, tensor.shape.channel, *tensor.shape.spatial.names]
+        natives.append(tensor.native(groups, force_expand=False))
+    return natives
+
+
+def _field_tensors(value) -> list:
+    return [value[name] for name in sorted(value)] if isinstance(value, dict) else [value]
+
+
+def _write_npy(native: NativePipeline, sims, folder: Path) -> list[Path]:
+    """Each sim's field arrays as plain `.npy` files: the baseline of the cold read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for sim in sims:
+        data = native.manager.load_cache(sim)
+        for name in sorted(data['metadata']['fields']):
+            path = folder / f'sim_{sim:06d}_{name}.npy'
+            np.save(path, data[name].numpy(data[name].shape.names))
+            files.append(path)
+    return files
+
+
+def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder: Path) -> float:
+    fresh = type(pipeline)(folder, pipeline.rollout_steps)
+    try:
+        return _timed(lambda: write_cache(fresh, simulation, sims))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _time_cold_open(pipeline: AbstractPipeline, sims) -> float:
+    fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
+    clear_caches()  # the native reader remembers file layouts; a new process would not
+    return _timed(lambda: fresh.open(sims))
+
+
+def _timed(f: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start

@@ -1,0 +1,151 @@
+"""`python -m harness.bench` and its parts: floor arithmetic, sized configs, memory workers, targets, the CLI."""
+import json
+
+import pytest
+
+from conftest import TINY
+from harness import bench, scaling
+from harness.bench import format_table, main, make_parser, run_bench, targets
+from harness.cli import guarded
+from harness.config import load_config
+from harness.floor import Bandwidth, epoch_bytes, floor_seconds, measure_bandwidth
+from harness.memory import measure_peaks
+from harness.scaling import bench_scaling, sized_config
+from legacy import LegacyPipeline
+from phiml_native import NativePipeline
+
+STAGE_KEYS = {'legacy_s', 'native_s', 'speedup', 'repeats'}
+
+
+def test_epoch_bytes_and_floor():
+    assert epoch_bytes(n_windows=296, frame_bytes=32 * 32 * 2 * 4, rollout_steps=4) == 296 * 5 * 8192
+    gigabyte_per_s = Bandwidth(1e9, 1e9, 5e8, 1, 1)
+    assert floor_seconds(3 * 10 ** 9, gigabyte_per_s) == 3.0
+
+
+def test_bandwidth_is_the_faster_copy():
+    measured = measure_bandwidth(array_bytes=8 * 2 ** 20, repeats=2)
+    assert measured.array_bytes == 8 * 2 ** 20 and measured.repeats == 2
+    assert measured.bytes_per_s == max(measured.numpy_bytes_per_s, measured.torch_bytes_per_s) > 0
+    with pytest.raises(ValueError, match=r'`array_bytes` \(=0\)'):
+        measure_bandwidth(array_bytes=0)
+
+
+def test_sized_config_keeps_diffusion_stable():
+    config = load_config('burgers')
+    one_d, notes = sized_config(config, resolution=[256])
+    assert one_d.sim.resolution == [256] and one_d.data.n_val_sims == 0
+    assert one_d.sim.viscosity == pytest.approx(0.45 * (1 / 256) ** 2 / 0.01)
+    assert len(notes) == 1 and 'sim.viscosity 0.003 ->' in notes[0]
+    same, notes = sized_config(config, resolution=[32, 32], n_sims=16)
+    assert same.sim.viscosity == config.sim.viscosity and same.data.n_sims == 16 and notes == []
+
+
+def test_memory_workers_measure_each_pipeline(cache_dirs, tiny_config):
+    sims = tiny_config.train_sims
+    pipelines = {'legacy': LegacyPipeline(cache_dirs['legacy'], 2), 'native': NativePipeline(cache_dirs['phiml'], 2)}
+    result = measure_peaks(pipelines, sims, 2, 4, seed=0, torch_threads=1)
+    for label, pipeline in pipelines.items():
+        peak = result[label]
+        assert peak['pipeline'] == pipeline.name
+        assert peak['cached_bytes'] == sum(pipeline.manager.get_cached_path(s).stat().st_size for s in sims)
+        assert peak['peak_bytes'] >= peak['baseline_bytes'] > 50 * 2 ** 20  # torch alone is more than that
+        assert peak['ratio'] == peak['epoch_bytes'] / peak['cached_bytes']
+        assert peak['method'] in ('VmHWM after clear_refs', 'ru_maxrss')
+
+
+def _result(read=1.2, convert=0.001, speed=(2.0, 1.7, 1.2, 1.1), floor=(1.3, 1.6), memory=1.1) -> dict:
+    stage = {'legacy_s': 2.0, 'native_s': 1.0, 'speedup': 2.0, 'repeats': 5}
+    labels = ('1d-256', '32x32', '64x64', '128x128')
+    floors = dict(zip(labels[2:], floor))
+    return {
+        'scenario': 'burgers', 'machine': {'cpu': 'CPU', 'cpu_count': 2, 'torch_threads': 2},
+        'method': {'repeats': 5}, 'bandwidth': {'bytes_per_s': 1e10},
+        'stages': {'write': stage, 'step': stage,
+                   'read': {**stage, 'native_vs_npy_load': read},
+                   'iterate': {**stage, 'native_vs_floor': 1.5, 'legacy_vs_floor': 3.0},
+                   'convert': {**stage, 'native_vs_step': convert, 'legacy_vs_step': 0.01}},
+        'memory': {'legacy': {'ratio': 5.0, 'cached_bytes': 10 ** 6}, 'native': {'ratio': memory, 'cached_bytes': 10 ** 6}},
+        'scaling': {'resolution': [{'label': label, 'speedup': s, 'native_vs_floor': floors.get(label, 2.0),
+                                    'legacy_vs_floor': 3.0, 'legacy_s': 0.01, 'native_s': 0.005, 'floor_s': 0.004,
+                                    'epoch_bytes': 10 ** 6} for label, s in zip(labels, speed)],
+                    'sims': []},
+    }
+
+
+def test_targets_judge_each_figure():
+    rows = {(t['name'], t['where']): t for t in targets(_result())}
+    assert rows[('cold read, native / np.load of .npy', 'scenario')]['met']
+    assert rows[('batch loading, speedup over legacy', '1d-256')] == {
+        'name': 'batch loading, speedup over legacy', 'where': '1d-256', 'value': 2.0, 'limit': 1.5, 'met': True}
+    assert rows[('batch loading, speedup over legacy', '32x32')]['met']
+    assert rows[('batch loading, native / floor', '64x64')]['met']
+    assert not rows[('batch loading, native / floor', '128x128')]['met']
+    assert rows[('peak memory, native epoch / cached data', 'scenario')]['met']
+    missed = {(t['name'], t['where']) for t in targets(_result(read=1.6, speed=(1.4, 1.7, 0.9, 1.1), memory=1.4))
+              if not t['met']}
+    assert missed == {('cold read, native / np.load of .npy', 'scenario'), ('batch loading, speedup over legacy', '1d-256'),
+                      ('batch loading, speedup over legacy', '64x64'), ('batch loading, native / floor', '128x128'),
+                      ('peak memory, native epoch / cached data', 'scenario')}
+
+
+def test_table_shows_ratios_and_misses():
+    result = _result(read=1.6)
+    result['targets'] = targets(result)
+    table = format_table(result)
+    assert 'native 1.60x np.load of .npy' in table
+    assert 'MISS cold read, native / np.load of .npy [scenario]: 1.6 (<= 1.5)' in table
+    assert '128x128' in table and 'peak memory' in table
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['nope'], "unknown scenario 'nope'"),
+    (['burgers', 'data.n_sims=0'], '`data.n_sims` (=0) must be >= 1'),
+    (['burgers', 'sim.nope=1'], 'sim.nope'),
+    (['burgers', '--repeats', '0'], '`--repeats` (=0) must be >= 1'),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, words):
+    assert guarded(main, bench.PROG, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('python -m harness.bench: error:') and words in err
+
+
+def test_unknown_skip_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        make_parser().parse_args(['burgers', '--skip', 'everything'])
+    assert info.value.code == 2 and "invalid choice: 'everything'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_bench_writes_the_documented_json(tmp_path):
+    config = load_config('burgers', TINY)
+    result = run_bench(config, tmp_path, repeats=1, warmup=0, scaling=False, memory=False)
+    written = json.loads((tmp_path / 'bench.json').read_text())
+    assert set(written) == {'scenario', 'machine', 'method', 'bandwidth', 'stages', 'targets', 'wall_s'}
+    assert set(written['stages']) == {'write', 'read', 'iterate', 'convert', 'step'}
+    for figures in written['stages'].values():
+        assert STAGE_KEYS <= set(figures)
+        assert figures['speedup'] == pytest.approx(figures['legacy_s'] / figures['native_s'])
+    iterate = written['stages']['iterate']
+    assert iterate['windows'] == 3 * 7 and iterate['batches'] == 6
+    assert iterate['epoch_bytes'] == 21 * 3 * 16 * 16 * 2 * 4
+    assert iterate['native_vs_floor'] == pytest.approx(iterate['native_s'] / iterate['floor_s'])
+    assert written['stages']['read']['native_vs_npy_load'] == pytest.approx(
+        written['stages']['read']['native_s'] / written['stages']['read']['npy_load_s'])
+    assert result['targets'] == written['targets'] and len(written['targets']) == 3
+
+
+@pytest.mark.slow
+def test_scaling_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling, 'RESOLUTIONS', (('16x16', [16, 16]),))
+    monkeypatch.setattr(scaling, 'SIM_FACTORS', (2,))
+    config = load_config('burgers', TINY)
+    bandwidth = Bandwidth(1e10, 1e10, 1e10, 1, 1)
+    result = bench_scaling(config, tmp_path, bandwidth, repeats=1, warmup=0, memory_at=('2x sims',))
+    assert [e['label'] for e in result['resolution']] == ['16x16']
+    assert [(e['label'], e['n_sims']) for e in result['sims']] == [('1x sims', 3), ('2x sims', 6)]
+    doubled = result['sims'][1]
+    assert doubled['windows'] == 6 * 7 and doubled['epoch_bytes'] == 6 * 7 * 3 * 16 * 16 * 2 * 4
+    assert doubled['floor_s'] == doubled['epoch_bytes'] / 1e10
+    assert set(doubled['memory']) == {'legacy', 'native'} and 'memory' not in result['sims'][0]
+    assert not any(tmp_path.iterdir())  # scratch caches are removed
