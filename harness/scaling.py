@@ -1,5 +1,6 @@
-"""The scaling part of `python -m harness.bench`: one epoch of batch loading, legacy vs native, against the floor, with
-1-D frames (x=256), 32², 64², 128² frames, and 2x and 4x the scenario's number of sims.
+"""The scaling part of `python -m harness.bench`: one epoch of batch loading, legacy vs native, against the floor, and
+the cold open of all sims against `np.load` of `.npy` files, with 1-D frames (x=256), 32², 64², 128² frames, and 2x and
+4x the scenario's number of sims.
 
 Each size is simulated with the scenario's config, changed only where the size demands it (every change is listed in
 the entry's `adjustments`): the resolution, and the viscosity where explicit diffusion would be unstable on the finer
@@ -24,6 +25,7 @@ from .floor import Bandwidth, epoch_bytes, floor_seconds
 from .memory import measure_peaks
 from .plan import make_plan
 from .simulate import simulate
+from .stages import ColdReads, write_npy
 
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
@@ -65,9 +67,10 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, bandwidth: Bandwidth, *
 
     Returns:
         `{'resolution': [entry, ...], 'sims': [entry, ...]}`; each entry holds `label`, `resolution`, `n_sims`,
-        `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
-        `cached_bytes`, `windows`, `batches`, `adjustments`, and `memory` (per pipeline, see
-        `harness.memory.PeakMemory.to_dict`) where measured.
+        `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor` (one epoch of batch
+        loading), `epoch_bytes`, `cached_bytes`, `windows`, `batches`, `adjustments`, `read` (cold open of all sims:
+        `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`), and `memory`
+        (per pipeline, see `harness.memory.PeakMemory.to_dict`) where measured.
     """
     result = {'resolution': [], 'sims': []}
     for label, resolution in RESOLUTIONS:
@@ -104,26 +107,37 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         write_cache(pipeline, simulation, missing)
         pipeline.open(sims)
     plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
-    times = {name: [] for name in pipelines}
+    npy_files = write_npy(pipelines['native'], sims, folder / 'npy')
+    times = {(stage, name): [] for stage in ('iterate', 'read') for name in (*pipelines, 'npy')}
+    cold = ColdReads()
     for rep in range(warmup + repeats):
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
+        samples = {}
         for name, p in order:
             start = time.perf_counter()
             for _ in p.load_batches(plan):
                 pass
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - start)
+            samples['iterate', name] = time.perf_counter() - start
+            samples['read', name] = cold.open(name, p, sims)
+        samples['read', 'npy'] = cold.npy_load('npy', npy_files)
+        if rep >= warmup:
+            for key, seconds in samples.items():
+                times[key].append(seconds)
     frame_bytes = sum(array[0, 0].nbytes for array in pipelines['native'].dataset.arrays.values())
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
     floor = floor_seconds(moved, bandwidth)
-    legacy_s, native_s = statistics.median(times['legacy']), statistics.median(times['native'])
+    median = {key: statistics.median(values) for key, values in times.items() if values}
+    legacy_s, native_s = median['iterate', 'legacy'], median['iterate', 'native']
+    read = {'legacy_s': median['read', 'legacy'], 'native_s': median['read', 'native'], 'npy_load_s': median['read', 'npy']}
+    read.update(speedup=read['legacy_s'] / read['native_s'], native_vs_npy_load=read['native_s'] / read['npy_load_s'],
+                legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'])
     entry = {
         'label': label, 'resolution': list(config.sim.resolution), 'n_sims': len(sims), 'n_frames': config.sim.n_frames,
         'legacy_s': legacy_s, 'native_s': native_s, 'speedup': legacy_s / native_s, 'floor_s': floor,
         'native_vs_floor': native_s / floor, 'legacy_vs_floor': legacy_s / floor, 'epoch_bytes': moved,
         'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
-        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats,
+        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read,
     }
     logger.info("%s: legacy %.2f ms, native %.2f ms (x%.2f), native/floor %.2f", label, legacy_s * 1e3, native_s * 1e3,
                 entry['speedup'], entry['native_vs_floor'])

@@ -1,9 +1,9 @@
 """The per-stage part of `python -m harness.bench`: both pipelines timed interleaved in one process, with the baselines
 each stage is judged against.
 
-Stages (names as in `harness.timing`): `write` (cache of the training sims), `read` (a cold open: a fresh pipeline
-object reading every training sim, the native reader's parse caches cleared; the OS page cache stays warm: dropping it
-needs root and would time the disk, not the pipeline), `iterate` (one epoch of `load_batches`), `convert` (what stands
+Stages (names as in `harness.timing`): `write` (cache of the training sims), `read` (a cold open of every training sim
+as a fresh process sees it, see `ColdReads`; the OS page cache stays warm: dropping it needs root and would time the
+disk, not the pipeline), `iterate` (one epoch of `load_batches`), `convert` (what stands
 between a loaded batch and the torch tensors the network is called with: `to_phiml` plus the `native()` view that
 `math.native_call` takes; identity plus that view for the native pipeline), `step` (one training step on one batch).
 Repetition `r` runs legacy then native for even `r`, the reverse for odd `r`; warm-up repetitions are dropped; figures
@@ -58,7 +58,7 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     for pipeline in pipelines.values():
         write_cache(pipeline, simulation, sims)
         pipeline.open(sims)
-    npy_files = _write_npy(pipelines['native'], sims, workdir / 'npy')
+    npy_files = write_npy(pipelines['native'], sims, workdir / 'npy')
     plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
     raw = {name: list(p.load_batches(plan)) for name, p in pipelines.items()}
     first = {name: p.to_phiml(raw[name][0]) for name, p in pipelines.items()}
@@ -68,13 +68,13 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     optimizers = {name: model.make_optimizer(net, config.trainer.learning_rate) for name, net in nets.items()}
 
     timings = {stage: StageTiming(stage) for stage in STAGES}
-    npy_load = []
+    npy_load, cold = [], ColdReads()
     for rep in range(warmup + repeats):
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         for name, p in order:
             samples = {
                 'write': _time_write(p, simulation, sims, workdir / f'write-{name}'),
-                'read': _time_cold_open(p, sims),
+                'read': cold.open(name, p, sims),
                 'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
                 'convert': _timed(lambda: [network_inputs(p.to_phiml(r)) for r in raw[name]]),
                 'step': _timed(lambda: model.train_step(nets[name], optimizers[name], first[name])),
@@ -82,7 +82,7 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
             if rep >= warmup:
                 for stage, seconds in samples.items():
                     getattr(timings[stage], name).append(seconds)
-        seconds = _timed(lambda: [np.load(f) for f in npy_files])
+        seconds = cold.npy_load('npy', npy_files)
         if rep >= warmup:
             npy_load.append(seconds)
         if progress:
@@ -125,8 +125,8 @@ def _field_tensors(value) -> list:
     return [value[name] for name in sorted(value)] if isinstance(value, dict) else [value]
 
 
-def _write_npy(native: NativePipeline, sims, folder: Path) -> list[Path]:
-    """Each sim's field arrays as plain `.npy` files: the baseline of the cold read."""
+def write_npy(native: NativePipeline, sims, folder: Path) -> list[Path]:
+    """Each sim's field arrays as plain `.npy` files, for the baseline of the cold read (`np.load` of each)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for sim in sims:
@@ -146,10 +146,29 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _time_cold_open(pipeline: AbstractPipeline, sims) -> float:
-    fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
-    clear_caches()  # the native reader remembers file layouts; a new process would not
-    return _timed(lambda: fresh.open(sims))
+class ColdReads:
+    """Times cold reads as a fresh process would see them: a new pipeline object, no parsed layouts remembered, and
+    fresh memory. Each result is kept until the next read of its kind has been timed, so that no read lands in
+    memory its predecessor just freed (in a loop, `np.load` would otherwise reuse warm pages while a pipeline's larger
+    arrays get new ones: a 2x difference at 128x128 on a 2-core VM)."""
+
+    def __init__(self):
+        self._kept: dict[str, object] = {}
+
+    def open(self, key: str, pipeline: AbstractPipeline, sims) -> float:
+        """Seconds a fresh copy of `pipeline` takes to open `sims`."""
+        fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
+        clear_caches()
+        seconds = _timed(lambda: fresh.open(sims))
+        self._kept[key] = fresh
+        return seconds
+
+    def npy_load(self, key: str, files: list[Path]) -> float:
+        """Seconds `np.load` takes for all `files` (the baseline)."""
+        arrays = []
+        seconds = _timed(lambda: arrays.extend(np.load(f) for f in files))
+        self._kept[key] = arrays
+        return seconds
 
 
 def _timed(f: Callable[[], object]) -> float:

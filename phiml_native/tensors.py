@@ -8,7 +8,7 @@ whole gather of a 32x32 batch. The data pipeline wraps thousands of arrays whose
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence, Tuple
+from typing import Any, Tuple
 
 from phiml import math
 from phiml.backend import Backend, choose_backend

@@ -19,13 +19,13 @@ def parses(monkeypatch):
     """Counts full parses of a file layout; starts with empty caches."""
     npz.clear_caches()
     calls = []
-    original = npz._parse_layout
+    original = npz.parse_layout
 
     def counting(*args):
         calls.append(args[0])
         return original(*args)
 
-    monkeypatch.setattr(npz, '_parse_layout', counting)
+    monkeypatch.setattr(npz, 'parse_layout', counting)
     yield calls
     npz.clear_caches()
 

@@ -1,0 +1,221 @@
+"""Where everything lies in a plain `phiml.math.save` archive, parsed once and reused for files of the same structure.
+
+`parse_layout` reads a whole archive's structure: zip directory (`zipdir`), every local and `.npy` header, the pickled
+members. The resulting `Layout` says where each array's data lies and which bytes carry structure. The other sims of
+a cache have files of the same size whose only differences are array data, timestamps and CRCs; for such a file,
+`Layout.read_regions` reads the few regions that hold structure (and the tiny arrays) and `Layout.matches` compares
+every structural byte with the first file's. Only on an exact match is the layout reused; the caller parses anything
+else in full.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+import mmap as mmap_module
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, NamedTuple
+
+import numpy as np
+
+from harness.errors import CacheError
+from .npy import HEADER_READ, array_from, npy_header
+from .zipdir import TIMESTAMP_AND_CRC, Directory
+
+META_MEMBERS = ('tree.npy', 'specs.npy', 'paths.npy')
+_LOCAL_HEADER = struct.Struct('<4s22xHH')  # zip local file header (30 bytes): signature, name and extra lengths
+_LOCAL_TIMESTAMP_AND_CRC = (10, 18)
+_STRUCT_CODES = {('b', 1): '?', ('i', 1): 'b', ('i', 2): 'h', ('i', 4): 'i', ('i', 8): 'q', ('u', 1): 'B', ('u', 2): 'H',
+                 ('u', 4): 'I', ('u', 8): 'Q', ('f', 2): 'e', ('f', 4): 'f', ('f', 8): 'd'}
+# Describes an archive from its meta members (name -> pickle bytes or array) and array shapes: returns the recipe
+# (the saved tree with placeholders where arrays go) and the names of the arrays used as plain values.
+Describe = Callable[[dict, dict], tuple[Any, set]]
+
+
+class Spot(NamedTuple):
+    """Where an array member's data lies and how to read it.
+
+    Attributes:
+        name: Member name without '.npy', e.g. 'root[velocity]:0'.
+        offset, size: Byte range of the data in the file.
+        in_buffer: Position of the data in the region buffer when it lies in a region (tiny members), else None.
+        scalar: For a 0-d number used as a plain value: the `struct` that reads it as `.item()` would.
+    """
+    name: str
+    offset: int
+    size: int
+    dtype: np.dtype
+    shape: tuple
+    order: str
+    in_buffer: int | None = None
+    scalar: struct.Struct | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """The structure of one file, valid for every file of the same size whose structural bytes are identical."""
+    file_size: int
+    regions: tuple[tuple[int, int], ...]  # byte ranges read per file: all structure and the tiny arrays
+    checks: tuple[tuple[int, int], ...]  # `(start, end)` in the concatenated regions of every run of structural bytes
+    expected: bytes  # those runs, concatenated, as in the file the layout was parsed from
+    spots: tuple[Spot, ...]
+    recipe: Any
+
+    def read_regions(self, fp: BinaryIO) -> bytes:
+        parts = []
+        for start, end in self.regions:
+            fp.seek(start)
+            parts.append(fp.read(end - start))
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def matches(self, buffer: bytes) -> bool:
+        """Whether `buffer`, the regions read from a file, holds exactly this layout's structural bytes."""
+        return len(buffer) == sum(end - start for start, end in self.regions) and \
+            b''.join([buffer[a:b] for a, b in self.checks]) == self.expected
+
+    def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool) -> dict[str, Any]:
+        """Every array of the file: tiny ones from `buffer`, large ones read (or memory-mapped) from `fp`.
+
+        Raises:
+            CacheError: the file ends before an array does.
+        """
+        arrays = {}
+        for spot in self.spots:
+            count = spot.size // spot.dtype.itemsize if spot.dtype.itemsize else 0
+            if spot.scalar is not None:
+                arrays[spot.name] = spot.scalar.unpack_from(buffer, spot.in_buffer)[0]
+            elif spot.in_buffer is not None:
+                flat = np.frombuffer(buffer, spot.dtype, count, spot.in_buffer)
+                arrays[spot.name] = flat.reshape(spot.shape, order=spot.order).copy()
+            elif mmap:
+                arrays[spot.name] = mapped(fp, spot.offset, spot.size, spot.dtype, count).reshape(spot.shape, order=spot.order)
+            else:
+                data = np.empty(count, spot.dtype)
+                fp.seek(spot.offset)
+                if fp.readinto(memoryview(data).cast('B')) != spot.size:
+                    raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
+                arrays[spot.name] = data.reshape(spot.shape, order=spot.order)
+        return arrays
+
+
+def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Describe) -> tuple[Layout, bytes]:
+    """Parses a plain archive in full: every header and pickle, and where each array's data lies.
+
+    Returns:
+        The layout, and its regions as read from this file.
+
+    Raises:
+        CacheError: a corrupt zip entry or `.npy` header, an array of Python objects, or what `describe` refuses.
+    """
+    reader = _ReadAhead(fp, directory.file_size, directory.tail, directory.tail_start)
+    structural = [(directory.directory_offset, directory.file_size)]  # central directory and end record
+    unchecked = [(e.record_offset + TIMESTAMP_AND_CRC[0], e.record_offset + TIMESTAMP_AND_CRC[1])
+                 for e in directory.entries]
+    members, spots, tiny = {}, [], []
+    for entry in sorted(directory.entries, key=lambda e: e.header_offset):
+        local = reader.read(entry.header_offset, _LOCAL_HEADER.size)
+        signature, name_length, extra_length = _LOCAL_HEADER.unpack(local) if len(local) == 30 else (b'', 0, 0)
+        if signature != b'PK\x03\x04':
+            raise CacheError(f"{path}: corrupt zip entry {entry.filename!r}")
+        start = entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        raw = reader.read(start, min(entry.file_size, HEADER_READ))
+        shape, fortran, dtype, header_length = npy_header(path, entry.filename, raw, entry.file_size)
+        data, size = start + header_length, entry.file_size - header_length
+        structural.append((entry.header_offset, data))
+        unchecked.append((entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[0], entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[1]))
+        if entry.filename in META_MEMBERS:
+            structural.append((data, data + size))
+            members[entry.filename] = reader.read(data, size) if dtype.hasobject else \
+                array_from(path, entry.filename, reader.read(data, size), shape, fortran, dtype)
+        elif dtype.hasobject:
+            raise CacheError(f"{path}: array member {entry.filename!r} holds Python objects, expected numbers")
+        else:
+            spots.append(Spot(entry.filename[:-4], data, size, dtype, shape, 'F' if fortran else 'C'))
+            if size <= HEADER_READ:
+                tiny.append((data, data + size))
+    recipe, natives = describe(members, {spot.name: spot.shape for spot in spots})
+    regions = _merge(structural + tiny)
+    starts = [start for start, _ in regions]
+    bases = list(itertools.accumulate((end - start for start, end in regions), initial=0))
+
+    def to_buffer(offset: int) -> int:
+        region = bisect.bisect_right(starts, offset) - 1
+        return bases[region] + offset - starts[region]
+
+    checks = tuple((to_buffer(a), to_buffer(a) + b - a) for a, b in _subtract(_merge(structural), sorted(unchecked)))
+    spots = tuple(spot._replace(in_buffer=to_buffer(spot.offset), scalar=_scalar_struct(spot) if spot.name in natives else None)
+                  if (spot.offset, spot.offset + spot.size) in tiny else spot for spot in spots)
+    layout = Layout(directory.file_size, tuple(regions), checks, b'', spots, recipe)
+    buffer = layout.read_regions(fp)
+    return dataclasses.replace(layout, expected=b''.join([buffer[a:b] for a, b in checks])), buffer
+
+
+def mapped(fp: BinaryIO, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:
+    """A read-only flat array over `size` bytes of the open file at `offset`; the mapping lives as long as the array.
+
+    (`np.memmap` reopens the file by name and costs ~5x more.)
+    """
+    start = offset - offset % mmap_module.ALLOCATIONGRANULARITY
+    mapping = mmap_module.mmap(fp.fileno(), offset - start + size, access=mmap_module.ACCESS_READ, offset=start)
+    return np.frombuffer(mapping, dtype, count, offset - start)
+
+
+def _scalar_struct(spot: Spot) -> struct.Struct | None:
+    """How `struct` reads the 0-d number at `spot` as the Python value `.item()` would give; None if it cannot."""
+    code = _STRUCT_CODES.get((spot.dtype.kind, spot.dtype.itemsize))
+    if spot.shape != () or code is None or spot.dtype.str[0] not in '<>|':
+        return None
+    return struct.Struct(('>' if spot.dtype.str[0] == '>' else '<') + code)
+
+
+class _ReadAhead:
+    """Reads a file at given offsets `HEADER_READ` bytes at a time, serving requests from the last read when they fall
+    inside it.
+
+    Args:
+        fp: The open file.
+        file_size: Its size in bytes.
+        buffer: Bytes already read, starting at offset `start`.
+    """
+
+    def __init__(self, fp: BinaryIO, file_size: int, buffer: bytes = b'', start: int = 0):
+        self.fp, self.file_size, self.buffer, self.start = fp, file_size, buffer, start
+
+    def read(self, offset: int, need: int) -> bytes:
+        """`need` bytes from `offset`, fewer only at the end of the file."""
+        need = max(0, min(need, self.file_size - offset))
+        if not (self.start <= offset and offset + need <= self.start + len(self.buffer)):
+            self.fp.seek(offset)
+            self.start, self.buffer = offset, self.fp.read(max(need, HEADER_READ))
+        begin = offset - self.start
+        return self.buffer[begin:begin + need]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping or touching byte ranges joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint byte `ranges` without the sorted, disjoint `holes`; empty pieces dropped."""
+    result, h = [], 0
+    for start, end in ranges:
+        while h < len(holes) and holes[h][1] <= start:
+            h += 1
+        k = h
+        while k < len(holes) and holes[k][0] < end:
+            if holes[k][0] > start:
+                result.append((start, holes[k][0]))
+            start = max(start, holes[k][1])
+            k += 1
+        if start < end:
+            result.append((start, end))
+    return result
