@@ -217,10 +217,12 @@ def _method(repeats: int, warmup: int) -> dict:
     return {
         'repeats': repeats, 'warmup': warmup, 'statistic': 'median',
         'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition',
-        'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
+        'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared, '
+                     'each result (and each np.load baseline) kept until the next is timed so none reuses freed memory; '
                      'the OS page cache stays warm (dropping it needs root and would time the disk)',
         'floor': 'bytes one epoch moves into batches (each window: initial frame + rollout frames) / streaming copy '
-                 'bandwidth (best copy between two 256 MiB arrays, numpy or torch, in this run)',
+                 'bandwidth (median of 5 copies between two 256 MiB arrays, numpy or torch, whichever is faster, '
+                 'in this run)',
         'memory': 'peak resident set (VmHWM, reset after imports) of open + one epoch in a fresh subprocess per '
                   'pipeline, minus the resident set after imports, over the bytes of the cache files',
         'convert': 'to_phiml of each batch plus the native() view math.native_call hands the network',

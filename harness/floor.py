@@ -8,6 +8,7 @@ measured in the same run, by copying arrays far larger than the CPU cache.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,8 +25,8 @@ class Bandwidth:
 
     Attributes:
         bytes_per_s: The larger of the two measurements below: the floor is set by the fastest copy this machine does.
-        numpy_bytes_per_s: Best of `repeats` single-threaded `np.copyto` between two arrays of `array_bytes`.
-        torch_bytes_per_s: Best of `repeats` `torch.Tensor.copy_` (which may use several threads) between the same.
+        numpy_bytes_per_s: Median of `repeats` single-threaded `np.copyto` between two arrays of `array_bytes`.
+        torch_bytes_per_s: Median of `repeats` `torch.Tensor.copy_` (which may use several threads) between the same.
         array_bytes: Size of each array copied.
         repeats: Copies timed per method.
     """
@@ -44,7 +45,7 @@ def measure_bandwidth(array_bytes: int = DEFAULT_ARRAY_BYTES, repeats: int = 5) 
 
     Args:
         array_bytes: Bytes per array; must dwarf the CPU cache (the default, 256 MiB, does on any current CPU).
-        repeats: Copies per method; the best one counts (as in STREAM: slower ones only add noise from other tenants).
+        repeats: Copies per method; the median counts, the statistic the stage timings use.
 
     Raises:
         ValueError: `array_bytes` or `repeats` below 1.
@@ -53,24 +54,24 @@ def measure_bandwidth(array_bytes: int = DEFAULT_ARRAY_BYTES, repeats: int = 5) 
         raise ValueError(f"`array_bytes` (={array_bytes}) and `repeats` (={repeats}) must be >= 1")
     source = np.ones(array_bytes // 4, np.float32)
     target = np.zeros_like(source)
-    numpy_best = _best(lambda: np.copyto(target, source), repeats)
+    numpy_s = _median_seconds(lambda: np.copyto(target, source), repeats)
     source_t, target_t = torch.from_numpy(source), torch.from_numpy(target)
-    torch_best = _best(lambda: target_t.copy_(source_t), repeats)
+    torch_s = _median_seconds(lambda: target_t.copy_(source_t), repeats)
     nbytes = source.nbytes
-    result = Bandwidth(nbytes / min(numpy_best, torch_best), nbytes / numpy_best, nbytes / torch_best, nbytes, repeats)
+    result = Bandwidth(nbytes / min(numpy_s, torch_s), nbytes / numpy_s, nbytes / torch_s, nbytes, repeats)
     logger.info("streaming copy bandwidth: %.2f GB/s (numpy %.2f, torch %.2f)", result.bytes_per_s / 1e9,
                 result.numpy_bytes_per_s / 1e9, result.torch_bytes_per_s / 1e9)
     return result
 
 
-def _best(copy, repeats: int) -> float:
+def _median_seconds(copy, repeats: int) -> float:
     copy()  # warm-up: first touch, thread pool start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         copy()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return statistics.median(times)
 
 
 def epoch_bytes(n_windows: int, frame_bytes: int, rollout_steps: int) -> int:
