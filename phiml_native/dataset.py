@@ -1,14 +1,15 @@
 """The PhiML-native dataset: every sim read once into one array per field, batches gathered with one `np.take` each.
 
 The migration plan's sketch (`phiml_native.naive`) loads a whole sim file per sample and stacks samples one by one;
-that is 10-100x slower than the legacy path. Here all sims of a field live in one C-contiguous array
+that is ~50x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
 `(sim, time, *spatial, [vector])`, seen as a table of frame rows `(sim * n_frames + t, frame)`. A window `(sim, t0)` is
 row `r = sim * n_frames + t0` for its initial state and rows `r + 1 ... r + R` for its targets, so a batch is two
 `np.take` calls per field: one memcpy per frame into a fresh array, which `torch.from_numpy` and a cached PhiML shape
 wrap without another copy. The network then sees that very memory (`math.native_call` only permutes dims).
 
-Batches of several MiB are copied by a few threads (one core's row-by-row copies reach about 60 % of the streaming
-bandwidth, two come close to it); small ones by the calling thread alone, where a thread hand-off would cost more.
+Batches of `PARALLEL_MIN_BYTES` and more are split across a few threads (one core's row-by-row copies reach ~60 % of the
+streaming bandwidth; two threads gained ~10 % at 128x128 on a 2-core VM); smaller ones are copied by the calling thread
+alone, where a thread hand-off (~0.1 ms on that VM) would cost more than it saves.
 
 What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
 `math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`
@@ -73,8 +74,6 @@ class PhiMLDataset:
         self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
         self._batch_shapes: dict[tuple[str, int], tuple] = {}
         self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
-        self._thread_pool: ThreadPoolExecutor | None = None
-        self._threads_pid: int | None = None
 
     def _load(self) -> None:
         """Reads each sim once, memory-mapped and validated by the data manager, into its slot of `arrays`."""
@@ -197,13 +196,7 @@ class PhiMLDataset:
         return {'initial_state': initial, 'targets': targets}
 
     def _pool(self) -> ThreadPoolExecutor | None:
-        """Threads for the copies of large batches (a fresh pool after a fork: threads do not survive one)."""
-        if self.threads < 2:
-            return None
-        if self._threads_pid != os.getpid():
-            self._thread_pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix='phiml-gather')
-            self._threads_pid = os.getpid()
-        return self._thread_pool
+        return _shared_pool(self.threads - 1) if self.threads > 1 else None
 
     def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
         """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
@@ -226,6 +219,18 @@ class PhiMLDataset:
             targets = math.concat_shapes(math.batch(batch=count), math.batch(time=self.rollout_steps), frame)
             self._batch_shapes[key] = ((initial, initial.sizes), (targets, targets.sizes))
         return self._batch_shapes[key]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _shared_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool of `workers` threads per process, shared by all datasets (a new one after a fork: threads do not
+    survive it)."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix='phiml-gather')
+    return _POOLS[key]
 
 
 def _take(frames: np.ndarray, rows: np.ndarray, pool: ThreadPoolExecutor | None, parts: int) -> np.ndarray:

@@ -81,7 +81,7 @@ def test_threaded_copy_gives_the_same_batches(cache_dirs, tiny_config, dataset, 
         for key in a:
             assert a[key].shape == b[key].shape
             assert np.array_equal(a[key].numpy(a[key].shape.names), b[key].numpy(a[key].shape.names))
-    assert threaded._thread_pool is not None
+    assert threaded._pool() is dataset_module._shared_pool(2) is not None
 
 
 def test_naive_loader_serves_the_same_batches(dataset, tiny_config):
