@@ -135,6 +135,8 @@ def _recipe(path: Path, node: Any, p: str, specs: dict[str, Any], shapes: dict[s
             raise CacheError(f"{path}: no array stored for {p!r}")
         natives.add(f'{p}:0')
         return _NativeLeaf(f'{p}:0')
+    if node == '__missing__':  # phiml.math.save's placeholder for None
+        return None
     if isinstance(node, dict):
         return {k: _recipe(path, v, f'{p}[{k}]', specs, shapes, natives) for k, v in node.items()}
     if isinstance(node, (list, tuple)):

@@ -149,8 +149,6 @@ def test_unconvertible_source_refused(tmp_path, change, words):
     assert not (tmp_path / 'npz' / 'sim_000000.npz').exists()
 
 
-@pytest.mark.xfail(strict=True, reason="phiml_native/npz.py reads a None in the metadata back as '__missing__' "
-                                       "(phiml's placeholder); the migration's read-back check catches it")
 def test_none_in_metadata_survives(tmp_path):
     tensor = torch.zeros(1, 2, 4)
     meta = {'sim_index': 0, 'n_frames': 2, 'spatial_dims': ['x'], 'field_channels': {'p': []}, 'note': None}
