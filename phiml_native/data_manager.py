@@ -63,13 +63,15 @@ class PhiMLDataManager:
             math.save(str(tmp), dict(data))
         return path
 
-    def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False) -> dict[str, Any]:
+    def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
+                   out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
 
         Args:
             sim_index: Which sim.
             mmap: Memory-map the arrays instead of reading them.
             allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
+            out: Field name -> array to read that field into (see `read_phiml_npz`); used where it fits.
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
@@ -77,7 +79,8 @@ class PhiMLDataManager:
         path = self.get_cached_path(sim_index)
         if not path.is_file():
             raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
-        data = read_phiml_npz(path, mmap=mmap)
+        members = {f'root[{name}]:0': array for name, array in (out or {}).items()}
+        data = read_phiml_npz(path, mmap=mmap, out=members or None)
         validate_native(path, data, allow_any_float=allow_any_float)
         return data
 

@@ -76,10 +76,12 @@ class PhiMLDataset:
         self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
 
     def _load(self) -> None:
-        """Reads each sim once, memory-mapped and validated by the data manager, into its slot of `arrays`."""
+        """Reads each sim once, validated by the data manager, into its slot of `arrays`: the first memory-mapped (to learn
+        the shapes), every other one read straight into its slot (one copy, as `np.load` makes)."""
         first = None
         for position, sim in enumerate(self.sim_indices):
-            data = self.data_manager.load_cache(sim, mmap=True)
+            slots = {name: array[position] for name, array in self.arrays.items()}
+            data = self.data_manager.load_cache(sim, mmap=first is None, out=slots or None)
             fields = sorted(data['metadata']['fields'])
             signature = [(name, data[name].shape) for name in fields]
             if first is None:
@@ -91,8 +93,10 @@ class PhiMLDataset:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
                                  f"{self.data_manager.get_cached_path(first[0]).name} {first[1]}; one cache must hold "
                                  f"sims of one resolution and one set of fields")
-            for name in fields:  # the one copy: page cache -> dataset array
-                np.copyto(self.arrays[name][position], data[name].numpy(self.shapes[name].names), casting='no')
+            for name in fields:  # the one copy (page cache -> dataset array), unless the reader already read into it
+                values = data[name].numpy(self.shapes[name].names)
+                if not np.may_share_memory(values, self.arrays[name][position]):
+                    np.copyto(self.arrays[name][position], values, casting='no')
             del data  # unmaps the file before the next one is mapped
 
     @property

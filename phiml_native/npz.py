@@ -42,13 +42,15 @@ class _NativeLeaf(NamedTuple):
     name: str
 
 
-def read_phiml_npz(path: Path, mmap: bool = False) -> Any:
+def read_phiml_npz(path: Path, mmap: bool = False, out: dict[str, np.ndarray] | None = None) -> Any:
     """Reads a `phiml.math.save` file into the structure it was saved from (tensors backed by numpy).
 
     Args:
         path: `.npz` file.
         mmap: Memory-map the large arrays instead of reading them (read-only views into the file). Tiny arrays (the
             metadata numbers) are read either way, and so is every array of an archive that is not a plain zip.
+        out: Member name (e.g. `'root[velocity]:0'`) -> array to read that member into (same shape and dtype,
+            C-contiguous); the returned tensor is then backed by it. Ignored where it does not fit.
 
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
@@ -66,7 +68,7 @@ def read_phiml_npz(path: Path, mmap: bool = False) -> Any:
                 if len(_LAYOUTS) >= _MAX_LAYOUTS:
                     _LAYOUTS.pop(next(iter(_LAYOUTS)))
                 _LAYOUTS[layout.file_size] = layout
-            arrays = layout.read_arrays(path, fp, buffer, mmap)
+            arrays = layout.read_arrays(path, fp, buffer, mmap, out)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as err:
         if isinstance(err, CacheError):
             raise

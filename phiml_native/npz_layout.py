@@ -75,8 +75,12 @@ class Layout:
         return len(buffer) == sum(end - start for start, end in self.regions) and \
             b''.join([buffer[a:b] for a, b in self.checks]) == self.expected
 
-    def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool) -> dict[str, Any]:
+    def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool,
+                    out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Every array of the file: tiny ones from `buffer`, large ones read (or memory-mapped) from `fp`.
+
+        `out` maps member names (e.g. `'root[velocity]:0'`) to C-contiguous arrays of the member's shape and dtype to
+        read into directly (one copy, page cache -> destination); a member whose `out` does not fit is read as usual.
 
         Raises:
             CacheError: the file ends before an array does.
@@ -89,6 +93,12 @@ class Layout:
             elif spot.in_buffer is not None:
                 flat = np.frombuffer(buffer, spot.dtype, count, spot.in_buffer)
                 arrays[spot.name] = flat.reshape(spot.shape, order=spot.order).copy()
+            elif out is not None and _fits(out.get(spot.name), spot):
+                target = out[spot.name]
+                fp.seek(spot.offset)
+                if fp.readinto(memoryview(target).cast('B')) != spot.size:
+                    raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
+                arrays[spot.name] = target
             elif mmap:
                 arrays[spot.name] = mapped(fp, spot.offset, spot.size, spot.dtype, count).reshape(spot.shape, order=spot.order)
             else:
@@ -150,6 +160,11 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
     layout = Layout(directory.file_size, tuple(regions), checks, b'', spots, recipe)
     buffer = layout.read_regions(fp)
     return dataclasses.replace(layout, expected=b''.join([buffer[a:b] for a, b in checks])), buffer
+
+
+def _fits(target: np.ndarray | None, spot) -> bool:
+    return target is not None and target.shape == spot.shape and target.dtype == spot.dtype and spot.order == 'C' \
+        and target.flags.c_contiguous and target.flags.writeable
 
 
 def mapped(fp: BinaryIO, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:

@@ -109,17 +109,23 @@ def test_plan_keys_checked_before_the_first_batch(dataset):
         dataset.iterate_plan(plan)
 
 
-def test_open_reads_each_file_once_memory_mapped(cache_dirs, tiny_config, monkeypatch):
-    calls = []
+def test_open_reads_each_file_once_into_its_slot(cache_dirs, tiny_config, monkeypatch):
+    calls, backed = [], []
     original = PhiMLDataManager.load_cache
 
-    def counting(self, sim, mmap=False, **kwargs):
-        calls.append((sim, mmap))
-        return original(self, sim, mmap=mmap, **kwargs)
+    def counting(self, sim, mmap=False, out=None, **kwargs):
+        calls.append((sim, mmap, sorted(out) if out else None))
+        result = original(self, sim, mmap=mmap, out=out, **kwargs)
+        if out:  # the reader filled the dataset's slot itself: no second copy
+            backed.append(np.shares_memory(result['velocity'].numpy('time,x,y,vector'), out['velocity']))
+        return result
 
     monkeypatch.setattr(PhiMLDataManager, 'load_cache', counting)
-    data = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), [2, 0], 2)
-    assert calls == [(2, True), (0, True)]
+    data = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), [2, 0, 1], 2)
+    assert calls == [(2, True, None), (0, False, ['velocity']), (1, False, ['velocity'])]
+    assert backed == [True, True]
+    last = math.load(str(cache_dirs['phiml'] / 'sim_000001.npz'))['velocity']
+    assert np.array_equal(data.arrays['velocity'][2], last.numpy('time,x,y,vector'))
     first = math.load(str(cache_dirs['phiml'] / 'sim_000002.npz'))['velocity']
     assert np.array_equal(data.arrays['velocity'][0], first.numpy('time,x,y,vector'))
     assert data.arrays['velocity'].flags.c_contiguous and data.arrays['velocity'].flags.writeable
