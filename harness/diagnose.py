@@ -25,7 +25,7 @@ import numpy as np
 from phiml.math import Tensor
 
 from .diff import Tolerance, ToleranceMap, compare_batches, flatten_batch
-from .identify import FrameIndex, _digest, _field
+from .identify import FrameIndex, frame_digest, field_of
 from .pipeline import AbstractPipeline, BatchPlan, WindowKey
 
 DRIFT_RTOL = 1e-4
@@ -215,7 +215,7 @@ def _window_offset(keys: Sequence[WindowKey], planned: Sequence[WindowKey]) -> i
 
 
 def _target_offset(batch: dict, frames: FrameIndex) -> int | None:
-    initial, targets = _field(batch['initial_state'], frames.field_name), _field(batch['targets'], frames.field_name)
+    initial, targets = field_of(batch['initial_state'], frames.field_name), field_of(batch['targets'], frames.field_name)
     if 'batch' not in initial.shape or 'time' not in targets.shape:
         return None
     order = [*initial.shape.spatial.names] + (['vector'] if 'vector' in initial.shape else [])
@@ -223,8 +223,8 @@ def _target_offset(batch: dict, frames: FrameIndex) -> int | None:
     rest = targets.numpy(['batch', 'time', *order])
     offsets = set()
     for i in range(first.shape[0]):
-        start = frames.by_digest.get(_digest(first[i].astype(np.float32)))
-        target = frames.by_digest.get(_digest(rest[i, 0].astype(np.float32)))
+        start = frames.by_digest.get(frame_digest(first[i].astype(np.float32)))
+        target = frames.by_digest.get(frame_digest(rest[i, 0].astype(np.float32)))
         if start is None or target is None or start[0] != target[0]:
             return None
         offsets.add(target[1] - start[1])

@@ -16,7 +16,7 @@ from .pipeline import WindowKey
 from .simulate import Simulation
 
 
-def _digest(frame: np.ndarray) -> bytes:
+def frame_digest(frame: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
 
 
@@ -37,13 +37,13 @@ class FrameIndex:
             values = simulation.sim_fields(sim)[self.field_name].values
             order = ['time', *values.shape.spatial.names] + (['vector'] if values.shape.channel else [])
             array = values.numpy(order).astype(np.float32, copy=False)
-            self.frames[sim] = [_digest(frame) for frame in array]
+            self.frames[sim] = [frame_digest(frame) for frame in array]
             for t, d in enumerate(self.frames[sim]):
                 self.by_digest.setdefault(d, (sim, t))
 
     def identify(self, batch: dict) -> list[WindowKey | None]:
         """The window of each element along `batch`, or None where the content matches no simulated window."""
-        initial, targets = _field(batch['initial_state'], self.field_name), _field(batch['targets'], self.field_name)
+        initial, targets = field_of(batch['initial_state'], self.field_name), field_of(batch['targets'], self.field_name)
         spatial = initial.shape.spatial.names
         vector = ['vector'] if 'vector' in initial.shape else []
         if 'batch' not in initial.shape or 'time' not in targets.shape:
@@ -55,16 +55,16 @@ class FrameIndex:
             return [None] * initial.shape.get_size('batch')
         keys = []
         for b in range(first.shape[0]):
-            found = self.by_digest.get(_digest(first[b]))
+            found = self.by_digest.get(frame_digest(first[b]))
             if found is None:
                 keys.append(None)
                 continue
             sim, t0 = found
             expected = self.frames[sim][t0 + 1:t0 + 1 + rest.shape[1]]
-            actual = [_digest(frame) for frame in rest[b]]
+            actual = [frame_digest(frame) for frame in rest[b]]
             keys.append(WindowKey(sim, t0) if actual == expected else None)
         return keys
 
 
-def _field(value, field_name: str) -> Tensor:
+def field_of(value, field_name: str) -> Tensor:
     return value if isinstance(value, Tensor) else value[field_name]
