@@ -2,7 +2,8 @@
 
 Stages: `write` (cache of all sims), `read` (a fresh pipeline opening the training sims), `iterate` (one epoch of
 `load_batches`), `convert` (`to_phiml` of one epoch of raw batches), `step` (one training step on one batch).
-Each repetition runs legacy then native, or native then legacy on odd repetitions; warm-up repetitions are dropped.
+Within each repetition every stage runs legacy and native back to back, in alternating order; the train step runs
+`STEP_PAIRS` such pairs. Warm-up repetitions are dropped; figures are medians.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .pipeline import AbstractPipeline, BatchPlan
 from .simulate import Simulation
 
 STAGES = ('write', 'read', 'iterate', 'convert', 'step')
+STEP_PAIRS = 3
 STAGE_TITLES = {'write': 'cache write', 'read': 'cache read', 'iterate': 'batch loading (1 epoch)',
                 'convert': 'conversion to PhiML (1 epoch)', 'step': 'train step'}
 
@@ -43,7 +45,7 @@ class StageTiming:
 
     def to_dict(self) -> dict:
         return {'legacy_s': self.legacy_s, 'native_s': self.native_s, 'speedup': self.speedup,
-                'repeats': len(self.legacy)}
+                'repeats': len(self.legacy), 'legacy_samples': self.legacy, 'native_samples': self.native}
 
 
 def _timed(f: Callable[[], object]) -> float:
@@ -69,21 +71,24 @@ def time_stages(legacy: AbstractPipeline, native: AbstractPipeline, simulation: 
     nets = {p.name: model.clone_network(network) for p in pipelines}
     fields = [(sim, simulation.sim_fields(sim), simulation.metadata(sim)) for sim in range(simulation.n_sims)]
     optimizers = {name: model.make_optimizer(net, learning_rate) for name, net in nets.items()}
+    stages = {
+        'write': lambda p, rep: _time_write(p, fields, scratch / f'{p.name}-{rep}'),
+        'read': lambda p, rep: _time_read(p, sims),
+        'iterate': lambda p, rep: _timed(lambda: sum(1 for _ in p.load_batches(plan))),
+        'convert': lambda p, rep: _timed(lambda: [p.to_phiml(r) for r in raw[p.name]]),
+        'step': lambda p, rep: _timed(lambda: model.train_step(nets[p.name], optimizers[p.name], converted[p.name])),
+    }
     try:
         for rep in range(warmup + repeats):
-            order = pipelines if rep % 2 == 0 else pipelines[::-1]
-            for p in order:
-                target = 'legacy' if p is legacy else 'native'
-                samples = {
-                    'write': _time_write(p, fields, scratch / f'{p.name}-{rep}'),
-                    'read': _time_read(p, sims),
-                    'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
-                    'convert': _timed(lambda: [p.to_phiml(r) for r in raw[p.name]]),
-                    'step': _timed(lambda: model.train_step(nets[p.name], optimizers[p.name], converted[p.name])),
-                }
-                if rep >= warmup:
-                    for stage, seconds in samples.items():
-                        getattr(timings[stage], target).append(seconds)
+            for stage, run in stages.items():
+                # legacy and native back to back per stage, the order alternating: drift in machine load hits both;
+                # the train step, the stage closest to a tie, gets STEP_PAIRS pairs per repetition
+                for pair in range(STEP_PAIRS if stage == 'step' else 1):
+                    order = pipelines if (rep + pair) % 2 == 0 else pipelines[::-1]
+                    for p in order:
+                        seconds = run(p, rep)
+                        if rep >= warmup:
+                            getattr(timings[stage], 'legacy' if p is legacy else 'native').append(seconds)
             if progress:
                 progress(1)
     finally:
