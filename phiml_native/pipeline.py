@@ -42,7 +42,7 @@ class NativePipeline(AbstractPipeline):
         return raw
 
     def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
-        trainer = PhiMLSyntheticTrainer(network, optimizer, batch_size=1, seed=0)
+        trainer = PhiMLSyntheticTrainer(network, optimizer)  # batches come from the plan
         return [loss for plan in plans for loss in trainer.train_batches(self.load_batches(plan))]
 
     def _require_open(self) -> PhiMLDataset:

@@ -16,11 +16,11 @@ class PhiMLSyntheticTrainer:
     Args:
         network: The shared PhiML (torch) network.
         optimizer: Its optimizer.
-        batch_size: Windows per batch.
-        seed: Seed of the dataset's shuffling (epoch `e` uses `(seed, e)`).
+        batch_size: Windows per batch of `train` (not needed by `train_batches`, which takes ready batches).
+        seed: Seed of the dataset's shuffling in `train` (epoch `e` uses `(seed, e)`).
     """
 
-    def __init__(self, network, optimizer, batch_size: int, *, seed: int):
+    def __init__(self, network, optimizer, batch_size: int | None = None, *, seed: int = 0):
         self.network = network
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -28,6 +28,8 @@ class PhiMLSyntheticTrainer:
 
     def train(self, dataset: PhiMLDataset, num_epochs: int) -> list[float]:
         """Trains for `num_epochs` shuffled epochs; returns the loss of every step."""
+        if self.batch_size is None or self.batch_size < 1:
+            raise ValueError(f"`batch_size` (={self.batch_size}) must be >= 1 to train on a dataset")
         losses = []
         for epoch in range(num_epochs):
             epoch_losses = self.train_batches(dataset.iterate_batches(self.batch_size, True, seed=self.seed, epoch=epoch))
