@@ -69,12 +69,23 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
 
     timings = {stage: StageTiming(stage) for stage in STAGES}
     npy_load, cold = [], ColdReads()
+    # cold reads in a loop of their own: right after a timed cache write, the write-back of its dirty pages slowed the
+    # next read by ~15 %, and only the pipelines' reads, not the np.load baseline, came right after one
+    for rep in range(warmup + repeats):
+        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
+        for name, p in order:
+            seconds = cold.open(name, p, sims)
+            if name == 'native':  # the baseline right after the read it is compared with
+                baseline = cold.npy_load('npy', npy_files)
+            if rep >= warmup:
+                getattr(timings['read'], name).append(seconds)
+        if rep >= warmup:
+            npy_load.append(baseline)
     for rep in range(warmup + repeats):
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         for name, p in order:
             samples = {
                 'write': _time_write(p, simulation, sims, workdir / f'write-{name}'),
-                'read': cold.open(name, p, sims),
                 'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
                 'convert': _timed(lambda: [network_inputs(p.to_phiml(r)) for r in raw[name]]),
                 'step': _timed(lambda: model.train_step(nets[name], optimizers[name], first[name])),
@@ -82,9 +93,6 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
             if rep >= warmup:
                 for stage, seconds in samples.items():
                     getattr(timings[stage], name).append(seconds)
-        seconds = cold.npy_load('npy', npy_files)
-        if rep >= warmup:
-            npy_load.append(seconds)
         if progress:
             progress(1)
 
@@ -148,26 +156,27 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
 
 class ColdReads:
     """Times cold reads as a fresh process would see them: a new pipeline object, no parsed layouts remembered, and
-    fresh memory. Each result is kept until the next read of its kind has been timed, so that no read lands in
-    memory its predecessor just freed (in a loop, `np.load` would otherwise reuse warm pages while a pipeline's larger
-    arrays get new ones: a 2x difference at 128x128 on a 2-core VM)."""
+    memory never used before. Every result is kept alive until the object is dropped, so that no read lands in memory
+    an earlier read freed: the allocator would hand freed chunks back warm to reads of one size (`np.load`'s
+    per-file arrays) and not to others (the dataset's one array of all sims), which measured the allocator instead
+    of the readers (1.6-2.0x instead of 1.3x for the default scenario on a 2-core VM). Costs repeats x the data."""
 
     def __init__(self):
-        self._kept: dict[str, object] = {}
+        self._kept: list[object] = []
 
     def open(self, key: str, pipeline: AbstractPipeline, sims) -> float:
         """Seconds a fresh copy of `pipeline` takes to open `sims`."""
         fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
         clear_caches()
         seconds = _timed(lambda: fresh.open(sims))
-        self._kept[key] = fresh
+        self._kept.append(fresh)
         return seconds
 
     def npy_load(self, key: str, files: list[Path]) -> float:
         """Seconds `np.load` takes for all `files` (the baseline)."""
         arrays = []
         seconds = _timed(lambda: arrays.extend(np.load(f) for f in files))
-        self._kept[key] = arrays
+        self._kept.append(arrays)
         return seconds
 
 

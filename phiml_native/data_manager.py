@@ -1,6 +1,7 @@
 """The PhiML-native cache: one `phiml.math.save` file per simulation, tensors with named dims `time, x, y, vector`."""
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -109,23 +110,30 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         t = data[name]
         if not isinstance(t, Tensor):
             raise CacheError(f"{path}: field {name!r} is a {type(t).__name__}, expected a PhiML tensor")
-        shape = t.shape
-        spatial_names = shape.spatial.names
-        expected = ('time', *spatial_names) + (('vector',) if shape.channel else ())
-        if shape.names != expected or not shape.spatial or shape.batch.names != ('time',) \
-                or shape.channel.names not in ((), ('vector',)) or shape.instance or shape.dual:
-            raise CacheError(f"{path}: field {name!r} has dims {_describe(shape)}, expected time (batch), spatial dims "
-                             f"x[, y[, z]], [vector (channel)] in that order")
-        if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
-            raise CacheError(f"{path}: field {name!r} has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}")
-        if shape.channel and tuple(shape.channel.item_names[0] or ()) != spatial_names:
-            raise CacheError(f"{path}: field {name!r} has vector item names {shape.channel.item_names[0]}, "
-                             f"expected {spatial_names}")
-        if shape.get_size('time') != meta['n_frames']:
-            raise CacheError(f"{path}: field {name!r} has {shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}")
-        if not (t.dtype.kind == float if allow_any_float else t.dtype == math.DType(float, 32)):
-            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected "
-                             f"{'a float dtype' if allow_any_float else 'float32'}")
+        problem = _shape_problem(t.shape, t.dtype, allow_any_float)
+        if problem is None and t.shape.get_size('time') != meta['n_frames']:
+            problem = f"has {t.shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}"
+        if problem:
+            raise CacheError(f"{path}: field {name!r} {problem}")
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
+    """What is wrong with a field of this shape and dtype, in words; None if nothing. Cached: the sims of one cache share
+    their shape, and PhiML's shape queries cost more than reading a small file."""
+    spatial_names = shape.spatial.names
+    expected = ('time', *spatial_names) + (('vector',) if shape.channel else ())
+    if shape.names != expected or not shape.spatial or shape.batch.names != ('time',) \
+            or shape.channel.names not in ((), ('vector',)) or shape.instance or shape.dual:
+        return (f"has dims {_describe(shape)}, expected time (batch), spatial dims x[, y[, z]], [vector (channel)] in "
+                f"that order")
+    if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
+        return f"has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}"
+    if shape.channel and tuple(shape.channel.item_names[0] or ()) != spatial_names:
+        return f"has vector item names {shape.channel.item_names[0]}, expected {spatial_names}"
+    if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
+        return f"has dtype {dtype}, expected {'a float dtype' if allow_any_float else 'float32'}"
+    return None
 
 
 def _describe(shape) -> str:
