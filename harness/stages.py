@@ -156,27 +156,27 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
 
 class ColdReads:
     """Times cold reads as a fresh process would see them: a new pipeline object, no parsed layouts remembered, and
-    memory never used before. Every result is kept alive until the object is dropped, so that no read lands in memory
-    an earlier read freed: the allocator would hand freed chunks back warm to reads of one size (`np.load`'s
-    per-file arrays) and not to others (the dataset's one array of all sims), which measured the allocator instead
-    of the readers (1.6-2.0x instead of 1.3x for the default scenario on a 2-core VM). Costs repeats x the data."""
+    fresh memory. Each result is kept until the next read of its kind has been timed, so that no read lands in
+    memory its predecessor just freed (in a loop, `np.load` would otherwise reuse warm pages while a pipeline's larger
+    arrays get new ones: a 2x difference at 128x128 on a 2-core VM). Keeping every result instead made it worse
+    (8x at 128x128: fresh pages for the dataset's one large array under the memory pressure of all kept results)."""
 
     def __init__(self):
-        self._kept: list[object] = []
+        self._kept: dict[str, object] = {}
 
     def open(self, key: str, pipeline: AbstractPipeline, sims) -> float:
         """Seconds a fresh copy of `pipeline` takes to open `sims`."""
         fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
         clear_caches()
         seconds = _timed(lambda: fresh.open(sims))
-        self._kept.append(fresh)
+        self._kept[key] = fresh
         return seconds
 
     def npy_load(self, key: str, files: list[Path]) -> float:
         """Seconds `np.load` takes for all `files` (the baseline)."""
         arrays = []
         seconds = _timed(lambda: arrays.extend(np.load(f) for f in files))
-        self._kept.append(arrays)
+        self._kept[key] = arrays
         return seconds
 
 
