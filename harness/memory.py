@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -70,29 +71,33 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
         HarnessError: a worker failed (its last stderr line is in the message).
     """
     workers = {}
-    for label, pipeline in pipelines.items():
-        command = [sys.executable, '-m', 'harness.memory', pipeline.name, str(pipeline.cache_dir),
-                   ','.join(map(str, sims)), str(rollout_steps), str(batch_size), str(seed), str(torch_threads)]
-        workers[label] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
-    try:
-        return {label: _result(label, worker, timeout_s) for label, worker in workers.items()}
-    finally:
-        for worker in workers.values():
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+    with tempfile.TemporaryDirectory(prefix='memory-') as tmp:
+        for label, pipeline in pipelines.items():
+            result = Path(tmp) / f'{label}.json'
+            command = [sys.executable, '-m', 'harness.memory', pipeline.name, str(pipeline.cache_dir),
+                       ','.join(map(str, sims)), str(rollout_steps), str(batch_size), str(seed), str(torch_threads),
+                       str(result)]
+            worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+            workers[label] = (worker, result)
+        try:
+            return {label: _result(label, worker, result, timeout_s) for label, (worker, result) in workers.items()}
+        finally:
+            for worker, _ in workers.values():
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.communicate()
 
 
-def _result(label: str, worker: subprocess.Popen, timeout_s: float) -> dict:
+def _result(label: str, worker: subprocess.Popen, result: Path, timeout_s: float) -> dict:
     try:
-        out, err = worker.communicate(timeout=timeout_s)
+        _, err = worker.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"memory worker for {label!r} ran longer than {timeout_s} s") from None
     if worker.returncode != 0:
         last = (err.strip().splitlines() or ['no output'])[-1]
         raise HarnessError(f"memory worker for {label!r} failed (exit {worker.returncode}): {last}")
-    return PeakMemory(**json.loads(out.strip().splitlines()[-1])).to_dict()
+    return PeakMemory(**json.loads(result.read_text())).to_dict()
 
 
 def _status_bytes(key: str) -> int:
@@ -123,6 +128,7 @@ def _worker(argv: Sequence[str]) -> int:
     parser.add_argument('batch_size', type=int)
     parser.add_argument('seed', type=int)
     parser.add_argument('torch_threads', type=int)
+    parser.add_argument('result', type=Path, help="JSON file the measurement is written to")
     args = parser.parse_args(argv)
     import torch
     from harness.plan import make_plan
@@ -144,8 +150,8 @@ def _worker(argv: Sequence[str]) -> int:
         pass
     peak = _status_bytes('VmHWM') if method != 'ru_maxrss' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del batch
-    print(json.dumps({'pipeline': args.pipeline, 'baseline_bytes': baseline, 'peak_bytes': peak,
-                      'cached_bytes': cached, 'method': method}))
+    args.result.write_text(json.dumps({'pipeline': args.pipeline, 'baseline_bytes': baseline, 'peak_bytes': peak,
+                                       'cached_bytes': cached, 'method': method}))
     return 0
 
 
