@@ -133,11 +133,12 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     t = time.perf_counter()
     with bar(sum(len(p) for p in plans), 'load + compare batches') as b:
         tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
-        equivalence = compare_pipelines(legacy, native, plans, tolerances, FrameIndex(simulation, config.train_sims), b.update)
+        frames = FrameIndex(simulation, config.train_sims)
+        equivalence = compare_pipelines(legacy, native, plans, tolerances, frames, b.update)
     diagnosis = None
     if not equivalence:
         failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
-        diagnosis = diagnose_epoch(legacy, native, plans[failing], FrameIndex(simulation, config.train_sims), tolerances)
+        diagnosis = diagnose_epoch(legacy, native, plans[failing], frames, tolerances)
     shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
     durations['compare_s'] = time.perf_counter() - t
 

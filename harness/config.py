@@ -19,6 +19,7 @@ CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
 PHYSICS = ('burgers',)
 MODEL_KINDS = ('u_net', 'conv_net')
+TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.diff)
 
 
 @dataclass(frozen=True)
@@ -230,14 +231,14 @@ def validate(config: ScenarioConfig) -> None:
     if config.trainer.epochs < 1:
         raise ConfigError(f"`trainer.epochs` (={config.trainer.epochs}) must be >= 1")
     cmp = config.compare
-    if cmp.tier not in ('identical', 'equal', 'close'):
-        raise ConfigError(f"`compare.tier` (={cmp.tier!r}) must be one of ['identical', 'equal', 'close']")
+    if cmp.tier not in TIERS:
+        raise ConfigError(f"`compare.tier` (={cmp.tier!r}) must be one of {list(TIERS)}")
     if cmp.rtol < 0 or cmp.atol < 0 or cmp.loss_rtol < 0:
         raise ConfigError(f"`compare.rtol` (={cmp.rtol}), `compare.atol` (={cmp.atol}) and `compare.loss_rtol` "
                           f"(={cmp.loss_rtol}) must be >= 0")
     for name, ft in cmp.fields.items():
-        if ft.tier is not None and ft.tier not in ('identical', 'equal', 'close'):
-            raise ConfigError(f"`compare.fields.{name}.tier` (={ft.tier!r}) must be one of ['identical', 'equal', 'close']")
+        if ft.tier is not None and ft.tier not in TIERS:
+            raise ConfigError(f"`compare.fields.{name}.tier` (={ft.tier!r}) must be one of {list(TIERS)}")
         if (ft.rtol is not None and ft.rtol < 0) or (ft.atol is not None and ft.atol < 0):
             raise ConfigError(f"`compare.fields.{name}.rtol` (={ft.rtol}) and `.atol` (={ft.atol}) must be >= 0")
     if cmp.parity_seeds < 1:

@@ -12,7 +12,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from phiml.math import Tensor
 
-TIERS = ('identical', 'equal', 'close')
+from .config import TIERS
+
 
 
 @dataclass(frozen=True)
