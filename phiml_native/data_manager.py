@@ -8,11 +8,11 @@ from typing import Any, Mapping
 
 import numpy as np
 from phiml import math
-from phiml.math import Tensor, batch, channel, spatial
+from phiml.math import Shape, Tensor, batch, channel, spatial
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
-from .npz import read_phiml_npz
+from .npz import read_phiml_npz, read_phiml_npz_shapes
 
 logger = logging.getLogger(__name__)
 REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
@@ -84,6 +84,27 @@ class PhiMLDataManager:
         data = read_phiml_npz(path, mmap=mmap, out=members or None)
         validate_native(path, data, allow_any_float=allow_any_float)
         return data
+
+    def field_shapes(self, sim_index: int) -> dict[str, Shape]:
+        """The shape of each field listed in one sim's metadata, read from the file's structure alone (no array data):
+        what a reader needs to allocate memory before `load_cache(..., out=...)`, which validates the file.
+
+        Raises:
+            CacheError: missing or unreadable file, or no `metadata['fields']` naming its tensors (with what
+                `load_cache`'s validation says is wrong).
+        """
+        path = self.get_cached_path(sim_index)
+        if not path.is_file():
+            raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
+        structure = read_phiml_npz_shapes(path)
+        meta = structure.get('metadata') if isinstance(structure, dict) else None
+        fields = meta.get('fields') if isinstance(meta, dict) else None
+        if not isinstance(fields, (list, tuple)) or not all(isinstance(n, str) and isinstance(structure.get(n), Shape)
+                                                                   for n in fields):
+            self.load_cache(sim_index)  # its validation names what is wrong
+            raise CacheError(f"{path}: expected a dict with 'metadata' listing its fields (`fields`) and one tensor per "
+                             f"field")
+        return {name: structure[name] for name in fields}
 
 
 def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> None:

@@ -3,25 +3,26 @@
 The migration plan's sketch (`phiml_native.naive`) loads a whole sim file per sample and stacks samples one by one;
 that is ~50x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
 `(sim, time, *spatial, [vector])`, seen as a table of frame rows `(sim * n_frames + t, frame)`. A window `(sim, t0)` is
-row `r = sim * n_frames + t0` for its initial state and rows `r + 1 ... r + R` for its targets, so a batch is two
-`np.take` calls per field: one memcpy per frame into a fresh array, which `torch.from_numpy` and a cached PhiML shape
-wrap without another copy. The network then sees that very memory (`math.native_call` only permutes dims).
+the run of rows `r ... r + R` with `r = sim * n_frames + t0`: its initial state and its `R` targets, adjacent in memory.
+A batch is one `np.take` per field of those runs into a fresh `(batch, 1 + R, *frame)` array; the initial states and
+the targets are two views of it, which `torch.from_numpy` and a cached PhiML shape wrap without another copy. The
+network then sees that very memory (`math.native_call` only permutes dims).
 
-Batches of `PARALLEL_MIN_BYTES` and more are split across a few threads (one core's row-by-row copies reach ~60 % of the
-streaming bandwidth; two threads gained ~10 % at 128x128 on a 2-core VM); smaller ones are copied by the calling thread
-alone, where a thread hand-off (~0.1 ms on that VM) would cost more than it saves.
+One take of whole windows beats two takes (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's
+rows are read once, in order, and one array is allocated instead of two. The copy is single-threaded: it runs at about
+the speed of a `memcpy` that is not streamed past the cache, and handing half of each batch to a second thread cost
+more than it saved at every size measured (32x32 to 128x128).
 
 What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
 `math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`
-(its OpenMP threads spin, and on a shared 2-core machine they stall for milliseconds), and reused output buffers
-(a consumer holding a batch would see it overwritten).
+(slower than `np.take` here, and its OpenMP threads spin), and reused output buffers (a consumer holding a batch would
+see it overwritten).
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +37,6 @@ from .tensors import dense
 
 logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
-PARALLEL_MIN_BYTES = 4 * 2 ** 20  # batches this large are copied by several threads: one core cannot saturate memory
 
 
 class PhiMLDataset:
@@ -51,11 +51,9 @@ class PhiMLDataset:
         data_manager: Where the `.npz` files are.
         sim_indices: Sims to serve, in order.
         rollout_steps: Target frames per window.
-        threads: Threads that copy a batch of at least `PARALLEL_MIN_BYTES` (default: the CPU count, at most 4).
     """
 
-    def __init__(self, data_manager: PhiMLDataManager, sim_indices: Sequence[int], rollout_steps: int, *,
-                 threads: int | None = None):
+    def __init__(self, data_manager: PhiMLDataManager, sim_indices: Sequence[int], rollout_steps: int):
         if not sim_indices:
             raise CacheError(f"{data_manager.cache_dir}: no sims to open (expected at least one sim index)")
         self.data_manager = data_manager
@@ -68,36 +66,35 @@ class PhiMLDataset:
         if self.n_frames <= rollout_steps:
             raise CacheError(f"{data_manager.get_cached_path(self.sim_indices[0])}: {self.n_frames} frames per sim, "
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
-        self._steps = np.arange(1, rollout_steps + 1)
+        self._window_rows = np.arange(rollout_steps + 1)  # a window's rows, relative to its first
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
         self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
-        self._batch_shapes: dict[tuple[str, int], tuple] = {}
-        self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
+        self._batch_shapes: dict[tuple[str, int], _BatchShapes] = {}
 
     def _load(self) -> None:
-        """Reads each sim once, validated by the data manager, into its slot of `arrays`: the first memory-mapped (to learn
-        the shapes), every other one read straight into its slot (one copy, as `np.load` makes)."""
-        first = None
+        """Reads each sim once, validated by the data manager, straight into its slot of `arrays` (one copy, page cache
+        -> dataset array, as `np.load` makes); the arrays are sized from the first file's structure beforehand."""
+        first = self.sim_indices[0]
+        self.shapes = dict(sorted(self.data_manager.field_shapes(first).items()))
+        if not self.shapes:
+            raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
+        self.arrays = {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                       for name, shape in self.shapes.items()}
+        expected = list(self.shapes.items())
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
-            data = self.data_manager.load_cache(sim, mmap=first is None, out=slots or None)
+            data = self.data_manager.load_cache(sim, out=slots)
             fields = sorted(data['metadata']['fields'])
             signature = [(name, data[name].shape) for name in fields]
-            if first is None:
-                first = (sim, signature)
-                for name in fields:
-                    self.shapes[name] = data[name].shape
-                    self.arrays[name] = np.empty((len(self.sim_indices), *self.shapes[name].sizes), np.float32)
-            elif signature != first[1]:
+            if signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
-                                 f"{self.data_manager.get_cached_path(first[0]).name} {first[1]}; one cache must hold "
+                                 f"{self.data_manager.get_cached_path(first).name} {expected}; one cache must hold "
                                  f"sims of one resolution and one set of fields")
-            for name in fields:  # the one copy (page cache -> dataset array), unless the reader already read into it
+            for name in fields:  # the reader filled the slot itself unless the file's layout did not allow it
                 values = data[name].numpy(self.shapes[name].names)
-                if not np.may_share_memory(values, self.arrays[name][position]):
-                    np.copyto(self.arrays[name][position], values, casting='no')
-            del data  # unmaps the file before the next one is mapped
+                if not np.may_share_memory(values, slots[name]):
+                    np.copyto(slots[name], values, casting='no')
 
     @property
     def field_names(self) -> list[str]:
@@ -165,8 +162,8 @@ class PhiMLDataset:
             KeyError: a key's sim is not served by this dataset, or its `t0` has no full window.
         """
         count = len(keys)
-        sims = np.fromiter((key[0] for key in keys), np.int64, count)
-        t0 = np.fromiter((key[1] for key in keys), np.int64, count)
+        pairs = np.fromiter(itertools.chain.from_iterable(keys), np.int64, 2 * count).reshape(count, 2)
+        sims, t0 = pairs[:, 0], pairs[:, 1]
         slots = np.searchsorted(self._sorted_sims, sims).clip(max=len(self._sorted_sims) - 1)
         unknown = self._sorted_sims[slots] != sims
         if unknown.any():
@@ -180,27 +177,21 @@ class PhiMLDataset:
 
         Returns:
             `{'initial_state': Tensor(batch, *spatial, [vector]), 'targets': Tensor(batch, time, *spatial, [vector])}`,
-            float32, backed by fresh torch tensors (one field), or dicts of those keyed by field name.
+            float32, backed by torch views of one fresh array per field, or dicts of those keyed by field name.
         """
         count = len(rows)
-        target_rows = (rows[:, None] + self._steps).ravel()
+        window_rows = (rows[:, None] + self._window_rows).ravel()
         initial, targets = {}, {}
         for name, array in self.arrays.items():
-            frames = self._frame_rows(name, array)
-            (initial_shape, initial_sizes), (targets_shape, targets_sizes) = self._shapes_for(name, count)
-            parallel = count * (1 + self.rollout_steps) * frames.shape[1] * frames.itemsize >= PARALLEL_MIN_BYTES
-            pool = self._pool() if parallel else None
-            first = _take(frames, rows, pool, self.threads).reshape(initial_sizes)
-            window = _take(frames, target_rows, pool, self.threads).reshape(targets_sizes)
-            initial[name] = dense(torch.from_numpy(first), initial_shape, _TORCH)
-            targets[name] = dense(torch.from_numpy(window), targets_shape, _TORCH)
+            shapes = self._shapes_for(name, count)
+            windows = np.take(self._frame_rows(name, array), window_rows, axis=0, mode='clip').reshape(shapes.windows)
+            # mode 'clip': the rows are checked already; 'raise' would copy through a buffer
+            initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
+            targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
         if len(initial) == 1:
             name = next(iter(initial))
             return {'initial_state': initial[name], 'targets': targets[name]}
         return {'initial_state': initial, 'targets': targets}
-
-    def _pool(self) -> ThreadPoolExecutor | None:
-        return _shared_pool(self.threads - 1) if self.threads > 1 else None
 
     def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
         """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
@@ -213,39 +204,23 @@ class PhiMLDataset:
             self._rows[name] = cached
         return cached[1]
 
-    def _shapes_for(self, name: str, count: int) -> tuple[tuple[Shape, tuple], tuple[Shape, tuple]]:
-        """`(shape, sizes)` of the initial states and of the targets of a batch of `count` windows of field `name`,
-        built once per batch size."""
+    def _shapes_for(self, name: str, count: int) -> _BatchShapes:
+        """The shapes of a batch of `count` windows of field `name`, built once per batch size."""
         key = (name, count)
         if key not in self._batch_shapes:
             frame = self.shapes[name].without('time')
             initial = math.concat_shapes(math.batch(batch=count), frame)
             targets = math.concat_shapes(math.batch(batch=count), math.batch(time=self.rollout_steps), frame)
-            self._batch_shapes[key] = ((initial, initial.sizes), (targets, targets.sizes))
+            self._batch_shapes[key] = _BatchShapes(initial, initial.sizes, targets, targets.sizes,
+                                                   (count, 1 + self.rollout_steps, *frame.sizes))
         return self._batch_shapes[key]
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _shared_pool(workers: int) -> ThreadPoolExecutor:
-    """One pool of `workers` threads per process, shared by all datasets (a new one after a fork: threads do not
-    survive it)."""
-    key = (os.getpid(), workers)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix='phiml-gather')
-    return _POOLS[key]
-
-
-def _take(frames: np.ndarray, rows: np.ndarray, pool: ThreadPoolExecutor | None, parts: int) -> np.ndarray:
-    """`frames[rows]` into a fresh array, one memcpy per row; with a pool, the rows are split into `parts` runs, one
-    copied by the calling thread and the others by the pool (numpy releases the GIL while it copies)."""
-    out = np.empty((len(rows), frames.shape[1]), frames.dtype)
-    if pool is None or len(rows) < 2:
-        return np.take(frames, rows, axis=0, out=out, mode='clip')  # 'clip': rows are checked; 'raise' would buffer
-    bounds = np.linspace(0, len(rows), parts + 1).astype(int)
-    futures = [pool.submit(np.take, frames, rows[a:b], 0, out[a:b], 'clip') for a, b in zip(bounds[1:-1], bounds[2:])]
-    np.take(frames, rows[:bounds[1]], 0, out[:bounds[1]], 'clip')
-    for future in futures:
-        future.result()
-    return out
+class _BatchShapes(NamedTuple):
+    """The shapes of one batch size: of the initial states and targets (with their sizes, which PhiML would build anew
+    on each access), and `windows`, the sizes `(batch, 1 + rollout_steps, *frame)` of the array both are views of."""
+    initial: Shape
+    initial_sizes: tuple
+    targets: Shape
+    targets_sizes: tuple
+    windows: tuple

@@ -55,7 +55,21 @@ def read_phiml_npz(path: Path, mmap: bool = False, out: dict[str, np.ndarray] | 
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
     """
-    path = Path(path)
+    return _read(Path(path), mmap, out, shapes_only=False)
+
+
+def read_phiml_npz_shapes(path: Path) -> Any:
+    """The structure `read_phiml_npz` returns, with each tensor replaced by its `Shape` and no large array read: what a
+    reader needs to allocate memory for the data before reading it. Plain values are read where they are tiny (the
+    metadata numbers) and are `None` where they are not.
+
+    Raises:
+        CacheError: as `read_phiml_npz`.
+    """
+    return _read(Path(path), False, None, shapes_only=True)
+
+
+def _read(path: Path, mmap: bool, out: dict[str, np.ndarray] | None, shapes_only: bool) -> Any:
     try:
         with open(path, 'rb') as fp:
             layout = _LAYOUTS.get(os.fstat(fp.fileno()).st_size)
@@ -63,17 +77,17 @@ def read_phiml_npz(path: Path, mmap: bool = False, out: dict[str, np.ndarray] | 
             if layout is None or not layout.matches(buffer):
                 directory = read_directory(fp)
                 if directory is None:
-                    return _read_with_zipfile(path, fp)
+                    return _read_with_zipfile(path, fp, shapes_only)
                 layout, buffer = parse_layout(path, fp, directory, lambda members, shapes: _describe(path, members, shapes))
                 if len(_LAYOUTS) >= _MAX_LAYOUTS:
                     _LAYOUTS.pop(next(iter(_LAYOUTS)))
                 _LAYOUTS[layout.file_size] = layout
-            arrays = layout.read_arrays(path, fp, buffer, mmap, out)
+            arrays = layout.read_arrays(path, fp, buffer, mmap, out, large=not shapes_only)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as err:
         if isinstance(err, CacheError):
             raise
         raise CacheError(f"{path}: not a readable .npz file ({str(err).splitlines()[0][:200]})") from None
-    return _build(layout.recipe, arrays)
+    return _build(layout.recipe, arrays, shapes_only)
 
 
 def clear_caches() -> None:
@@ -83,7 +97,7 @@ def clear_caches() -> None:
     shape_of.cache_clear()
 
 
-def _read_with_zipfile(path: Path, fp: BinaryIO) -> Any:
+def _read_with_zipfile(path: Path, fp: BinaryIO, shapes_only: bool = False) -> Any:
     """Any other zip layout (compressed members, ZIP64, comments): every member inflated by `zipfile` and parsed."""
     with zipfile.ZipFile(fp) as zf:
         raw = {info.filename: zf.read(info) for info in zf.infolist()}
@@ -99,7 +113,7 @@ def _read_with_zipfile(path: Path, fp: BinaryIO) -> Any:
         else:
             arrays[name[:-4]] = value
     recipe, _ = _describe(path, members, {name: a.shape for name, a in arrays.items()})
-    return _build(recipe, arrays)
+    return _build(recipe, arrays, shapes_only)
 
 
 def _describe(path: Path, members: dict[str, Any], shapes: dict[str, tuple]) -> tuple[Any, set[str]]:
@@ -164,17 +178,18 @@ def _spec_shape(path: Path, p: str, spec: Any, sizes: tuple) -> Shape:
     return shape
 
 
-def _build(node: Any, arrays: dict[str, Any]) -> Any:
+def _build(node: Any, arrays: dict[str, Any], shapes_only: bool = False) -> Any:
+    """The saved structure from its recipe: tensors backed by `arrays` (or, with `shapes_only`, their shapes)."""
     kind = type(node)
     if kind is _TensorLeaf:
-        return dense(arrays[node.name], node.shape, NUMPY)
+        return node.shape if shapes_only else dense(arrays[node.name], node.shape, NUMPY)
     if kind is _NativeLeaf:
-        value = arrays[node.name]  # as stored: wrapping it in a Tensor could cast it to the default precision
+        value = arrays.get(node.name)  # as stored: wrapping it in a Tensor could cast it to the default precision
         return value.item() if isinstance(value, np.ndarray) and value.shape == () else value
     if kind is dict:
-        return {k: _build(v, arrays) for k, v in node.items()}
+        return {k: _build(v, arrays, shapes_only) for k, v in node.items()}
     if kind is list:
-        return [_build(v, arrays) for v in node]
+        return [_build(v, arrays, shapes_only) for v in node]
     if kind is tuple:
-        return tuple(_build(v, arrays) for v in node)
+        return tuple(_build(v, arrays, shapes_only) for v in node)
     return node

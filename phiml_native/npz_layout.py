@@ -76,17 +76,20 @@ class Layout:
             b''.join([buffer[a:b] for a, b in self.checks]) == self.expected
 
     def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool,
-                    out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                    out: dict[str, np.ndarray] | None = None, large: bool = True) -> dict[str, Any]:
         """Every array of the file: tiny ones from `buffer`, large ones read (or memory-mapped) from `fp`.
 
         `out` maps member names (e.g. `'root[velocity]:0'`) to C-contiguous arrays of the member's shape and dtype to
         read into directly (one copy, page cache -> destination); a member whose `out` does not fit is read as usual.
+        With `large=False` only the tiny arrays are returned.
 
         Raises:
             CacheError: the file ends before an array does.
         """
         arrays = {}
         for spot in self.spots:
+            if not large and spot.in_buffer is None:
+                continue
             count = spot.size // spot.dtype.itemsize if spot.dtype.itemsize else 0
             if spot.scalar is not None:
                 arrays[spot.name] = spot.scalar.unpack_from(buffer, spot.in_buffer)[0]

@@ -35,18 +35,18 @@ def shape_of(dims: Tuple[DimSpec, ...]) -> Shape:
     return math.concat_shapes(*parts) if parts else math.EMPTY_SHAPE
 
 
-def dense(native, shape: Shape, backend: Backend | None = None) -> Tensor:
+def dense(native, shape: Shape, backend: Backend | None = None, sizes: tuple | None = None) -> Tensor:
     """Wraps `native` (numpy array or torch tensor, dims in the order of `shape`) without copying it.
 
     Args:
         native: Array whose sizes equal `shape.sizes`.
         shape: Its dims, e.g. from `shape_of`.
         backend: The phiml backend of `native` when the caller knows it (saves `choose_backend`, ~10 µs).
+        sizes: `shape.sizes` when the caller has it at hand (PhiML builds that tuple anew on each access).
 
     Raises:
         ValueError: the sizes of `native` differ from those of `shape`.
     """
-    sizes = tuple(native.shape)
-    if sizes != shape.sizes:
-        raise ValueError(f"array of sizes {sizes} does not fit shape {shape} (sizes {shape.sizes})")
+    if tuple(native.shape) != (shape.sizes if sizes is None else sizes):
+        raise ValueError(f"array of sizes {tuple(native.shape)} does not fit shape {shape} (sizes {shape.sizes})")
     return Dense(native, shape.names, shape, backend or choose_backend(native))

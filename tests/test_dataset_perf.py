@@ -7,7 +7,6 @@ import pytest
 import torch
 from phiml import math
 
-import phiml_native.dataset as dataset_module
 from harness import model
 from harness.pipeline import BatchPlan, WindowKey
 from harness.plan import make_plan
@@ -72,16 +71,18 @@ def test_batches_are_fresh_memory(dataset):
         assert not data.ctypes.data <= pointer < data.ctypes.data + data.nbytes
 
 
-def test_threaded_copy_gives_the_same_batches(cache_dirs, tiny_config, dataset, monkeypatch):
-    plan = make_plan(dataset.window_keys(), 5, seed=1, epoch=0)
-    single = [b for b in PhiMLDataset(dataset.data_manager, tiny_config.train_sims, 2, threads=1).iterate_plan(plan)]
-    monkeypatch.setattr(dataset_module, 'PARALLEL_MIN_BYTES', 0)
-    threaded = PhiMLDataset(dataset.data_manager, tiny_config.train_sims, 2, threads=3)
-    for a, b in zip(single, threaded.iterate_plan(plan), strict=True):
-        for key in a:
-            assert a[key].shape == b[key].shape
-            assert np.array_equal(a[key].numpy(a[key].shape.names), b[key].numpy(a[key].shape.names))
-    assert threaded._pool() is dataset_module._shared_pool(2) is not None
+def test_a_batch_is_one_array_of_whole_windows(dataset):
+    """One copy per window, its initial frame and targets adjacent: both tensors are views of one fresh array."""
+    batch = dataset.gather([WindowKey(1, 3), WindowKey(0, 0), WindowKey(2, 5)])
+    initial = batch['initial_state'].native(batch['initial_state'].shape.names)
+    targets = batch['targets'].native(batch['targets'].shape.names)
+    frame_bytes = dataset.arrays['velocity'][0, 0].nbytes
+    window_bytes = (1 + dataset.rollout_steps) * frame_bytes
+    assert targets.data_ptr() == initial.data_ptr() + frame_bytes
+    assert initial.stride(0) * 4 == targets.stride(0) * 4 == window_bytes
+    windows = np.concatenate([initial.numpy()[:, None], targets.numpy()], axis=1)
+    expected = [dataset.arrays['velocity'][sim, t0:t0 + 1 + dataset.rollout_steps] for sim, t0 in ((1, 3), (0, 0), (2, 5))]
+    assert np.array_equal(windows, np.stack(expected))
 
 
 def test_naive_loader_serves_the_same_batches(dataset, tiny_config):
@@ -122,8 +123,8 @@ def test_open_reads_each_file_once_into_its_slot(cache_dirs, tiny_config, monkey
 
     monkeypatch.setattr(PhiMLDataManager, 'load_cache', counting)
     data = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), [2, 0, 1], 2)
-    assert calls == [(2, True, None), (0, False, ['velocity']), (1, False, ['velocity'])]
-    assert backed == [True, True]
+    assert calls == [(2, False, ['velocity']), (0, False, ['velocity']), (1, False, ['velocity'])]
+    assert backed == [True, True, True]
     last = math.load(str(cache_dirs['phiml'] / 'sim_000001.npz'))['velocity']
     assert np.array_equal(data.arrays['velocity'][2], last.numpy('time,x,y,vector'))
     first = math.load(str(cache_dirs['phiml'] / 'sim_000002.npz'))['velocity']
