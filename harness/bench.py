@@ -5,12 +5,15 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
 
 - `scenario`, `machine` (cpu, cores, torch threads, package versions), `config` (resolved), `wall_s`.
 - `method`: repetitions, warm-up, statistic (median), interleaving, what "cold" means, how memory is measured.
-- `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements.
+- `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements, medians
+  of the samples taken between the timed repetitions of the whole run (each floor uses the samples of its own
+  repetitions: `bandwidth_bytes_per_s` beside it).
 - `stages`: `write`, `read`, `iterate`, `convert`, `step` -> `legacy_s`, `native_s`, `speedup` (legacy / native) and
   each stage's baseline (`harness.stages.bench_stages`): `read.native_vs_npy_load`, `iterate.native_vs_floor`,
   `iterate.legacy_vs_floor`, `convert.native_vs_step`, ...
 - `memory`: per pipeline (`legacy`, `native`) peak resident memory of `open` + one epoch of the scenario's training
-  sims (`harness.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`).
+  sims (`harness.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`,
+  and for a `for` loop that holds the previous batch, `loop_peak_bytes`, `loop_ratio`; `batch_ratio`).
 - `scaling`: `{'resolution': [...], 'sims': [...]}`, one entry per size (`harness.scaling.bench_scaling`) with
   `legacy_s`, `native_s`, `speedup`, `native_vs_floor`, `legacy_vs_floor`, `adjustments`, and `memory` where measured.
 - `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`).
@@ -35,7 +38,7 @@ from .atomic import atomic_path
 from .cli import OneLineParser, guarded, setup_logging
 from .config import ScenarioConfig, load_config
 from .errors import ConfigError
-from .floor import measure_bandwidth
+from .floor import BandwidthProbe
 from .memory import measure_peaks
 from .provenance import provenance
 from .scaling import bench_scaling
@@ -98,14 +101,15 @@ def run_bench(config: ScenarioConfig, out: Path | None = None, *, repeats: int =
     torch.set_num_threads(config.trainer.torch_threads)
     workdir = Path(tempfile.mkdtemp(prefix='harness-bench-'))
     try:
-        bandwidth = measure_bandwidth()
+        probe = BandwidthProbe()
+        probe.sample()  # warm-up (first copy, thread pool start), not counted
+        warm = len(probe.samples)
         simulation = simulate(config)
         result = {
             'scenario': config.name,
             'machine': _machine(config, argv),
             'method': _method(repeats, warmup),
-            'bandwidth': bandwidth.to_dict(),
-            'stages': bench_stages(config, simulation, workdir / 'stages', bandwidth, repeats=repeats, warmup=warmup),
+            'stages': bench_stages(config, simulation, workdir / 'stages', probe, repeats=repeats, warmup=warmup),
         }
         if memory:
             from legacy import LegacyPipeline
@@ -116,8 +120,9 @@ def run_bench(config: ScenarioConfig, out: Path | None = None, *, repeats: int =
             result['memory'] = measure_peaks(caches, config.train_sims, rollout, config.data.batch_size,
                                              seed=config.seed, torch_threads=config.trainer.torch_threads)
         if scaling:
-            result['scaling'] = bench_scaling(config, workdir / 'scaling', bandwidth, repeats=repeats, warmup=warmup,
+            result['scaling'] = bench_scaling(config, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
                                               memory_at=MEMORY_AT if memory else ())
+        result['bandwidth'] = probe.bandwidth(since=warm).to_dict()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result['targets'] = targets(result)
@@ -183,14 +188,16 @@ def format_table(result: dict) -> str:
                 for part in ('resolution', 'sims') for e in result['scaling'][part]]
         lines += ['', 'by size: one epoch of batch loading (speedup = legacy / native), and the cold open of all sims:',
                   pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f'{v:.3g}')]
-    memory = [{'where': 'scenario', **{f'{p} x cached': m['ratio'] for p, m in result['memory'].items()},
-               'cached MB': result['memory']['native']['cached_bytes'] / 1e6}] if 'memory' in result else []
-    for entry in [*result.get('scaling', {}).get('resolution', []), *result.get('scaling', {}).get('sims', [])]:
-        if 'memory' in entry:
-            memory.append({'where': entry['label'], **{f'{p} x cached': m['ratio'] for p, m in entry['memory'].items()},
-                           'cached MB': entry['memory']['native']['cached_bytes'] / 1e6})
+    where = [('scenario', result['memory'])] if 'memory' in result else []
+    where += [(e['label'], e['memory']) for e in [*result.get('scaling', {}).get('resolution', []),
+                                                 *result.get('scaling', {}).get('sims', [])] if 'memory' in e]
+    memory = [{'where': label, **{f'{p} x cached': m['ratio'] for p, m in peaks.items()},
+               **{f'{p} for loop': m.get('loop_ratio', float('nan')) for p, m in peaks.items()},
+               'batch x cached': peaks['native'].get('batch_ratio', float('nan')),
+               'cached MB': peaks['native']['cached_bytes'] / 1e6} for label, peaks in where]
     if memory:
-        lines += ['', 'peak memory of open + one epoch above the baseline, per byte of cached data:',
+        lines += ['', 'peak memory of open + one epoch above the baseline, per byte of cached data (for loop: a second '
+                      'epoch holding the previous batch while building the next):',
                   pd.DataFrame(memory).to_string(index=False, float_format=lambda v: f'{v:.3g}')]
     lines += ['', 'targets:'] + [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
                                  f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" for t in result['targets']]
@@ -217,14 +224,18 @@ def _method(repeats: int, warmup: int) -> dict:
     return {
         'repeats': repeats, 'warmup': warmup, 'statistic': 'median',
         'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition',
-        'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared, '
-                     'each result (and each np.load baseline) kept until the next is timed so none reuses freed memory; '
-                     'the OS page cache stays warm (dropping it needs root and would time the disk)',
+        'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
+                     'before each read (and each np.load baseline) the previous result is dropped and freed memory is '
+                     'handed back to the OS (malloc_trim), so every read gets fresh pages as a new process does; the '
+                     'OS page cache stays warm (dropping it needs root and would time the disk)',
+        'iterate': 'one epoch of load_batches, each batch let go before the next is built',
         'floor': 'bytes one epoch moves into batches (each window: initial frame + rollout frames) / streaming copy '
-                 'bandwidth (median of 5 copies between two 256 MiB arrays, numpy or torch, whichever is faster, '
-                 'in this run)',
-        'memory': 'peak resident set (VmHWM, reset after imports) of open + one epoch in a fresh subprocess per '
-                  'pipeline, minus the resident set after imports, over the bytes of the cache files',
+                 'bandwidth (one copy between two 256 MiB arrays by numpy and one by torch after every timed '
+                 'repetition of the same figure; median of each, the faster one counts)',
+        'memory': 'peak resident set (VmHWM, reset after imports) of open + one epoch (each batch let go before the '
+                  'next is built) in a fresh subprocess per pipeline, minus the resident set after imports, over the '
+                  'bytes of the cache files; loop_ratio: the same for a second epoch in a for loop that holds the '
+                  'previous batch while the next is built',
         'convert': 'to_phiml of each batch plus the native() view math.native_call hands the network',
     }
 

@@ -29,6 +29,11 @@ class Bandwidth:
         torch_bytes_per_s: Median of `repeats` `torch.Tensor.copy_` (which may use several threads) between the same.
         array_bytes: Size of each array copied.
         repeats: Copies timed per method.
+
+    A copy this large is streamed past the cache (glibc's `memcpy` switches to non-temporal stores), so each byte
+    crosses the memory bus twice; a gather's row copies are not, and also read each destination line before writing
+    it: on a 2-core AMD EPYC VM, `np.take` of rows of 8 KB to 8 MB ran at 54-65 % of the streamed copy's speed. The
+    floor is a bound that a loop of `memcpy` calls does not reach.
     """
     bytes_per_s: float
     numpy_bytes_per_s: float
@@ -50,28 +55,70 @@ def measure_bandwidth(array_bytes: int = DEFAULT_ARRAY_BYTES, repeats: int = 5) 
     Raises:
         ValueError: `array_bytes` or `repeats` below 1.
     """
-    if array_bytes < 1 or repeats < 1:
+    if repeats < 1:
         raise ValueError(f"`array_bytes` (={array_bytes}) and `repeats` (={repeats}) must be >= 1")
-    source = np.ones(array_bytes // 4, np.float32)
-    target = np.zeros_like(source)
-    numpy_s = _median_seconds(lambda: np.copyto(target, source), repeats)
-    source_t, target_t = torch.from_numpy(source), torch.from_numpy(target)
-    torch_s = _median_seconds(lambda: target_t.copy_(source_t), repeats)
-    nbytes = source.nbytes
-    result = Bandwidth(nbytes / min(numpy_s, torch_s), nbytes / numpy_s, nbytes / torch_s, nbytes, repeats)
+    probe = BandwidthProbe(array_bytes)
+    probe.sample()  # warm-up: first touch, thread pool start
+    probe.samples.clear()
+    for _ in range(repeats):
+        probe.sample()
+    result = probe.bandwidth()
     logger.info("streaming copy bandwidth: %.2f GB/s (numpy %.2f, torch %.2f)", result.bytes_per_s / 1e9,
                 result.numpy_bytes_per_s / 1e9, result.torch_bytes_per_s / 1e9)
     return result
 
 
-def _median_seconds(copy, repeats: int) -> float:
-    copy()  # warm-up: first touch, thread pool start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        copy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class BandwidthProbe:
+    """Measures the streaming copy bandwidth between the timed runs of a benchmark, so that each figure's floor comes
+    from the same minutes, and the same load on a shared machine, as the figure (runs on a shared 2-core VM measured
+    8-13 GB/s; a bandwidth taken once at the start moved every `/ floor` ratio with it).
+
+    Args:
+        array_bytes: Bytes per array; must dwarf the CPU cache.
+
+    Raises:
+        ValueError: `array_bytes` below 1.
+    """
+
+    def __init__(self, array_bytes: int = DEFAULT_ARRAY_BYTES):
+        if array_bytes < 1:
+            raise ValueError(f"`array_bytes` (={array_bytes}) must be >= 1")
+        self._source = np.ones(max(1, array_bytes // 4), np.float32)
+        self._target = np.zeros_like(self._source)  # both touched: no page fault is timed
+        self.samples: list[tuple[float, float]] = []  # (numpy, torch) seconds per sample
+
+    @property
+    def array_bytes(self) -> int:
+        return self._source.nbytes
+
+    def sample(self) -> float:
+        """One `np.copyto` (single-threaded) and one `torch.Tensor.copy_` (may use several threads) between the two
+        arrays; records both and returns the faster one's bytes per second."""
+        numpy_s = _seconds(lambda: np.copyto(self._target, self._source))
+        source, target = torch.from_numpy(self._source), torch.from_numpy(self._target)
+        torch_s = _seconds(lambda: target.copy_(source))
+        self.samples.append((numpy_s, torch_s))
+        return self.array_bytes / min(numpy_s, torch_s)
+
+    def bandwidth(self, since: int = 0) -> Bandwidth:
+        """The medians of the samples from number `since` on.
+
+        Raises:
+            ValueError: no sample taken since then.
+        """
+        samples = self.samples[since:]
+        if not samples:
+            raise ValueError(f"no bandwidth sample since sample {since} (taken: {len(self.samples)})")
+        numpy_s = statistics.median(s[0] for s in samples)
+        torch_s = statistics.median(s[1] for s in samples)
+        nbytes = self.array_bytes
+        return Bandwidth(nbytes / min(numpy_s, torch_s), nbytes / numpy_s, nbytes / torch_s, nbytes, len(samples))
+
+
+def _seconds(copy) -> float:
+    start = time.perf_counter()
+    copy()
+    return time.perf_counter() - start
 
 
 def epoch_bytes(n_windows: int, frame_bytes: int, rollout_steps: int) -> int:

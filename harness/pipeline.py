@@ -10,9 +10,10 @@ float32 with item names `vector='x,y'`; with several fields per simulation each 
 from __future__ import annotations
 
 import abc
+import collections
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 from phiml.math import Tensor
 
@@ -96,9 +97,14 @@ class AbstractPipeline(abc.ABC):
         """Trains `network` on the batches of `plans` in order; returns the loss of every step."""
 
     def batches(self, plan: BatchPlan) -> Iterator[Batch]:
-        """PhiML batches for `plan`: `load_batches` followed by `to_phiml`."""
-        for raw in self.load_batches(plan):
-            yield self.to_phiml(raw)
+        """PhiML batches for `plan`: `load_batches` followed by `to_phiml` (no reference kept to a batch handed out)."""
+        return map(self.to_phiml, self.load_batches(plan))
+
+
+def drain(batches: Iterable[Any]) -> None:
+    """Builds every batch of `batches` and lets each go before the next is built: one epoch of batch loading as the
+    benchmarks time and measure it (a `for` loop would hold the previous batch while building the next)."""
+    collections.deque(batches, maxlen=0)
 
 
 Pipeline = AbstractPipeline

@@ -21,11 +21,12 @@ from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from .cache import write_cache
 from .config import ScenarioConfig, validate
-from .floor import Bandwidth, epoch_bytes, floor_seconds
+from .floor import BandwidthProbe, epoch_bytes, floor_seconds
 from .memory import measure_peaks
+from .pipeline import drain
 from .plan import make_plan
 from .simulate import simulate
-from .stages import ColdReads, write_npy
+from .stages import time_cold_reads, write_npy
 
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
@@ -57,27 +58,28 @@ def sized_config(config: ScenarioConfig, resolution: Sequence[int] | None = None
     return result, notes
 
 
-def bench_scaling(config: ScenarioConfig, workdir: Path, bandwidth: Bandwidth, *, repeats: int, warmup: int,
+def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, *, repeats: int, warmup: int,
                   memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
     """Times one epoch of both pipelines at every size.
 
     Args:
         workdir: Scratch folder (its contents are removed per size).
+        probe: Samples the streaming copy bandwidth once per timed repetition of each size, for that size's floor.
         memory_at: Labels of the entries (e.g. `'128x128'`, `'4x sims'`) whose peak memory is measured as well.
 
     Returns:
         `{'resolution': [entry, ...], 'sims': [entry, ...]}`; each entry holds `label`, `resolution`, `n_sims`,
         `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor` (one epoch of batch
-        loading), `epoch_bytes`, `cached_bytes`, `windows`, `batches`, `adjustments`, `read` (cold open of all sims:
-        `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`), and `memory`
-        (per pipeline, see `harness.memory.PeakMemory.to_dict`) where measured.
+        loading), `bandwidth_bytes_per_s`, `epoch_bytes`, `cached_bytes`, `windows`, `batches`, `adjustments`,
+        `read` (cold open of all sims: `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`,
+        `legacy_vs_npy_load`), and `memory` (per pipeline, see `harness.memory.PeakMemory.to_dict`) where measured.
     """
     result = {'resolution': [], 'sims': []}
     for label, resolution in RESOLUTIONS:
         sized, notes = sized_config(config, resolution=resolution)
         simulation = simulate(sized)
         folder = workdir / label
-        entry = _entry(label, sized, simulation, sized.train_sims, folder, bandwidth, repeats, warmup,
+        entry = _entry(label, sized, simulation, sized.train_sims, folder, probe, repeats, warmup,
                        label in memory_at)
         result['resolution'].append({**entry, 'adjustments': notes})
         shutil.rmtree(folder, ignore_errors=True)
@@ -89,7 +91,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, bandwidth: Bandwidth, *
     folder = workdir / 'sims'
     for factor in (1, *SIM_FACTORS):
         label = f'{factor}x sims'
-        entry = _entry(label, sized, simulation, list(range(base * factor)), folder, bandwidth, repeats, warmup,
+        entry = _entry(label, sized, simulation, list(range(base * factor)), folder, probe, repeats, warmup,
                        label in memory_at)
         result['sims'].append({**entry, 'adjustments': notes})
         if progress:
@@ -98,7 +100,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, bandwidth: Bandwidth, *
     return result
 
 
-def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], folder: Path, bandwidth: Bandwidth,
+def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], folder: Path, probe: BandwidthProbe,
            repeats: int, warmup: int, with_memory: bool) -> dict:
     rollout = config.data.rollout_steps
     pipelines = {'legacy': LegacyPipeline(folder / 'legacy', rollout), 'native': NativePipeline(folder / 'phiml', rollout)}
@@ -108,33 +110,36 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         pipeline.open(sims)
     plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
     npy_files = write_npy(pipelines['native'], sims, folder / 'npy')
-    times = {(stage, name): [] for stage in ('iterate', 'read') for name in (*pipelines, 'npy')}
-    cold = ColdReads()
+    times = {name: [] for name in pipelines}
+    samples_before = len(probe.samples)
     for rep in range(warmup + repeats):
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         samples = {}
         for name, p in order:
             start = time.perf_counter()
-            for _ in p.load_batches(plan):
-                pass
-            samples['iterate', name] = time.perf_counter() - start
-            samples['read', name] = cold.open(name, p, sims)
-        samples['read', 'npy'] = cold.npy_load('npy', npy_files)
+            drain(p.load_batches(plan))
+            samples[name] = time.perf_counter() - start
         if rep >= warmup:
-            for key, seconds in samples.items():
-                times[key].append(seconds)
+            for name, seconds in samples.items():
+                times[name].append(seconds)
+            probe.sample()
+    # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
+    # would pay for faulting in fresh pages for its first batches
+    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
     frame_bytes = sum(array[0, 0].nbytes for array in pipelines['native'].dataset.arrays.values())
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
+    bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)
-    median = {key: statistics.median(values) for key, values in times.items() if values}
-    legacy_s, native_s = median['iterate', 'legacy'], median['iterate', 'native']
-    read = {'legacy_s': median['read', 'legacy'], 'native_s': median['read', 'native'], 'npy_load_s': median['read', 'npy']}
+    legacy_s, native_s = (statistics.median(times[name]) for name in ('legacy', 'native'))
+    read = {'legacy_s': statistics.median(reads['legacy']), 'native_s': statistics.median(reads['native']),
+            'npy_load_s': statistics.median(reads['npy']), 'fresh_memory': fresh_memory}
     read.update(speedup=read['legacy_s'] / read['native_s'], native_vs_npy_load=read['native_s'] / read['npy_load_s'],
                 legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'])
     entry = {
         'label': label, 'resolution': list(config.sim.resolution), 'n_sims': len(sims), 'n_frames': config.sim.n_frames,
         'legacy_s': legacy_s, 'native_s': native_s, 'speedup': legacy_s / native_s, 'floor_s': floor,
-        'native_vs_floor': native_s / floor, 'legacy_vs_floor': legacy_s / floor, 'epoch_bytes': moved,
+        'native_vs_floor': native_s / floor, 'legacy_vs_floor': legacy_s / floor,
+        'bandwidth_bytes_per_s': bandwidth.bytes_per_s, 'epoch_bytes': moved,
         'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
         'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read,

@@ -3,12 +3,14 @@ each stage is judged against.
 
 Stages (names as in `harness.timing`): `write` (cache of the training sims), `read` (a cold open of every training sim
 as a fresh process sees it, see `ColdReads`; the OS page cache stays warm: dropping it needs root and would time the
-disk, not the pipeline), `iterate` (one epoch of `load_batches`), `convert` (what stands
+disk, not the pipeline), `iterate` (one epoch of `load_batches`, each batch let go before the next is built:
+`harness.pipeline.drain`), `convert` (what stands
 between a loaded batch and the torch tensors the network is called with: `to_phiml` plus the `native()` view that
 `math.native_call` takes; identity plus that view for the native pipeline), `step` (one training step on one batch).
 Repetition `r` runs legacy then native for even `r`, the reverse for odd `r`; warm-up repetitions are dropped; figures
 are medians. Baselines: `np.load` of the same arrays from `.npy` files (for `read`), the memory-bandwidth floor (for
-`iterate`, see `harness.floor`), and the train step (for `convert`).
+`iterate`, see `harness.floor`; the bandwidth is sampled once per repetition, between the timed runs), and the train
+step (for `convert`).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from phiml_native.npz import clear_caches
 from . import model
 from .cache import write_cache
 from .config import ScenarioConfig
-from .floor import Bandwidth, epoch_bytes, floor_seconds
-from .pipeline import AbstractPipeline, Batch
+from .floor import BandwidthProbe, epoch_bytes, floor_seconds
+from .memory import release_free_memory
+from .pipeline import AbstractPipeline, Batch, drain
 from .plan import make_plan
 from .simulate import Simulation
 from .timing import STAGES, StageTiming
@@ -36,21 +39,21 @@ from .timing import STAGES, StageTiming
 logger = logging.getLogger(__name__)
 
 
-def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, bandwidth: Bandwidth, *,
+def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, probe: BandwidthProbe, *,
                  repeats: int, warmup: int, progress: Callable[[int], None] | None = None) -> dict[str, dict]:
     """Times every stage of both pipelines on the training sims of `simulation`.
 
     Args:
         workdir: Scratch folder for the caches (left in place for the memory measurement).
-        bandwidth: Streaming copy bandwidth of this machine, for the floor of `iterate`.
+        probe: Samples the streaming copy bandwidth once per timed repetition, for the floor of `iterate`.
         repeats: Timed repetitions per stage (medians are reported).
         warmup: Untimed repetitions first.
 
     Returns:
         Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
         against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`; `iterate` adds `floor_s`,
-        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`; `convert` adds per-batch figures and `native_vs_step`,
-        `legacy_vs_step`; all add `bytes` and counts.
+        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`, `bandwidth_bytes_per_s`; `convert` adds per-batch figures
+        and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
     """
     sims = config.train_sims
     rollout = config.data.rollout_steps
@@ -68,31 +71,25 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     optimizers = {name: model.make_optimizer(net, config.trainer.learning_rate) for name, net in nets.items()}
 
     timings = {stage: StageTiming(stage) for stage in STAGES}
-    npy_load, cold = [], ColdReads()
     # cold reads in a loop of their own: right after a timed cache write, the write-back of its dirty pages slowed the
     # next read by ~15 %, and only the pipelines' reads, not the np.load baseline, came right after one
-    for rep in range(warmup + repeats):
-        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
-        for name, p in order:
-            seconds = cold.open(name, p, sims)
-            if name == 'native':  # the baseline right after the read it is compared with
-                baseline = cold.npy_load('npy', npy_files)
-            if rep >= warmup:
-                getattr(timings['read'], name).append(seconds)
-        if rep >= warmup:
-            npy_load.append(baseline)
+    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
+    timings['read'].legacy, timings['read'].native, npy_load = reads['legacy'], reads['native'], reads['npy']
+    samples_before = len(probe.samples)
     for rep in range(warmup + repeats):
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         for name, p in order:
             samples = {
                 'write': _time_write(p, simulation, sims, workdir / f'write-{name}'),
-                'iterate': _timed(lambda: sum(1 for _ in p.load_batches(plan))),
+                'iterate': _timed(lambda: drain(p.load_batches(plan))),
                 'convert': _timed(lambda: [network_inputs(p.to_phiml(r)) for r in raw[name]]),
                 'step': _timed(lambda: model.train_step(nets[name], optimizers[name], first[name])),
             }
             if rep >= warmup:
                 for stage, seconds in samples.items():
                     getattr(timings[stage], name).append(seconds)
+        if rep >= warmup:
+            probe.sample()
         if progress:
             progress(1)
 
@@ -102,12 +99,14 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     npy_s = statistics.median(npy_load)
     result['read'].update(bytes=cache_bytes, sims=len(sims), npy_load_s=npy_s, npy_bytes=sum(f.stat().st_size for f in npy_files),
                           native_vs_npy_load=result['read']['native_s'] / npy_s,
-                          legacy_vs_npy_load=result['read']['legacy_s'] / npy_s)
+                          legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory)
     frame_bytes = sum(int(np.prod(t.shape.sizes[1:])) * t.dtype.bits // 8
                       for t in _field_tensors(first['native']['initial_state']))
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
+    bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)
-    result['iterate'].update(epoch_bytes=moved, floor_s=floor, native_vs_floor=result['iterate']['native_s'] / floor,
+    result['iterate'].update(epoch_bytes=moved, bandwidth_bytes_per_s=bandwidth.bytes_per_s, floor_s=floor,
+                             native_vs_floor=result['iterate']['native_s'] / floor,
                              legacy_vs_floor=result['iterate']['legacy_s'] / floor, windows=plan.n_windows,
                              batches=len(plan))
     per_batch = {name: result['convert'][f'{name}_s'] / len(plan) for name in pipelines}
@@ -154,20 +153,44 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: list[Path], *, repeats: int, warmup: int
+                    ) -> tuple[dict[str, list[float]], bool]:
+    """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, alternating which goes first, and
+    `np.load` of `npy_files` right after each native open (see `ColdReads`).
+
+    Returns:
+        Seconds per timed repetition under `'legacy'`, `'native'` and `'npy'`, and whether every read got fresh memory.
+    """
+    cold = ColdReads()
+    times = {name: [] for name in ('legacy', 'native', 'npy')}
+    for rep in range(warmup + repeats):
+        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
+        samples = {}
+        for name, p in order:
+            samples[name] = cold.open(name, p, sims)
+            if name == 'native':  # the baseline right after the read it is compared with
+                samples['npy'] = cold.npy_load('npy', npy_files)
+        if rep >= warmup:
+            for name, seconds in samples.items():
+                times[name].append(seconds)
+    return times, cold.fresh_memory
+
+
 class ColdReads:
-    """Times cold reads as a fresh process would see them: a new pipeline object, no parsed layouts remembered, and
-    fresh memory. Each result is kept until the next read of its kind has been timed, so that no read lands in
-    memory its predecessor just freed (in a loop, `np.load` would otherwise reuse warm pages while a pipeline's larger
-    arrays get new ones: a 2x difference at 128x128 on a 2-core VM). Keeping every result instead made it worse
-    (8x at 128x128: fresh pages for the dataset's one large array under the memory pressure of all kept results)."""
+    """Times cold reads as a fresh process sees them: a new pipeline object, no parsed layouts remembered, and fresh
+    memory. Before each read, the previous result of its kind is dropped and freed memory is handed back to the OS
+    (`harness.memory.release_free_memory`), so every read, the pipelines' and the `np.load` baseline's alike, pays for
+    the fresh pages a new process pays for; without that, whichever read reused warm memory won (`np.load`'s many small
+    arrays did, a pipeline's one large array did not)."""
 
     def __init__(self):
         self._kept: dict[str, object] = {}
+        self.fresh_memory = True  # False where the C library cannot hand memory back (then reads may reuse warm memory)
 
     def open(self, key: str, pipeline: AbstractPipeline, sims) -> float:
         """Seconds a fresh copy of `pipeline` takes to open `sims`."""
         fresh = type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps)
-        clear_caches()
+        self._prepare(key)
         seconds = _timed(lambda: fresh.open(sims))
         self._kept[key] = fresh
         return seconds
@@ -175,9 +198,15 @@ class ColdReads:
     def npy_load(self, key: str, files: list[Path]) -> float:
         """Seconds `np.load` takes for all `files` (the baseline)."""
         arrays = []
+        self._prepare(key)
         seconds = _timed(lambda: arrays.extend(np.load(f) for f in files))
         self._kept[key] = arrays
         return seconds
+
+    def _prepare(self, key: str) -> None:
+        self._kept.pop(key, None)
+        clear_caches()
+        self.fresh_memory &= release_free_memory()
 
 
 def _timed(f: Callable[[], object]) -> float:

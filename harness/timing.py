@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import model
-from .pipeline import AbstractPipeline, BatchPlan
+from .pipeline import AbstractPipeline, BatchPlan, drain
 from .simulate import Simulation
 
 STAGES = ('write', 'read', 'iterate', 'convert', 'step')
@@ -74,7 +74,7 @@ def time_stages(legacy: AbstractPipeline, native: AbstractPipeline, simulation: 
     stages = {
         'write': lambda p, rep: _time_write(p, fields, scratch / f'{p.name}-{rep}'),
         'read': lambda p, rep: _time_read(p, sims),
-        'iterate': lambda p, rep: _timed(lambda: sum(1 for _ in p.load_batches(plan))),
+        'iterate': lambda p, rep: _timed(lambda: drain(p.load_batches(plan))),
         'convert': lambda p, rep: _timed(lambda: [p.to_phiml(r) for r in raw[p.name]]),
         'step': lambda p, rep: _timed(lambda: model.train_step(nets[p.name], optimizers[p.name], converted[p.name])),
     }

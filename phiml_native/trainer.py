@@ -38,7 +38,9 @@ class PhiMLSyntheticTrainer:
         return losses
 
     def train_batches(self, batches: Iterable[dict]) -> list[float]:
-        return [self._train_batch(b) for b in batches]
+        """One step per batch; each batch is let go before the next is built (`map` keeps no reference to it, where a
+        `for` loop's variable would), so a data set holds one batch at a time, not two."""
+        return list(map(self._train_batch, batches))
 
     def _train_batch(self, batch: dict) -> float:
         return model.train_step(self.network, self.optimizer, batch)

@@ -1,5 +1,7 @@
 """`python -m harness.bench` and its parts: floor arithmetic, sized configs, memory workers, targets, the CLI."""
 import json
+import resource
+import sys
 
 import pytest
 
@@ -8,9 +10,10 @@ from harness import bench, scaling
 from harness.bench import format_table, main, make_parser, run_bench, targets
 from harness.cli import guarded
 from harness.config import load_config
-from harness.floor import Bandwidth, epoch_bytes, floor_seconds, measure_bandwidth
+from harness.floor import Bandwidth, BandwidthProbe, epoch_bytes, floor_seconds, measure_bandwidth
 from harness.memory import measure_peaks
 from harness.scaling import bench_scaling, sized_config
+from harness.stages import ColdReads
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 
@@ -29,6 +32,20 @@ def test_bandwidth_is_the_faster_copy():
     assert measured.bytes_per_s == max(measured.numpy_bytes_per_s, measured.torch_bytes_per_s) > 0
     with pytest.raises(ValueError, match=r'`array_bytes` \(=0\)'):
         measure_bandwidth(array_bytes=0)
+
+
+def test_probe_takes_medians_of_the_samples_asked_for():
+    probe = BandwidthProbe(array_bytes=4 * 2 ** 20)
+    first = probe.sample()
+    later = [probe.sample() for _ in range(3)]
+    assert len(probe.samples) == 4 and all(b > 0 for b in [first, *later])
+    since = probe.bandwidth(since=1)
+    assert since.repeats == 3 and since.array_bytes == 4 * 2 ** 20
+    numpy_s = sorted(s[0] for s in probe.samples[1:])[1]
+    assert since.numpy_bytes_per_s == 4 * 2 ** 20 / numpy_s
+    assert since.bytes_per_s == max(since.numpy_bytes_per_s, since.torch_bytes_per_s)
+    with pytest.raises(ValueError, match='no bandwidth sample since sample 4'):
+        probe.bandwidth(since=4)
 
 
 def test_sized_config_keeps_diffusion_stable():
@@ -50,7 +67,11 @@ def test_memory_workers_measure_each_pipeline(cache_dirs, tiny_config):
         assert peak['pipeline'] == pipeline.name
         assert peak['cached_bytes'] == sum(pipeline.manager.get_cached_path(s).stat().st_size for s in sims)
         assert peak['peak_bytes'] >= peak['baseline_bytes'] > 50 * 2 ** 20  # torch alone is more than that
+        assert peak['loop_peak_bytes'] >= peak['baseline_bytes']
         assert peak['ratio'] == peak['epoch_bytes'] / peak['cached_bytes']
+        assert peak['loop_ratio'] == (peak['loop_peak_bytes'] - peak['baseline_bytes']) / peak['cached_bytes']
+        assert peak['batch_bytes'] == 4 * (1 + 2) * 16 * 16 * 2 * 4  # batch 4, rollout 2, 16x16x2 float32
+        assert peak['batch_ratio'] == peak['batch_bytes'] / peak['cached_bytes']
         assert peak['method'] in ('VmHWM after clear_refs', 'ru_maxrss')
 
 
@@ -143,13 +164,33 @@ def test_scaling_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling, 'RESOLUTIONS', (('16x16', [16, 16]),))
     monkeypatch.setattr(scaling, 'SIM_FACTORS', (2,))
     config = load_config('burgers', TINY)
-    bandwidth = Bandwidth(1e10, 1e10, 1e10, 1, 1)
-    result = bench_scaling(config, tmp_path, bandwidth, repeats=1, warmup=0, memory_at=('2x sims',))
+    probe = BandwidthProbe(array_bytes=2 ** 20)
+    result = bench_scaling(config, tmp_path, probe, repeats=2, warmup=1, memory_at=('2x sims',))
+    assert len(probe.samples) == 3 * 2  # one per timed repetition of each entry
     assert [e['label'] for e in result['resolution']] == ['16x16']
     assert [(e['label'], e['n_sims']) for e in result['sims']] == [('1x sims', 3), ('2x sims', 6)]
     doubled = result['sims'][1]
     assert doubled['windows'] == 6 * 7 and doubled['epoch_bytes'] == 6 * 7 * 3 * 16 * 16 * 2 * 4
-    assert doubled['floor_s'] == doubled['epoch_bytes'] / 1e10
+    assert doubled['floor_s'] == doubled['epoch_bytes'] / doubled['bandwidth_bytes_per_s']
+    assert doubled['bandwidth_bytes_per_s'] == probe.bandwidth(since=4).bytes_per_s
     assert set(doubled['memory']) == {'legacy', 'native'} and 'memory' not in result['sims'][0]
     assert doubled['read']['native_vs_npy_load'] == doubled['read']['native_s'] / doubled['read']['npy_load_s']
     assert not any(tmp_path.iterdir())  # scratch caches are removed
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="glibc's malloc_trim")
+def test_cold_reads_get_fresh_pages(cache_dirs, tiny_config):
+    """Each timed read lands in fresh pages, as in a new process, however warm the memory the last read freed."""
+    cold = ColdReads()
+    pipeline = NativePipeline(cache_dirs['phiml'], 2)
+    faults = []
+    for _ in range(3):
+        before = _minor_faults()
+        cold.open('native', pipeline, tiny_config.train_sims)
+        faults.append(_minor_faults() - before)
+    pages = cold._kept['native'].dataset.nbytes // resource.getpagesize()
+    assert cold.fresh_memory and min(faults) >= pages

@@ -139,3 +139,23 @@ def test_dense_is_what_math_wrap_builds():
     assert ours.backend == theirs.backend and ours.native(ours.shape.names) is native
     with pytest.raises(ValueError, match=r'sizes \(2, 3, 2\) does not fit'):
         dense(native, shape_of((('batch', 'batch', 3), ('x', 'spatial', 3), ('vector', 'channel', ('x', 'y')))))
+
+
+@pytest.mark.parametrize('parsed_before', [False, True], ids=['fresh', 'known-layout'])
+def test_shapes_only_reads_no_array_data(cache_dirs, monkeypatch, parses, parsed_before):
+    manager = PhiMLDataManager(cache_dirs['phiml'])
+    full = read_phiml_npz(manager.get_cached_path(1))
+    if not parsed_before:
+        npz.clear_caches()
+    reads = []
+    original = npz.Layout.read_arrays
+
+    def recording(self, *args, **kwargs):
+        reads.append(original(self, *args, **kwargs))
+        return reads[-1]
+
+    monkeypatch.setattr(npz.Layout, 'read_arrays', recording)
+    shapes = npz.read_phiml_npz_shapes(manager.get_cached_path(1))
+    assert shapes['velocity'] == full['velocity'].shape and shapes['metadata'] == full['metadata']
+    assert all(value.size < 64 for value in reads[0].values() if isinstance(value, np.ndarray))  # metadata numbers only
+    assert manager.field_shapes(1) == {'velocity': full['velocity'].shape}

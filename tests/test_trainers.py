@@ -1,10 +1,15 @@
 """The everyday entry points of both pipelines: the migration plan's names and signatures."""
+import weakref
+
 import numpy as np
 import pytest
 
 from harness import model
+from harness.pipeline import drain
+from harness.plan import make_plan
 from legacy import LegacyPipeline, SyntheticTrainer
-from phiml_native import PhiMLDataManager, PhiMLDataset, PhiMLSyntheticTrainer, create_dataset, create_phiml
+from phiml_native import (NativePipeline, PhiMLDataManager, PhiMLDataset, PhiMLSyntheticTrainer, create_dataset,
+                          create_phiml)
 
 
 def _net(config):
@@ -53,3 +58,36 @@ def test_unknown_window_refused(cache_dirs, tiny_config):
         dataset.gather([WindowKey(2, 0)])
     with pytest.raises(KeyError, match='t0 out of range'):
         dataset.gather([WindowKey(0, 7)])
+
+
+def _watched(batches, alive: list):
+    """Yields `batches`, noting before building each one how many earlier batches are still referenced anywhere."""
+    refs = []
+    for batch in batches:
+        alive.append(sum(ref() is not None for ref in refs))
+        refs.append(weakref.ref(batch['initial_state'].native(batch['initial_state'].shape.names)))
+        yield batch
+        del batch
+
+
+def test_native_trainer_lets_each_batch_go_before_the_next(cache_dirs, tiny_config):
+    dataset = create_phiml(tiny_config, tiny_config.train_sims, cache_dirs['phiml'])
+    net, opt = _net(tiny_config)
+    alive = []
+    losses = PhiMLSyntheticTrainer(net, opt).train_batches(_watched(dataset.iterate_batches(4, seed=0), alive))
+    assert len(losses) == len(alive) == 6 and alive == [0] * 6  # a data set holds one batch at a time, not two
+
+
+def test_drain_and_batches_keep_no_batch(cache_dirs, tiny_config):
+    pipeline = NativePipeline(cache_dirs['phiml'], tiny_config.data.rollout_steps)
+    pipeline.open(tiny_config.train_sims)
+    plan = make_plan(pipeline.window_keys(), 4, seed=0, epoch=0)
+    alive = []
+    original = pipeline.load_batches
+    pipeline.load_batches = lambda p: _watched(original(p), alive)
+    drain(pipeline.batches(plan))
+    assert alive == [0] * len(plan)
+    alive.clear()
+    for batch in pipeline.batches(plan):  # noqa: B007  (what a for loop holds, for contrast)
+        pass
+    assert alive == [0] + [1] * (len(plan) - 1)
