@@ -1,4 +1,5 @@
-"""Writes a compare run's report: `summary.json`, `loss_curves.png`, `timings.png` and `index.html`."""
+"""Writes a compare run's report: `summary.json`, `loss_curves.png`, `timings.png` and `index.html` (which also shows
+the targets of a `python -m harness.bench` run written to the same folder, `bench.json`, where there is one)."""
 from __future__ import annotations
 
 import json
@@ -33,11 +34,27 @@ def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (
     html = env.get_template('report.html.j2').render(
         s=summary, failed=[c for c in summary['checks'] if not c['passed']], titles=STAGE_TITLES,
         sections=[markupsafe.Markup(s) for s in extra_sections], worst_frame=worst_frame,
-        provenance_json=json.dumps(summary['provenance'], indent=2))
+        provenance_json=json.dumps(summary['provenance'], indent=2), bench=load_bench(out_dir / 'bench.json'))
     index = out_dir / 'index.html'
     with atomic_path(index, '.html') as tmp:
         tmp.write_text(html)
     return index
+
+
+def load_bench(path: Path) -> dict | None:
+    """What the report shows of a `python -m harness.bench` run written to `path`: `targets`, `date`, `git_commit`,
+    `cpu`, `bandwidth_gb_s`, `wall_s`; or `{'error': ...}` when the file cannot be read; None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        bench = json.loads(path.read_text())
+        return {'targets': bench['targets'], 'date': bench['machine']['date'],
+                'git_commit': bench['machine']['git_commit'], 'cpu': bench['machine']['cpu'],
+                'cpu_count': bench['machine']['cpu_count'], 'bandwidth_gb_s': bench['bandwidth']['bytes_per_s'] / 1e9,
+                'wall_s': bench['wall_s']}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("%s: not shown in the report (%s)", path, err)
+        return {'error': f"{path.name} could not be read ({type(err).__name__}: {err})"}
 
 
 def _finite(obj):

@@ -12,6 +12,7 @@ from phiml import math
 from harness import compare
 from harness.cli import guarded
 from harness.config import load_config
+from harness.report import write_report
 from phiml_native import NativePipeline
 
 pytestmark = pytest.mark.slow
@@ -167,3 +168,22 @@ def test_cache_dir_verified_and_repaired(quick_run, tmp_path, capsys):
     assert summary['caches']['phiml']['rebuilt'] == [1] and summary['caches']['legacy']['rebuilt'] == []
     assert (cache / 'legacy' / 'sim_000000.pt').stat().st_mtime_ns == untouched
     assert summary['equivalence']['identical']
+
+
+def test_report_shows_the_targets_of_a_bench_run_beside_it(quick_run, tmp_path):
+    _, out, summary = quick_run
+    assert 'No <code>bench.json</code> in this folder' in (out / 'index.html').read_text()
+    targets = [{'name': 'cold read, native / np.load of .npy', 'where': 'scenario', 'value': 1.32, 'limit': 1.5,
+                'met': True},
+               {'name': 'batch loading, native / floor', 'where': '128x128', 'value': 1.61, 'limit': 1.5, 'met': False}]
+    bench = {'targets': targets, 'bandwidth': {'bytes_per_s': 9.5e9}, 'wall_s': 70.2,
+             'machine': {'date': '2026-11-29T04:00:00', 'git_commit': 'abc1234', 'cpu': 'AMD EPYC', 'cpu_count': 2}}
+    (tmp_path / 'bench.json').write_text(json.dumps(bench))
+    html = write_report(tmp_path, summary).read_text()
+    assert 'commit abc1234' in html and 'not this report\'s commit' in html and '9.50 GB/s' in html
+    rows = re.findall(r'<tr><td>([^<]+)</td><td>([^<]+)</td><td class="num">([^<]+)</td>.*?<td class="(pass|fail)">',
+                      html)
+    assert ('cold read, native / np.load of .npy', 'scenario', '1.32', 'pass') in rows
+    assert ('batch loading, native / floor', '128x128', '1.61', 'fail') in rows
+    (tmp_path / 'bench.json').write_text('{"targets": ')
+    assert 'bench.json could not be read (JSONDecodeError' in write_report(tmp_path, summary).read_text()
