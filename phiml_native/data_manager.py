@@ -4,15 +4,15 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from phiml import math
-from phiml.math import Shape, Tensor, batch, channel, spatial
+from phiml.math import Tensor, batch, channel, spatial
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
-from .npz import read_phiml_npz, read_phiml_npz_shapes
+from .npz import read_phiml_npz
 
 logger = logging.getLogger(__name__)
 REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
@@ -65,14 +65,16 @@ class PhiMLDataManager:
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
-                   out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                   out: Mapping[str, np.ndarray] | Callable[[str, tuple, np.dtype], np.ndarray | None] | None = None
+                   ) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
 
         Args:
             sim_index: Which sim.
             mmap: Memory-map the arrays instead of reading them.
             allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
-            out: Field name -> array to read that field into (see `read_phiml_npz`); used where it fits.
+            out: Arrays to read fields into (see `read_phiml_npz`): field name -> array, or a callable
+                `(field name, sizes, dtype) -> array or None`, asked once per field; used where it fits.
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
@@ -80,31 +82,15 @@ class PhiMLDataManager:
         path = self.get_cached_path(sim_index)
         if not path.is_file():
             raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
-        members = {f'root[{name}]:0': array for name, array in (out or {}).items()}
-        data = read_phiml_npz(path, mmap=mmap, out=members or None)
+        if callable(out):
+            def members(member: str, sizes: tuple, dtype: np.dtype) -> np.ndarray | None:
+                is_field = member.startswith('root[') and member.endswith(']:0')
+                return out(member[5:-3], sizes, dtype) if is_field else None
+        else:
+            members = {f'root[{name}]:0': array for name, array in (out or {}).items()} or None
+        data = read_phiml_npz(path, mmap=mmap, out=members)
         validate_native(path, data, allow_any_float=allow_any_float)
         return data
-
-    def field_shapes(self, sim_index: int) -> dict[str, Shape]:
-        """The shape of each field listed in one sim's metadata, read from the file's structure alone (no array data):
-        what a reader needs to allocate memory before `load_cache(..., out=...)`, which validates the file.
-
-        Raises:
-            CacheError: missing or unreadable file, or no `metadata['fields']` naming its tensors (with what
-                `load_cache`'s validation says is wrong).
-        """
-        path = self.get_cached_path(sim_index)
-        if not path.is_file():
-            raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})")
-        structure = read_phiml_npz_shapes(path)
-        meta = structure.get('metadata') if isinstance(structure, dict) else None
-        fields = meta.get('fields') if isinstance(meta, dict) else None
-        if not isinstance(fields, (list, tuple)) or not all(isinstance(n, str) and isinstance(structure.get(n), Shape)
-                                                                   for n in fields):
-            self.load_cache(sim_index)  # its validation names what is wrong
-            raise CacheError(f"{path}: expected a dict with 'metadata' listing its fields (`fields`) and one tensor per "
-                             f"field")
-        return {name: structure[name] for name in fields}
 
 
 def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> None:

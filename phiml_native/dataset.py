@@ -74,20 +74,33 @@ class PhiMLDataset:
 
     def _load(self) -> None:
         """Reads each sim once, validated by the data manager, straight into its slot of `arrays` (one copy, page cache
-        -> dataset array, as `np.load` makes); the arrays are sized from the first file's structure beforehand."""
+        -> dataset array, as `np.load` makes); the arrays are allocated while the first file is read, once its
+        structure has told the field sizes."""
         first = self.sim_indices[0]
-        self.shapes = dict(sorted(self.data_manager.field_shapes(first).items()))
-        if not self.shapes:
-            raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
-        self.arrays = {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)
-                       for name, shape in self.shapes.items()}
-        expected = list(self.shapes.items())
+
+        def allocate(name: str, sizes: tuple, dtype: np.dtype) -> np.ndarray | None:
+            if dtype != np.float32:
+                return None  # the data manager refuses the file
+            self.arrays[name] = np.empty((len(self.sim_indices), *sizes), np.float32)
+            return self.arrays[name][0]
+
+        expected = None
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
-            data = self.data_manager.load_cache(sim, out=slots)
+            data = self.data_manager.load_cache(sim, out=allocate if expected is None else slots)
             fields = sorted(data['metadata']['fields'])
             signature = [(name, data[name].shape) for name in fields]
-            if signature != expected:
+            if expected is None:
+                expected = signature
+                self.shapes = dict(signature)
+                self.arrays = {name: self.arrays.get(name) for name in fields}
+                if not fields:
+                    raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
+                for name, shape in signature:
+                    if self.arrays[name] is None:
+                        self.arrays[name] = np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                slots = {name: array[position] for name, array in self.arrays.items()}
+            elif signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
                                  f"{self.data_manager.get_cached_path(first).name} {expected}; one cache must hold "
                                  f"sims of one resolution and one set of fields")

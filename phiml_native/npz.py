@@ -25,7 +25,7 @@ from phiml.math import Shape
 
 from harness.errors import CacheError
 from . import npy
-from .npz_layout import META_MEMBERS, Layout, parse_layout
+from .npz_layout import META_MEMBERS, Layout, Out, parse_layout
 from .tensors import dense, shape_of
 from .zipdir import read_directory
 
@@ -42,34 +42,21 @@ class _NativeLeaf(NamedTuple):
     name: str
 
 
-def read_phiml_npz(path: Path, mmap: bool = False, out: dict[str, np.ndarray] | None = None) -> Any:
+def read_phiml_npz(path: Path, mmap: bool = False, out: Out | None = None) -> Any:
     """Reads a `phiml.math.save` file into the structure it was saved from (tensors backed by numpy).
 
     Args:
         path: `.npz` file.
         mmap: Memory-map the large arrays instead of reading them (read-only views into the file). Tiny arrays (the
             metadata numbers) are read either way, and so is every array of an archive that is not a plain zip.
-        out: Member name (e.g. `'root[velocity]:0'`) -> array to read that member into (same shape and dtype,
-            C-contiguous); the returned tensor is then backed by it. Ignored where it does not fit.
+        out: Arrays to read large members into (same shape and dtype, C-contiguous), by member name (e.g.
+            `'root[velocity]:0'`) or from a callable `(member name, shape, dtype) -> array or None` (asked once per
+            large member); the returned tensor is then backed by it. Ignored where it does not fit.
 
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
     """
-    return _read(Path(path), mmap, out, shapes_only=False)
-
-
-def read_phiml_npz_shapes(path: Path) -> Any:
-    """The structure `read_phiml_npz` returns, with each tensor replaced by its `Shape` and no large array read: what a
-    reader needs to allocate memory for the data before reading it. Plain values are read where they are tiny (the
-    metadata numbers) and are `None` where they are not.
-
-    Raises:
-        CacheError: as `read_phiml_npz`.
-    """
-    return _read(Path(path), False, None, shapes_only=True)
-
-
-def _read(path: Path, mmap: bool, out: dict[str, np.ndarray] | None, shapes_only: bool) -> Any:
+    path = Path(path)
     try:
         with open(path, 'rb') as fp:
             layout = _LAYOUTS.get(os.fstat(fp.fileno()).st_size)
@@ -77,17 +64,17 @@ def _read(path: Path, mmap: bool, out: dict[str, np.ndarray] | None, shapes_only
             if layout is None or not layout.matches(buffer):
                 directory = read_directory(fp)
                 if directory is None:
-                    return _read_with_zipfile(path, fp, shapes_only)
+                    return _read_with_zipfile(path, fp)
                 layout, buffer = parse_layout(path, fp, directory, lambda members, shapes: _describe(path, members, shapes))
                 if len(_LAYOUTS) >= _MAX_LAYOUTS:
                     _LAYOUTS.pop(next(iter(_LAYOUTS)))
                 _LAYOUTS[layout.file_size] = layout
-            arrays = layout.read_arrays(path, fp, buffer, mmap, out, large=not shapes_only)
+            arrays = layout.read_arrays(path, fp, buffer, mmap, out)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as err:
         if isinstance(err, CacheError):
             raise
         raise CacheError(f"{path}: not a readable .npz file ({str(err).splitlines()[0][:200]})") from None
-    return _build(layout.recipe, arrays, shapes_only)
+    return _build(layout.recipe, arrays)
 
 
 def clear_caches() -> None:
@@ -97,7 +84,7 @@ def clear_caches() -> None:
     shape_of.cache_clear()
 
 
-def _read_with_zipfile(path: Path, fp: BinaryIO, shapes_only: bool = False) -> Any:
+def _read_with_zipfile(path: Path, fp: BinaryIO) -> Any:
     """Any other zip layout (compressed members, ZIP64, comments): every member inflated by `zipfile` and parsed."""
     with zipfile.ZipFile(fp) as zf:
         raw = {info.filename: zf.read(info) for info in zf.infolist()}
@@ -113,7 +100,7 @@ def _read_with_zipfile(path: Path, fp: BinaryIO, shapes_only: bool = False) -> A
         else:
             arrays[name[:-4]] = value
     recipe, _ = _describe(path, members, {name: a.shape for name, a in arrays.items()})
-    return _build(recipe, arrays, shapes_only)
+    return _build(recipe, arrays)
 
 
 def _describe(path: Path, members: dict[str, Any], shapes: dict[str, tuple]) -> tuple[Any, set[str]]:
@@ -178,18 +165,17 @@ def _spec_shape(path: Path, p: str, spec: Any, sizes: tuple) -> Shape:
     return shape
 
 
-def _build(node: Any, arrays: dict[str, Any], shapes_only: bool = False) -> Any:
-    """The saved structure from its recipe: tensors backed by `arrays` (or, with `shapes_only`, their shapes)."""
+def _build(node: Any, arrays: dict[str, Any]) -> Any:
     kind = type(node)
     if kind is _TensorLeaf:
-        return node.shape if shapes_only else dense(arrays[node.name], node.shape, NUMPY)
+        return dense(arrays[node.name], node.shape, NUMPY)
     if kind is _NativeLeaf:
-        value = arrays.get(node.name)  # as stored: wrapping it in a Tensor could cast it to the default precision
+        value = arrays[node.name]  # as stored: wrapping it in a Tensor could cast it to the default precision
         return value.item() if isinstance(value, np.ndarray) and value.shape == () else value
     if kind is dict:
-        return {k: _build(v, arrays, shapes_only) for k, v in node.items()}
+        return {k: _build(v, arrays) for k, v in node.items()}
     if kind is list:
-        return [_build(v, arrays, shapes_only) for v in node]
+        return [_build(v, arrays) for v in node]
     if kind is tuple:
-        return tuple(_build(v, arrays, shapes_only) for v in node)
+        return tuple(_build(v, arrays) for v in node)
     return node

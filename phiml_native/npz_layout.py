@@ -16,7 +16,7 @@ import mmap as mmap_module
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, NamedTuple
+from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -32,6 +32,8 @@ _STRUCT_CODES = {('b', 1): '?', ('i', 1): 'b', ('i', 2): 'h', ('i', 4): 'i', ('i
 # Describes an archive from its meta members (name -> pickle bytes or array) and array shapes: returns the recipe
 # (the saved tree with placeholders where arrays go) and the names of the arrays used as plain values.
 Describe = Callable[[dict, dict], tuple[Any, set]]
+# Where to read large arrays into: by member name, or a callable `(member name, shape, dtype) -> array or None`
+Out = Union[Mapping[str, np.ndarray], Callable[[str, tuple, np.dtype], Optional[np.ndarray]]]
 
 
 class Spot(NamedTuple):
@@ -75,29 +77,27 @@ class Layout:
         return len(buffer) == sum(end - start for start, end in self.regions) and \
             b''.join([buffer[a:b] for a, b in self.checks]) == self.expected
 
-    def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool,
-                    out: dict[str, np.ndarray] | None = None, large: bool = True) -> dict[str, Any]:
+    def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool, out: Out | None = None
+                    ) -> dict[str, Any]:
         """Every array of the file: tiny ones from `buffer`, large ones read (or memory-mapped) from `fp`.
 
-        `out` maps member names (e.g. `'root[velocity]:0'`) to C-contiguous arrays of the member's shape and dtype to
-        read into directly (one copy, page cache -> destination); a member whose `out` does not fit is read as usual.
-        With `large=False` only the tiny arrays are returned.
+        `out` offers, per large member, a C-contiguous array of the member's shape and dtype to read into directly
+        (one copy, page cache -> destination): a mapping by member name (e.g. `'root[velocity]:0'`), or a callable
+        `(name, shape, dtype) -> array or None`. A member whose offer is missing or does not fit is read as usual.
 
         Raises:
             CacheError: the file ends before an array does.
         """
         arrays = {}
         for spot in self.spots:
-            if not large and spot.in_buffer is None:
-                continue
             count = spot.size // spot.dtype.itemsize if spot.dtype.itemsize else 0
+            target = None if spot.in_buffer is not None else _target(out, spot)
             if spot.scalar is not None:
                 arrays[spot.name] = spot.scalar.unpack_from(buffer, spot.in_buffer)[0]
             elif spot.in_buffer is not None:
                 flat = np.frombuffer(buffer, spot.dtype, count, spot.in_buffer)
                 arrays[spot.name] = flat.reshape(spot.shape, order=spot.order).copy()
-            elif out is not None and _fits(out.get(spot.name), spot):
-                target = out[spot.name]
+            elif target is not None:
                 fp.seek(spot.offset)
                 if fp.readinto(memoryview(target).cast('B')) != spot.size:
                     raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
@@ -165,9 +165,14 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
     return dataclasses.replace(layout, expected=b''.join([buffer[a:b] for a, b in checks])), buffer
 
 
-def _fits(target: np.ndarray | None, spot) -> bool:
-    return target is not None and target.shape == spot.shape and target.dtype == spot.dtype and spot.order == 'C' \
+def _target(out: Out | None, spot: Spot) -> np.ndarray | None:
+    """The array `out` offers for `spot`'s data, if it fits (same shape and dtype, C order, writable)."""
+    if out is None:
+        return None
+    target = out(spot.name, spot.shape, spot.dtype) if callable(out) else out.get(spot.name)
+    fits = target is not None and target.shape == spot.shape and target.dtype == spot.dtype and spot.order == 'C' \
         and target.flags.c_contiguous and target.flags.writeable
+    return target if fits else None
 
 
 def mapped(fp: BinaryIO, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:

@@ -141,21 +141,17 @@ def test_dense_is_what_math_wrap_builds():
         dense(native, shape_of((('batch', 'batch', 3), ('x', 'spatial', 3), ('vector', 'channel', ('x', 'y')))))
 
 
-@pytest.mark.parametrize('parsed_before', [False, True], ids=['fresh', 'known-layout'])
-def test_shapes_only_reads_no_array_data(cache_dirs, monkeypatch, parses, parsed_before):
-    manager = PhiMLDataManager(cache_dirs['phiml'])
-    full = read_phiml_npz(manager.get_cached_path(1))
-    if not parsed_before:
-        npz.clear_caches()
-    reads = []
-    original = npz.Layout.read_arrays
 
-    def recording(self, *args, **kwargs):
-        reads.append(original(self, *args, **kwargs))
-        return reads[-1]
+def test_out_may_be_a_callable_asked_once_per_large_member(cache_dirs, parses):
+    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(1)
+    asked, target = [], np.empty((9, 16, 16, 2), np.float32)
 
-    monkeypatch.setattr(npz.Layout, 'read_arrays', recording)
-    shapes = npz.read_phiml_npz_shapes(manager.get_cached_path(1))
-    assert shapes['velocity'] == full['velocity'].shape and shapes['metadata'] == full['metadata']
-    assert all(value.size < 64 for value in reads[0].values() if isinstance(value, np.ndarray))  # metadata numbers only
-    assert manager.field_shapes(1) == {'velocity': full['velocity'].shape}
+    def allocate(name, shape, dtype):
+        asked.append((name, shape, dtype))
+        return target
+
+    data = read_phiml_npz(path, out=allocate)
+    assert asked == [('root[velocity]:0', (9, 16, 16, 2), np.dtype('float32'))]
+    assert np.shares_memory(data['velocity'].numpy('time,x,y,vector'), target)
+    _same(data['velocity'], read_phiml_npz(path)['velocity'])
+    assert PhiMLDataManager(cache_dirs['phiml']).load_cache(1, out=lambda *args: None)['metadata'] == data['metadata']
