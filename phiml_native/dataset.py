@@ -1,7 +1,7 @@
 """The PhiML-native dataset: every sim read once into one array per field, batches gathered with one `np.take` each.
 
 The migration plan's sketch (`phiml_native.naive`) loads a whole sim file per sample and stacks samples one by one;
-that is ~50x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
+that is 60-70x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
 `(sim, time, *spatial, [vector])`, seen as a table of frame rows `(sim * n_frames + t, frame)`. A window `(sim, t0)` is
 the run of rows `r ... r + R` with `r = sim * n_frames + t0`: its initial state and its `R` targets, adjacent in memory.
 A batch is one `np.take` per field of those runs into a fresh `(batch, 1 + R, *frame)` array; the initial states and
