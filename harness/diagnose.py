@@ -22,7 +22,6 @@ from itertools import zip_longest
 from typing import Sequence
 
 import numpy as np
-from phiml.math import Tensor
 
 from .diff import Tolerance, ToleranceMap, compare_batches, flatten_batch
 from .identify import FrameIndex, frame_digest, field_of

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
 from .dataset import PhiMLDataset
