@@ -1,9 +1,10 @@
 """Peak resident memory of one pipeline's epoch, measured in a fresh subprocess so that peaks of pipelines never mix.
 
-The worker (`python -m harness.memory`) imports everything and runs the pipeline once on its first sim alone (open, one
-batch of one window), so that the code pages of every library on the path are resident before the baseline is taken:
-a first call faults in the pages of the shared libraries it runs (~1 MB of file-backed pages for the first batch and
-plan on a 2-core VM, more than a 32x32 batch), and those belong to the interpreter's baseline, not to the data. It then
+The worker (`python -m harness.memory`) imports everything and runs the pipeline once on its first two sims (open, one
+batch of two windows, then another), so that the code pages of every library on the path are resident before the
+baseline is taken: a first call faults in the pages of the shared libraries it runs (~1 MB of file-backed pages for the
+first batch and plan on a 2-core VM, more than a 32x32 batch), and those belong to the interpreter's baseline, not to
+the data. Their growth during the measurement is reported (`file_backed_bytes`, counted in the peaks). It then
 hands freed memory back to the OS, notes its resident set as the baseline, resets the kernel's peak counter
 (`/proc/self/clear_refs`), opens the pipeline on the cached sims and builds one epoch of model-ready batches
 (`Pipeline.batches`: load + conversion) as the benchmarks time it, each batch let go before the next is built
@@ -32,6 +33,9 @@ from .errors import HarnessError
 from .pipeline import AbstractPipeline
 
 logger = logging.getLogger(__name__)
+# Sims the warm-up opens (two windows of each, in batches of this many): two, not one, so that every code path runs with
+# more than one element (sorting a single sim or window skips code whose pages a 2-core VM counted as 60-110 KB of RSS)
+WARM_SIMS = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class PeakMemory:
             next (a `for batch in ...` loop), with the data still open.
         cached_bytes: Bytes of the cache files opened.
         batch_bytes: Bytes of the tensors of one full batch (initial states and targets).
+        file_backed_bytes: Growth of the file-backed resident set (`RssFile`: code pages of libraries, memory-mapped
+            files) from the baseline to the end; part of the peaks, ~0 when the warm-up ran every code path.
         method: 'VmHWM after clear_refs' or 'ru_maxrss'.
     """
     pipeline: str
@@ -55,6 +61,7 @@ class PeakMemory:
     loop_peak_bytes: int
     cached_bytes: int
     batch_bytes: int
+    file_backed_bytes: int
     method: str
 
     @property
@@ -186,14 +193,14 @@ def _worker(argv: Sequence[str]) -> int:
     cls = LegacyPipeline if args.pipeline == 'legacy' else NativePipeline
     sims = [int(s) for s in args.sims.split(',')]
     warm = cls(args.cache_dir, args.rollout_steps)  # code paths run once (see the module doc), then let go
-    warm.open(sims[:1])
-    drain(warm.batches(make_plan(warm.window_keys()[:1], 1, seed=args.seed, epoch=0)))
+    warm.open(sims[:WARM_SIMS])
+    drain(warm.batches(make_plan(warm.window_keys()[:2 * WARM_SIMS], WARM_SIMS, seed=args.seed, epoch=0)))
     del warm
     clear_caches()
     release_free_memory()
     pipeline = cls(args.cache_dir, args.rollout_steps)
     cached = sum(pipeline.manager.get_cached_path(sim).stat().st_size for sim in sims)
-    baseline = _status_bytes('VmRSS')
+    baseline, file_baseline = _status_bytes('VmRSS'), _status_bytes('RssFile')
     method = 'VmHWM after clear_refs' if _reset_peak() else 'ru_maxrss'
     if method == 'ru_maxrss':
         baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -212,7 +219,7 @@ def _worker(argv: Sequence[str]) -> int:
                       for t in (value.values() if isinstance(value, dict) else [value]))
     args.result.write_text(json.dumps({'pipeline': args.pipeline, 'baseline_bytes': baseline, 'peak_bytes': peak,
                                        'loop_peak_bytes': loop_peak, 'cached_bytes': cached, 'batch_bytes': batch_bytes,
-                                       'method': method}))
+                                       'file_backed_bytes': _status_bytes('RssFile') - file_baseline, 'method': method}))
     return 0
 
 
