@@ -13,6 +13,7 @@ from phiml.math import Tensor, batch, channel, spatial
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import read_phiml_npz
+from .npz_write import write_phiml_npz
 
 logger = logging.getLogger(__name__)
 REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
@@ -58,10 +59,11 @@ class PhiMLDataManager:
         return math.wrap(native, *dims)
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
-        """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`."""
+        """Writes `{field: Tensor, 'metadata': {...}}` atomically, member for member as `phiml.math.save` writes it
+        (`write_phiml_npz`); equal data gives equal bytes."""
         path = self.get_cached_path(sim_index)
         with atomic_path(path, '.npz') as tmp:
-            math.save(str(tmp), dict(data))
+            write_phiml_npz(tmp, dict(data))
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
