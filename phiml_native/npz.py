@@ -42,7 +42,7 @@ class _NativeLeaf(NamedTuple):
     name: str
 
 
-def read_phiml_npz(path: Path, mmap: bool = False, out: Out | None = None) -> Any:
+def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Out | None = None) -> Any:
     """Reads a `phiml.math.save` file into the structure it was saved from (tensors backed by numpy).
 
     Args:
@@ -56,7 +56,6 @@ def read_phiml_npz(path: Path, mmap: bool = False, out: Out | None = None) -> An
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
     """
-    path = Path(path)
     try:
         with open(path, 'rb') as fp:
             layout = _LAYOUTS.get(os.fstat(fp.fileno()).st_size)

@@ -9,9 +9,6 @@ else in full.
 """
 from __future__ import annotations
 
-import bisect
-import dataclasses
-import itertools
 import mmap as mmap_module
 import struct
 from dataclasses import dataclass
@@ -59,9 +56,9 @@ class Spot(NamedTuple):
 class Layout:
     """The structure of one file, valid for every file of the same size whose structural bytes are identical."""
     file_size: int
-    regions: tuple[tuple[int, int], ...]  # byte ranges read per file: all structure and the tiny arrays
-    checks: tuple[tuple[int, int], ...]  # `(start, end)` in the concatenated regions of every run of structural bytes
-    expected: bytes  # those runs, concatenated, as in the file the layout was parsed from
+    regions: tuple[tuple[int, int], ...]  # byte ranges read per file: everything but the large arrays' data
+    mask: int  # the regions' bytes as one little-endian integer: 0xFF over structural bytes, 0 elsewhere
+    expected: int  # the structural bytes of the file the layout was parsed from, masked the same way
     spots: tuple[Spot, ...]
     recipe: Any
 
@@ -75,7 +72,7 @@ class Layout:
     def matches(self, buffer: bytes) -> bool:
         """Whether `buffer`, the regions read from a file, holds exactly this layout's structural bytes."""
         return len(buffer) == sum(end - start for start, end in self.regions) and \
-            b''.join([buffer[a:b] for a, b in self.checks]) == self.expected
+            int.from_bytes(buffer, 'little') & self.mask == self.expected
 
     def read_arrays(self, path: Path, fp: BinaryIO, buffer: bytes, mmap: bool, out: Out | None = None
                     ) -> dict[str, Any]:
@@ -116,6 +113,9 @@ class Layout:
 def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Describe) -> tuple[Layout, bytes]:
     """Parses a plain archive in full: every header and pickle, and where each array's data lies.
 
+    The bytes read per file (the regions) are everything but the data of the large arrays; of those, the structural
+    bytes are all but the tiny arrays' data and the timestamps and CRCs of the zip records.
+
     Returns:
         The layout, and its regions as read from this file.
 
@@ -123,10 +123,9 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
         CacheError: a corrupt zip entry or `.npy` header, an array of Python objects, or what `describe` refuses.
     """
     reader = _ReadAhead(fp, directory.file_size, directory.tail, directory.tail_start)
-    structural = [(directory.directory_offset, directory.file_size)]  # central directory and end record
     unchecked = [(e.record_offset + TIMESTAMP_AND_CRC[0], e.record_offset + TIMESTAMP_AND_CRC[1])
                  for e in directory.entries]
-    members, spots, tiny = {}, [], []
+    members, spots = {}, []
     for entry in sorted(directory.entries, key=lambda e: e.header_offset):
         local = reader.read(entry.header_offset, _LOCAL_HEADER.size)
         signature, name_length, extra_length = _LOCAL_HEADER.unpack(local) if len(local) == 30 else (b'', 0, 0)
@@ -136,33 +135,29 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
         raw = reader.read(start, min(entry.file_size, HEADER_READ))
         shape, fortran, dtype, header_length = npy_header(path, entry.filename, raw, entry.file_size)
         data, size = start + header_length, entry.file_size - header_length
-        structural.append((entry.header_offset, data))
         unchecked.append((entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[0], entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[1]))
         if entry.filename in META_MEMBERS:
-            structural.append((data, data + size))
             members[entry.filename] = reader.read(data, size) if dtype.hasobject else \
                 array_from(path, entry.filename, reader.read(data, size), shape, fortran, dtype)
         elif dtype.hasobject:
             raise CacheError(f"{path}: array member {entry.filename!r} holds Python objects, expected numbers")
         else:
             spots.append(Spot(entry.filename[:-4], data, size, dtype, shape, 'F' if fortran else 'C'))
-            if size <= HEADER_READ:
-                tiny.append((data, data + size))
     recipe, natives = describe(members, {spot.name: spot.shape for spot in spots})
-    regions = _merge(structural + tiny)
-    starts = [start for start, _ in regions]
-    bases = list(itertools.accumulate((end - start for start, end in regions), initial=0))
+    large = [(spot.offset, spot.offset + spot.size) for spot in spots if spot.size > HEADER_READ]
+    regions = [(a, b) for a, b in zip([0] + [end for _, end in large], [start for start, _ in large] + [directory.file_size]) if b > a]
 
-    def to_buffer(offset: int) -> int:
-        region = bisect.bisect_right(starts, offset) - 1
-        return bases[region] + offset - starts[region]
+    def to_buffer(offset: int) -> int:  # position in the regions of a file offset outside the large arrays
+        return offset - sum(end - start for start, end in large if end <= offset)
 
-    checks = tuple((to_buffer(a), to_buffer(a) + b - a) for a, b in _subtract(_merge(structural), sorted(unchecked)))
-    spots = tuple(spot._replace(in_buffer=to_buffer(spot.offset), scalar=_scalar_struct(spot) if spot.name in natives else None)
-                  if (spot.offset, spot.offset + spot.size) in tiny else spot for spot in spots)
-    layout = Layout(directory.file_size, tuple(regions), checks, b'', spots, recipe)
-    buffer = layout.read_regions(fp)
-    return dataclasses.replace(layout, expected=b''.join([buffer[a:b] for a, b in checks])), buffer
+    spots = tuple(spot if spot.size > HEADER_READ else spot._replace(
+        in_buffer=to_buffer(spot.offset), scalar=_scalar_struct(spot) if spot.name in natives else None) for spot in spots)
+    buffer = b''.join([reader.read(a, b - a) for a, b in regions])
+    mask = bytearray(b'\xff') * len(buffer)
+    for start, end in unchecked + [(spot.offset, spot.offset + spot.size) for spot in spots if spot.in_buffer is not None]:
+        mask[to_buffer(start):to_buffer(end)] = bytes(end - start)
+    mask = int.from_bytes(mask, 'little')
+    return Layout(directory.file_size, tuple(regions), mask, int.from_bytes(buffer, 'little') & mask, spots, recipe), buffer
 
 
 def _target(out: Out | None, spot: Spot) -> np.ndarray | None:
@@ -214,31 +209,3 @@ class _ReadAhead:
             self.start, self.buffer = offset, self.fp.read(max(need, HEADER_READ))
         begin = offset - self.start
         return self.buffer[begin:begin + need]
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, overlapping or touching byte ranges joined."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, disjoint byte `ranges` without the sorted, disjoint `holes`; empty pieces dropped."""
-    result, h = [], 0
-    for start, end in ranges:
-        while h < len(holes) and holes[h][1] <= start:
-            h += 1
-        k = h
-        while k < len(holes) and holes[k][0] < end:
-            if holes[k][0] > start:
-                result.append((start, holes[k][0]))
-            start = max(start, holes[k][1])
-            k += 1
-        if start < end:
-            result.append((start, end))
-    return result
