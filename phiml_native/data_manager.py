@@ -9,12 +9,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from phiml import math
-from phiml.math import Tensor, batch, channel, spatial
+from phiml.backend import NUMPY
+from phiml.math import Tensor
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import read_phiml_npz
 from .npz_write import write_phiml_npz
+from .tensors import dense, shape_of
 
 logger = logging.getLogger(__name__)
 REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
@@ -49,16 +51,16 @@ class PhiMLDataManager:
             raise ValueError(f"field {field_name!r} has no `time` dim (dims {values.shape.names}); expected a trajectory")
         spatial_names = values.shape.spatial.names
         order = ['time', *spatial_names]
-        dims = [batch(time=values.shape.get_size('time')), spatial(**{n: values.shape.get_size(n) for n in spatial_names})]
+        dims = [('time', 'batch', values.shape.get_size('time')), *((n, 'spatial', values.shape.get_size(n)) for n in spatial_names)]
         if values.shape.channel:
             items = values.shape.channel.item_names[0] or spatial_names
             order.append(values.shape.channel.name)
-            dims.append(channel(vector=tuple(items)))
+            dims.append(('vector', 'channel', tuple(items)))
         extra = values.shape.without(order)
         if extra:
             raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")
         native = np.ascontiguousarray(values.numpy(order), dtype=np.float32)
-        return math.wrap(native, *dims)
+        return dense(native, shape_of(tuple(dims)), NUMPY)  # what math.wrap builds, without re-deriving the shape
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
         """Writes `{field: Tensor, 'metadata': {...}}` atomically, member for member as `phiml.math.save` writes it
