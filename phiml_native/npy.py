@@ -36,6 +36,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
 
+def header_size(prefix: bytes) -> int:
+    """How many bytes the `.npy` header starting with `prefix` (its first 12 bytes) takes, at most `HEADER_READ`;
+    `HEADER_READ` where `prefix` does not tell (`npy_header` then names the problem)."""
+    if prefix[:6] == _MAGIC and len(prefix) >= 10 and prefix[6] == 1:
+        return min(HEADER_READ, 10 + int.from_bytes(prefix[8:10], 'little'))
+    if prefix[:6] == _MAGIC and len(prefix) >= 12 and prefix[6] in (2, 3):
+        return min(HEADER_READ, 12 + int.from_bytes(prefix[8:12], 'little'))
+    return HEADER_READ
+
+
 def npy_header(path: Path, name: str, raw: bytes, size: int) -> tuple[tuple, bool, np.dtype, int]:
     """`(shape, fortran_order, dtype, header length)` of the `.npy` member `name` of `size` bytes starting with `raw`.
 

@@ -9,6 +9,8 @@ else in full.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import mmap as mmap_module
 import struct
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Optional, Union
 import numpy as np
 
 from harness.errors import CacheError
-from .npy import HEADER_READ, array_from, npy_header
+from .npy import HEADER_READ, array_from, header_size, npy_header
 from .zipdir import TIMESTAMP_AND_CRC, Directory
 
 META_MEMBERS = ('tree.npy', 'specs.npy', 'paths.npy')
@@ -132,7 +134,7 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
         if signature != b'PK\x03\x04':
             raise CacheError(f"{path}: corrupt zip entry {entry.filename!r}")
         start = entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length
-        raw = reader.read(start, min(entry.file_size, HEADER_READ))
+        raw = reader.read(start, min(entry.file_size, header_size(reader.read(start, min(entry.file_size, 12)))))
         shape, fortran, dtype, header_length = npy_header(path, entry.filename, raw, entry.file_size)
         data, size = start + header_length, entry.file_size - header_length
         unchecked.append((entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[0], entry.header_offset + _LOCAL_TIMESTAMP_AND_CRC[1]))
@@ -147,8 +149,11 @@ def parse_layout(path: Path, fp: BinaryIO, directory: Directory, describe: Descr
     large = [(spot.offset, spot.offset + spot.size) for spot in spots if spot.size > HEADER_READ]
     regions = [(a, b) for a, b in zip([0] + [end for _, end in large], [start for start, _ in large] + [directory.file_size]) if b > a]
 
+    ends, skipped = [end for _, end in large], list(itertools.accumulate(end - start for start, end in large))
+
     def to_buffer(offset: int) -> int:  # position in the regions of a file offset outside the large arrays
-        return offset - sum(end - start for start, end in large if end <= offset)
+        before = bisect.bisect_right(ends, offset)
+        return offset - skipped[before - 1] if before else offset
 
     spots = tuple(spot if spot.size > HEADER_READ else spot._replace(
         in_buffer=to_buffer(spot.offset), scalar=_scalar_struct(spot) if spot.name in natives else None) for spot in spots)
@@ -189,8 +194,8 @@ def _scalar_struct(spot: Spot) -> struct.Struct | None:
 
 
 class _ReadAhead:
-    """Reads a file at given offsets `HEADER_READ` bytes at a time, serving requests from the last read when they fall
-    inside it.
+    """Reads a file at given offsets `HEADER_READ` bytes at a time, serving requests from any earlier read that holds
+    them (a structure parse reads the head and the tail of a file, and asks for pieces of both in turn).
 
     Args:
         fp: The open file.
@@ -199,13 +204,16 @@ class _ReadAhead:
     """
 
     def __init__(self, fp: BinaryIO, file_size: int, buffer: bytes = b'', start: int = 0):
-        self.fp, self.file_size, self.buffer, self.start = fp, file_size, buffer, start
+        self.fp, self.file_size = fp, file_size
+        self.chunks = [(start, buffer)] if buffer else []
 
     def read(self, offset: int, need: int) -> bytes:
         """`need` bytes from `offset`, fewer only at the end of the file."""
         need = max(0, min(need, self.file_size - offset))
-        if not (self.start <= offset and offset + need <= self.start + len(self.buffer)):
-            self.fp.seek(offset)
-            self.start, self.buffer = offset, self.fp.read(max(need, HEADER_READ))
-        begin = offset - self.start
-        return self.buffer[begin:begin + need]
+        for start, chunk in self.chunks:
+            if start <= offset and offset + need <= start + len(chunk):
+                return chunk[offset - start:offset - start + need]
+        self.fp.seek(offset)
+        chunk = self.fp.read(max(need, HEADER_READ))
+        self.chunks.append((offset, chunk))
+        return chunk[:need]
