@@ -155,3 +155,33 @@ def test_out_may_be_a_callable_asked_once_per_large_member(cache_dirs, parses):
     assert np.shares_memory(data['velocity'].numpy('time,x,y,vector'), target)
     _same(data['velocity'], read_phiml_npz(path)['velocity'])
     assert PhiMLDataManager(cache_dirs['phiml']).load_cache(1, out=lambda *args: None)['metadata'] == data['metadata']
+
+
+def test_structure_read_with_two_reads_then_only_the_regions(cache_dirs, monkeypatch, parses):
+    """A first file's structure comes from one read of its tail and one of its head; a file of a known layout from its
+    structural regions; the field's data from one `readinto` either way."""
+    calls = []
+
+    class Counting:
+        def __init__(self, fp):
+            self.fp = fp
+
+        def __getattr__(self, name):
+            attribute = getattr(self.fp, name)
+            if name in ('read', 'readinto'):
+                return lambda *args: calls.append(name) or attribute(*args)
+            return attribute
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fp.__exit__(*exc)
+
+    monkeypatch.setattr(npz, 'open', lambda path, mode: Counting(open(path, mode)), raising=False)
+    manager = PhiMLDataManager(cache_dirs['phiml'])
+    read_phiml_npz(manager.get_cached_path(0))
+    assert calls == ['read', 'read', 'readinto'] and len(parses) == 1
+    calls.clear()
+    read_phiml_npz(manager.get_cached_path(1))
+    assert calls.count('read') <= 2 and calls.count('readinto') == 1 and len(parses) == 1
