@@ -8,7 +8,8 @@ sizes), `paths` (unicode array) and one member `<path>:0` per array. `phiml.math
 Speed: a cache file holds one large array per field and a dozen tiny ones (the metadata numbers), so per-member parsing
 decides how fast a small sim reads. The first file of a given size is parsed in full; the other sims of a cache, whose
 files differ only in array data, timestamps and CRCs, are verified byte for byte against that layout and then only
-their arrays are read (`npz_layout`). Large arrays arrive with one `readinto`, or memory-mapped. Archives other than
+their arrays are read (`npz_layout`). The file is read unbuffered (each read one exact system call, no 8 KB
+read-ahead copied twice); large arrays arrive with one `readinto`, or memory-mapped. Archives other than
 the plain kind `phiml.math.save` writes (compressed, ZIP64, comments) are read with `zipfile`.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Out | None 
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
     """
     try:
-        with open(path, 'rb') as fp:
+        with open(path, 'rb', buffering=0) as fp:  # unbuffered: every read is one exact-sized syscall
             layout = _LAYOUTS.get(os.fstat(fp.fileno()).st_size)
             buffer = layout.read_regions(fp) if layout else b''
             if layout is None or not layout.matches(buffer):

@@ -97,16 +97,14 @@ class Layout:
                 flat = np.frombuffer(buffer, spot.dtype, count, spot.in_buffer)
                 arrays[spot.name] = flat.reshape(spot.shape, order=spot.order).copy()
             elif target is not None:
-                fp.seek(spot.offset)
-                if fp.readinto(memoryview(target).cast('B')) != spot.size:
+                if _read_into(fp, spot.offset, memoryview(target).cast('B')) != spot.size:
                     raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
                 arrays[spot.name] = target
             elif mmap:
                 arrays[spot.name] = mapped(fp, spot.offset, spot.size, spot.dtype, count).reshape(spot.shape, order=spot.order)
             else:
                 data = np.empty(count, spot.dtype)
-                fp.seek(spot.offset)
-                if fp.readinto(memoryview(data).cast('B')) != spot.size:
+                if _read_into(fp, spot.offset, memoryview(data).cast('B')) != spot.size:
                     raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
                 arrays[spot.name] = data.reshape(spot.shape, order=spot.order)
         return arrays
@@ -173,6 +171,19 @@ def _target(out: Out | None, spot: Spot) -> np.ndarray | None:
     fits = target is not None and target.shape == spot.shape and target.dtype == spot.dtype and spot.order == 'C' \
         and target.flags.c_contiguous and target.flags.writeable
     return target if fits else None
+
+
+def _read_into(fp: BinaryIO, offset: int, view: memoryview) -> int:
+    """Reads the file from `offset` into `view` until it is full or the file ends; returns the bytes read (an
+    unbuffered file's `readinto` is one system call, which returns at most ~2 GiB)."""
+    fp.seek(offset)
+    done = 0
+    while done < len(view):
+        count = fp.readinto(view[done:])
+        if not count:
+            break
+        done += count
+    return done
 
 
 def mapped(fp: BinaryIO, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:

@@ -178,10 +178,26 @@ def test_structure_read_with_two_reads_then_only_the_regions(cache_dirs, monkeyp
         def __exit__(self, *exc):
             return self.fp.__exit__(*exc)
 
-    monkeypatch.setattr(npz, 'open', lambda path, mode: Counting(open(path, mode)), raising=False)
+    monkeypatch.setattr(npz, 'open', lambda *args, **kwargs: Counting(open(*args, **kwargs)), raising=False)
     manager = PhiMLDataManager(cache_dirs['phiml'])
     read_phiml_npz(manager.get_cached_path(0))
     assert calls == ['read', 'read', 'readinto'] and len(parses) == 1
     calls.clear()
     read_phiml_npz(manager.get_cached_path(1))
     assert calls.count('read') <= 2 and calls.count('readinto') == 1 and len(parses) == 1
+
+
+def test_reads_into_arrays_through_short_reads():
+    """An unbuffered `readinto` is one system call, which may return less than asked (at most ~2 GiB on Linux)."""
+    import io
+    from phiml_native.npz_layout import _read_into
+
+    class Trickle(io.BytesIO):
+        def readinto(self, buffer):
+            return super().readinto(memoryview(buffer)[:1000])
+
+    data = np.arange(3000, dtype=np.float32)
+    target = np.zeros_like(data)
+    assert _read_into(Trickle(b'xx' + data.tobytes()), 2, memoryview(target).cast('B')) == data.nbytes
+    assert np.array_equal(target, data)
+    assert _read_into(Trickle(b'xx' + data.tobytes()[:100]), 2, memoryview(target).cast('B')) == 100  # file ends early
