@@ -48,9 +48,12 @@ def test_members_are_those_phiml_save_writes(make, fast, tmp_path, monkeypatch):
 
 
 def test_read_back_by_phiml_load_and_our_reader(tmp_path):
+    """Ours read by both readers, and caches written by `phiml.math.save` before (ZIP64 extras) by ours."""
     obj = _cache_like()
     write_phiml_npz(tmp_path / 'sim.npz', obj)
-    for loaded in (math.load(str(tmp_path / 'sim.npz')), read_phiml_npz(tmp_path / 'sim.npz')):
+    math.save(str(tmp_path / 'phiml.npz'), obj)
+    for loaded in (math.load(str(tmp_path / 'sim.npz')), read_phiml_npz(tmp_path / 'sim.npz'),
+                   read_phiml_npz(tmp_path / 'phiml.npz')):
         assert loaded['velocity'].shape == obj['velocity'].shape
         assert np.array_equal(loaded['velocity'].numpy('time,x,y,vector'), obj['velocity'].numpy('time,x,y,vector'))
         assert loaded['metadata'] == obj['metadata']
