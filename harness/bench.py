@@ -10,13 +10,17 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
   repetitions: `bandwidth_bytes_per_s` beside it).
 - `stages`: `write`, `read`, `iterate`, `convert`, `step` -> `legacy_s`, `native_s`, `speedup` (legacy / native) and
   each stage's baseline (`harness.stages.bench_stages`): `read.native_vs_npy_load`, `iterate.native_vs_floor`,
-  `iterate.legacy_vs_floor`, `convert.native_vs_step`, ...
+  `iterate.legacy_vs_floor`, `convert.native_vs_step`, ...; `per_repetition` holds those ratios taken repetition by
+  repetition (each time paired with its reference measured in the same repetition).
 - `memory`: per pipeline (`legacy`, `native`) peak resident memory of `open` + one epoch of the scenario's training
   sims (`harness.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`,
   and for a `for` loop that holds the previous batch, `loop_peak_bytes`, `loop_ratio`; `batch_ratio`).
 - `scaling`: `{'resolution': [...], 'sims': [...]}`, one entry per size (`harness.scaling.bench_scaling`) with
-  `legacy_s`, `native_s`, `speedup`, `native_vs_floor`, `legacy_vs_floor`, `adjustments`, and `memory` where measured.
-- `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`).
+  `legacy_s`, `native_s`, `speedup`, `native_vs_floor`, `legacy_vs_floor`, `per_repetition`, `adjustments`, and
+  `memory` where measured.
+- `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`, and `spread`: the first
+  and third quartile of the same ratio per repetition, None for a single measurement). `met` judges `value`, the ratio
+  of the medians; `spread` shows how far single repetitions of this shared machine scatter around it.
 
 Exit code: 0 after a run (targets missed are reported, not failed: timings on a shared machine are evidence, not
 assertions), 2 for bad usage or a bad config.
@@ -44,6 +48,7 @@ from .provenance import provenance
 from .scaling import bench_scaling
 from .simulate import simulate
 from .stages import bench_stages
+from .timing import middle_half
 
 logger = logging.getLogger(__name__)
 PROG = 'python -m harness.bench'
@@ -146,29 +151,29 @@ def targets(result: dict) -> list[dict]:
     """The migration's performance targets, each with the measured value and whether it is met."""
     rows = []
 
-    def add(name: str, where: str, value: float, limit: float, at_most: bool):
+    def add(name: str, where: str, figures: dict, key: str, limit: float, at_most: bool):
+        value = figures[key]
         rows.append({'name': name, 'where': where, 'value': value, 'limit': limit,
-                     'met': bool(value <= limit if at_most else value >= limit)})
+                     'met': bool(value <= limit if at_most else value >= limit),
+                     'spread': middle_half(figures.get('per_repetition', {}).get(key, []))})
 
     stages = result['stages']
-    add('cold read, native / np.load of .npy', 'scenario', stages['read']['native_vs_npy_load'], READ_TARGET, True)
-    add('conversion, native / train step', 'scenario', stages['convert']['native_vs_step'], CONVERT_TARGET, True)
-    add('batch loading, speedup over legacy', 'scenario', stages['iterate']['speedup'], 1.0, False)
+    add('cold read, native / np.load of .npy', 'scenario', stages['read'], 'native_vs_npy_load', READ_TARGET, True)
+    add('conversion, native / train step', 'scenario', stages['convert'], 'native_vs_step', CONVERT_TARGET, True)
+    add('batch loading, speedup over legacy', 'scenario', stages['iterate'], 'speedup', 1.0, False)
     for entry in [*result.get('scaling', {}).get('resolution', []), *result.get('scaling', {}).get('sims', [])]:
-        if entry['label'] in ('1d-256', '32x32'):
-            add('batch loading, speedup over legacy', entry['label'], entry['speedup'], SPEED_TARGET, False)
-        else:
-            add('batch loading, speedup over legacy', entry['label'], entry['speedup'], 1.0, False)
+        speed = SPEED_TARGET if entry['label'] in ('1d-256', '32x32') else 1.0
+        add('batch loading, speedup over legacy', entry['label'], entry, 'speedup', speed, False)
         if entry['label'] in ('64x64', '128x128'):
-            add('batch loading, native / floor', entry['label'], entry['native_vs_floor'], FLOOR_TARGET, True)
+            add('batch loading, native / floor', entry['label'], entry, 'native_vs_floor', FLOOR_TARGET, True)
         if 'read' in entry:
-            add('cold read, native / np.load of .npy', entry['label'], entry['read']['native_vs_npy_load'], READ_TARGET,
+            add('cold read, native / np.load of .npy', entry['label'], entry['read'], 'native_vs_npy_load', READ_TARGET,
                 True)
         if 'memory' in entry:
-            add('peak memory, native epoch / cached data', entry['label'], entry['memory']['native']['ratio'],
+            add('peak memory, native epoch / cached data', entry['label'], entry['memory']['native'], 'ratio',
                 MEMORY_TARGET, True)
     if 'memory' in result:
-        add('peak memory, native epoch / cached data', 'scenario', result['memory']['native']['ratio'], MEMORY_TARGET, True)
+        add('peak memory, native epoch / cached data', 'scenario', result['memory']['native'], 'ratio', MEMORY_TARGET, True)
     return rows
 
 
@@ -202,9 +207,15 @@ def format_table(result: dict) -> str:
         lines += ['', 'peak memory of open + one epoch above the baseline, per byte of cached data (for loop: a second '
                       'epoch holding the previous batch while building the next):',
                   pd.DataFrame(memory).to_string(index=False, float_format=lambda v: f'{v:.3g}')]
-    lines += ['', 'targets:'] + [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
-                                 f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" for t in result['targets']]
+    lines += ['', 'targets (spread: the middle half of the same ratio taken repetition by repetition):']
+    lines += [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
+              f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" + _spread(t) for t in result['targets']]
     return '\n'.join(lines)
+
+
+def _spread(target: dict) -> str:
+    spread = target.get('spread')
+    return f"; spread {spread[0]:.3g}-{spread[1]:.3g}" if spread else ''
 
 
 def _baseline(stage: str, figures: dict) -> str:

@@ -100,6 +100,11 @@ class BandwidthProbe:
         self.samples.append((numpy_s, torch_s))
         return self.array_bytes / min(numpy_s, torch_s)
 
+    def per_sample(self, since: int = 0) -> list[float]:
+        """Bytes per second of each sample from number `since` on (the faster copy of each), to pair a figure's
+        repetitions with the bandwidth measured right after each."""
+        return [self.array_bytes / min(sample) for sample in self.samples[since:]]
+
     def bandwidth(self, since: int = 0) -> Bandwidth:
         """The medians of the samples from number `since` on.
 

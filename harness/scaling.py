@@ -27,6 +27,7 @@ from .pipeline import drain
 from .plan import make_plan
 from .simulate import simulate
 from .stages import time_cold_reads, write_npy
+from .timing import ratios
 
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
@@ -132,7 +133,8 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
     floor = floor_seconds(moved, bandwidth)
     legacy_s, native_s = (statistics.median(times[name]) for name in ('legacy', 'native'))
     read = {'legacy_s': statistics.median(reads['legacy']), 'native_s': statistics.median(reads['native']),
-            'npy_load_s': statistics.median(reads['npy']), 'fresh_memory': fresh_memory}
+            'npy_load_s': statistics.median(reads['npy']), 'fresh_memory': fresh_memory,
+            'per_repetition': {'native_vs_npy_load': ratios(reads['native'], reads['npy'])}}
     read.update(speedup=read['legacy_s'] / read['native_s'], native_vs_npy_load=read['native_s'] / read['npy_load_s'],
                 legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'])
     entry = {
@@ -143,6 +145,8 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
         'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read,
+        'per_repetition': {'speedup': ratios(times['legacy'], times['native']),
+                           'native_vs_floor': ratios(times['native'], [moved / b for b in probe.per_sample(samples_before)])},
     }
     logger.info("%s: legacy %.2f ms, native %.2f ms (x%.2f), native/floor %.2f", label, legacy_s * 1e3, native_s * 1e3,
                 entry['speedup'], entry['native_vs_floor'])

@@ -34,7 +34,7 @@ from .memory import release_free_memory
 from .pipeline import AbstractPipeline, Batch, drain
 from .plan import make_plan
 from .simulate import Simulation
-from .timing import STAGES, StageTiming
+from .timing import STAGES, StageTiming, ratios
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     npy_s = statistics.median(npy_load)
     result['read'].update(bytes=cache_bytes, sims=len(sims), npy_load_s=npy_s, npy_bytes=sum(f.stat().st_size for f in npy_files),
                           native_vs_npy_load=result['read']['native_s'] / npy_s,
-                          legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory)
+                          legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory,
+                          per_repetition={'native_vs_npy_load': ratios(timings['read'].native, npy_load)})
     frame_bytes = sum(int(np.prod(t.shape.sizes[1:])) * t.dtype.bits // 8
                       for t in _field_tensors(first['native']['initial_state']))
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
@@ -108,12 +109,17 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     result['iterate'].update(epoch_bytes=moved, bandwidth_bytes_per_s=bandwidth.bytes_per_s, floor_s=floor,
                              native_vs_floor=result['iterate']['native_s'] / floor,
                              legacy_vs_floor=result['iterate']['legacy_s'] / floor, windows=plan.n_windows,
-                             batches=len(plan))
+                             batches=len(plan), per_repetition={
+                                 'speedup': ratios(timings['iterate'].legacy, timings['iterate'].native),
+                                 'native_vs_floor': ratios(timings['iterate'].native,
+                                                           [moved / b for b in probe.per_sample(samples_before)])})
     per_batch = {name: result['convert'][f'{name}_s'] / len(plan) for name in pipelines}
     result['convert'].update(batches=len(plan), legacy_per_batch_s=per_batch['legacy'],
                              native_per_batch_s=per_batch['native'],
                              legacy_vs_step=per_batch['legacy'] / result['step']['legacy_s'],
-                             native_vs_step=per_batch['native'] / result['step']['native_s'])
+                             native_vs_step=per_batch['native'] / result['step']['native_s'],
+                             per_repetition={'native_vs_step': ratios([c / len(plan) for c in timings['convert'].native],
+                                                                      timings['step'].native)})
     result['step'].update(batch_size=len(plan.batches[0]), rollout_steps=rollout)
     return result
 

@@ -48,6 +48,22 @@ class StageTiming:
                 'repeats': len(self.legacy), 'legacy_samples': self.legacy, 'native_samples': self.native}
 
 
+def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """`numerators[i] / denominators[i]` per repetition: a figure and its reference measured minutes apart on a shared
+    machine drift together, so the spread of these ratios shows how firm the ratio of their medians is."""
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
+def middle_half(values: Sequence[float]) -> list[float] | None:
+    """The first and third quartile of `values` (None for none; a single value for both when there is one)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return [values[0], values[0]]
+    low, _, high = statistics.quantiles(values, n=4, method='inclusive')
+    return [low, high]
+
+
 def _timed(f: Callable[[], object]) -> float:
     start = time.perf_counter()
     f()

@@ -1,6 +1,7 @@
 """`python -m harness.bench` and its parts: floor arithmetic, sized configs, memory workers, targets, the CLI."""
 import json
 import resource
+import statistics
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ from harness.floor import Bandwidth, BandwidthProbe, epoch_bytes, floor_seconds,
 from harness.memory import measure_peaks
 from harness.scaling import bench_scaling, sized_config
 from harness.stages import ColdReads
+from harness.timing import middle_half, ratios
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 
@@ -101,7 +103,8 @@ def test_targets_judge_each_figure():
     rows = {(t['name'], t['where']): t for t in targets(_result())}
     assert rows[('cold read, native / np.load of .npy', 'scenario')]['met']
     assert rows[('batch loading, speedup over legacy', '1d-256')] == {
-        'name': 'batch loading, speedup over legacy', 'where': '1d-256', 'value': 2.0, 'limit': 1.5, 'met': True}
+        'name': 'batch loading, speedup over legacy', 'where': '1d-256', 'value': 2.0, 'limit': 1.5, 'met': True,
+        'spread': None}
     assert rows[('batch loading, speedup over legacy', '32x32')]['met']
     assert rows[('batch loading, native / floor', '64x64')]['met']
     assert not rows[('batch loading, native / floor', '128x128')]['met']
@@ -113,6 +116,22 @@ def test_targets_judge_each_figure():
                       ('batch loading, speedup over legacy', '1d-256'),
                       ('batch loading, speedup over legacy', '64x64'), ('batch loading, native / floor', '128x128'),
                       ('peak memory, native epoch / cached data', 'scenario')}
+
+
+def test_spread_is_the_middle_half_of_the_per_repetition_ratios():
+    assert ratios([2.0, 3.0, 4.0], [1.0, 2.0, 4.0]) == [2.0, 1.5, 1.0]
+    assert middle_half([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0]
+    assert middle_half([7.0]) == [7.0, 7.0] and middle_half([]) is None
+    result = _result(floor=(1.3, 1.45))
+    result['scaling']['resolution'][3]['per_repetition'] = {'native_vs_floor': [1.2, 1.3, 1.45, 1.6, 1.7],
+                                                            'speedup': [1.0, 1.1, 1.2]}
+    result['targets'] = targets(result)
+    rows = {(t['name'], t['where']): t for t in result['targets']}
+    floor = rows[('batch loading, native / floor', '128x128')]
+    assert floor['met'] and floor['spread'] == [1.3, 1.6]  # judged on the medians' ratio, the spread shown beside it
+    assert rows[('batch loading, speedup over legacy', '128x128')]['spread'] == [1.05, 1.15]
+    assert rows[('batch loading, native / floor', '64x64')]['spread'] is None
+    assert 'met  batch loading, native / floor [128x128]: 1.45 (<= 1.5); spread 1.3-1.6' in format_table(result)
 
 
 def test_table_shows_ratios_and_misses():
@@ -159,6 +178,10 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     assert written['stages']['read']['native_vs_npy_load'] == pytest.approx(
         written['stages']['read']['native_s'] / written['stages']['read']['npy_load_s'])
     assert result['targets'] == written['targets'] and len(written['targets']) == 3
+    assert all(len(values) == 1 for stage in ('read', 'iterate', 'convert')
+               for values in written['stages'][stage]['per_repetition'].values())
+    assert written['stages']['iterate']['per_repetition']['speedup'] == pytest.approx([iterate['speedup']])
+    assert all(t['spread'] == [t['value'], t['value']] for t in written['targets'])  # one repetition: its own figure
 
 
 @pytest.mark.slow
@@ -177,6 +200,11 @@ def test_scaling_entries(tmp_path, monkeypatch):
     assert doubled['bandwidth_bytes_per_s'] == probe.bandwidth(since=4).bytes_per_s
     assert set(doubled['memory']) == {'legacy', 'native'} and 'memory' not in result['sims'][0]
     assert doubled['read']['native_vs_npy_load'] == doubled['read']['native_s'] / doubled['read']['npy_load_s']
+    assert len(doubled['per_repetition']['speedup']) == len(doubled['per_repetition']['native_vs_floor']) == 2
+    assert len(doubled['read']['per_repetition']['native_vs_npy_load']) == 2
+    floors = [doubled['epoch_bytes'] / b for b in probe.per_sample(since=4)]  # its own repetitions' samples
+    natives = [ratio * floor for ratio, floor in zip(doubled['per_repetition']['native_vs_floor'], floors)]
+    assert statistics.median(natives) == pytest.approx(doubled['native_s'])
     assert not any(tmp_path.iterdir())  # scratch caches are removed
 
 

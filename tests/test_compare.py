@@ -175,7 +175,8 @@ def test_report_shows_the_targets_of_a_bench_run_beside_it(quick_run, tmp_path):
     assert 'No <code>bench.json</code> in this folder' in (out / 'index.html').read_text()
     targets = [{'name': 'cold read, native / np.load of .npy', 'where': 'scenario', 'value': 1.32, 'limit': 1.5,
                 'met': True},
-               {'name': 'batch loading, native / floor', 'where': '128x128', 'value': 1.61, 'limit': 1.5, 'met': False}]
+               {'name': 'batch loading, native / floor', 'where': '128x128', 'value': 1.61, 'limit': 1.5, 'met': False,
+                'spread': [1.38, 1.72]}]  # the first row as an older bench.json writes it: no spread
     bench = {'targets': targets, 'bandwidth': {'bytes_per_s': 9.5e9}, 'wall_s': 70.2,
              'machine': {'date': '2026-11-29T04:00:00', 'git_commit': 'abc1234', 'cpu': 'AMD EPYC', 'cpu_count': 2}}
     (tmp_path / 'bench.json').write_text(json.dumps(bench))
@@ -185,5 +186,6 @@ def test_report_shows_the_targets_of_a_bench_run_beside_it(quick_run, tmp_path):
                       html)
     assert ('cold read, native / np.load of .npy', 'scenario', '1.32', 'pass') in rows
     assert ('batch loading, native / floor', '128x128', '1.61', 'fail') in rows
+    assert '<td class="num">1.38–1.72</td>' in html and '<td class="num"></td>' in html
     (tmp_path / 'bench.json').write_text('{"targets": ')
     assert 'bench.json could not be read (JSONDecodeError' in write_report(tmp_path, summary).read_text()
