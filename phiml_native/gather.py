@@ -53,5 +53,5 @@ def threads() -> int:
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix='phiml-gather'))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max(1, MAX_THREADS - 1), thread_name_prefix='phiml-gather'))
     return _POOL[1]
