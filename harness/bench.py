@@ -239,6 +239,9 @@ def _method(repeats: int, warmup: int) -> dict:
         'repeats': repeats, 'warmup': warmup, 'statistic': 'median',
         'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition',
         'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
+                     'each repetition reads legacy, native and np.load of .npy files, in the orders legacy-native-npy '
+                     'and legacy-npy-native by turns (so native and its baseline each follow the legacy read half the '
+                     'time); '
                      'before each read (and each np.load baseline) the previous result is dropped and freed memory is '
                      'handed back to the OS (malloc_trim), so every read gets fresh pages as a new process does; the '
                      'OS page cache stays warm (dropping it needs root and would time the disk)',

@@ -161,8 +161,8 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
 
 def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: list[Path], *, repeats: int, warmup: int
                     ) -> tuple[dict[str, list[float]], bool]:
-    """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, alternating which goes first, and
-    `np.load` of `npy_files` right after each native open (see `ColdReads`).
+    """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, and `np.load` of `npy_files`, all
+    three in each repetition (see `ColdReads`), in the orders of `COLD_READ_ORDERS` by turns.
 
     Returns:
         Seconds per timed repetition under `'legacy'`, `'native'` and `'npy'`, and whether every read got fresh memory.
@@ -170,16 +170,19 @@ def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: lis
     cold = ColdReads()
     times = {name: [] for name in ('legacy', 'native', 'npy')}
     for rep in range(warmup + repeats):
-        order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
-        samples = {}
-        for name, p in order:
-            samples[name] = cold.open(name, p, sims)
-            if name == 'native':  # the baseline right after the read it is compared with
-                samples['npy'] = cold.npy_load('npy', npy_files)
+        samples = {name: cold.npy_load(name, npy_files) if name == 'npy' else cold.open(name, pipelines[name], sims)
+                   for name in COLD_READ_ORDERS[rep % len(COLD_READ_ORDERS)]}
         if rep >= warmup:
             for name, seconds in samples.items():
                 times[name].append(seconds)
     return times, cold.fresh_memory
+
+
+# A read right after a legacy open (torch.load and its Python) runs ~10 % slower than one after a light read: the
+# CPU caches hold torch's code and data. Taking these two orders by turns, the native read and its np.load baseline
+# each follow the legacy read half of the time and the other one the other half; always native then np.load (the
+# order of an earlier version) put the baseline after a light read every time and cost native 0.05-0.1 of its ratio.
+COLD_READ_ORDERS = (('legacy', 'native', 'npy'), ('legacy', 'npy', 'native'))
 
 
 class ColdReads:

@@ -1,17 +1,18 @@
-"""The PhiML-native dataset: every sim read once into one array per field, batches gathered with one `np.take` each.
+"""The PhiML-native dataset: every sim read once into one array per field, each batch gathered with one copy per field.
 
 The migration plan's sketch (`phiml_native.naive`) loads a whole sim file per sample and stacks samples one by one;
 that is 60-70x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
 `(sim, time, *spatial, [vector])`, seen as a table of frame rows `(sim * n_frames + t, frame)`. A window `(sim, t0)` is
 the run of rows `r ... r + R` with `r = sim * n_frames + t0`: its initial state and its `R` targets, adjacent in memory.
-A batch is one `np.take` per field of those runs into a fresh `(batch, 1 + R, *frame)` array; the initial states and
+A batch is one gather per field of those runs into a fresh `(batch, 1 + R, *frame)` array; the initial states and
 the targets are two views of it, which `torch.from_numpy` and a cached PhiML shape wrap without another copy. The
 network then sees that very memory (`math.native_call` only permutes dims).
 
-One take of whole windows beats two takes (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's
-rows are read once, in order, and one array is allocated instead of two. Batches of a few MB and more are shared out
-over the CPUs (`phiml_native.gather`: 1.2-1.4x faster from 4 MB up on 2 cores); smaller ones are copied by the calling
-thread, for which the hand-off would cost more than it saves.
+One gather of whole windows beats two (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's rows
+are read once, in order, and one array is allocated instead of two. Batches of a few MB and more are shared out over
+the CPUs, and batches of 8 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.2-1.55x faster
+than `np.take` for 10.5 MB batches); smaller ones are one `np.take` on the calling thread, for which the hand-off
+would cost more than it saves.
 
 What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
 `math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`
@@ -33,7 +34,7 @@ from phiml.math import Shape
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .gather import take_rows
+from .gather import take_runs
 from .tensors import dense
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,6 @@ class PhiMLDataset:
         if self.n_frames <= rollout_steps:
             raise CacheError(f"{data_manager.get_cached_path(self.sim_indices[0])}: {self.n_frames} frames per sim, "
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
-        self._window_rows = np.arange(rollout_steps + 1)  # a window's rows, relative to its first
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
         self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
@@ -194,11 +194,10 @@ class PhiMLDataset:
             float32, backed by torch views of one fresh array per field, or dicts of those keyed by field name.
         """
         count = len(rows)
-        window_rows = (rows[:, None] + self._window_rows).ravel()
         initial, targets = {}, {}
         for name, array in self.arrays.items():
             shapes = self._shapes_for(name, count)
-            windows = take_rows(self._frame_rows(name, array), window_rows).reshape(shapes.windows)  # rows checked
+            windows = take_runs(self._frame_rows(name, array), rows, 1 + self.rollout_steps).reshape(shapes.windows)
             initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
             targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
         if len(initial) == 1:

@@ -1,5 +1,9 @@
-"""Row gathers shared out over threads: the same array as one `np.take`, threads only for large results, fork-safe."""
+"""Row gathers shared out over threads: the same array as one `np.take`, threads only for large results, fork-safe;
+run gathers with streaming stores (the compiled `phiml_native._stream`) giving the same array as `np.take`."""
 import multiprocessing
+import platform
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +76,101 @@ def test_dataset_batches_equal_with_and_without_threads(cache_dirs, tiny_config,
     for name in ('initial_state', 'targets'):
         a, b = single[name], shared[name]
         assert np.array_equal(a.numpy(a.shape.names), b.numpy(a.shape.names))
+
+
+def test_the_streaming_extension_is_built_where_it_can_be():
+    """setup.py builds it as optional; on x86-64 Linux with a C compiler, a missing module means a broken build."""
+    if not (sys.platform == 'linux' and platform.machine() == 'x86_64' and (shutil.which('cc') or shutil.which('gcc'))):
+        pytest.skip("the streaming extension is only expected on x86-64 Linux with a C compiler")
+    from phiml_native import _stream
+    assert _stream.STREAMING == 1 and gather.STREAMING
+
+
+def _expected_runs(table, starts, run):
+    return np.stack([table[s:s + run] for s in starts]) if len(starts) else np.empty((0, run, *table.shape[1:]), table.dtype)
+
+
+@pytest.mark.parametrize('streaming', [False, True])
+@pytest.mark.parametrize('columns, run, starts', [(512, 5, [0, 35, 7, 7, 20]), (13, 3, [37, 0, 1, 2]), (1, 1, [39, 0]),
+                                                  (513, 40, [0]), (7, 2, [])])
+def test_runs_equal_stacked_slices(monkeypatch, streaming, columns, run, starts):
+    if streaming and not gather.STREAMING:
+        pytest.skip("phiml_native._stream is not built")
+    monkeypatch.setattr(gather, 'STREAMING', streaming)
+    monkeypatch.setattr(gather, 'STREAM_MIN_BYTES', 0)
+    monkeypatch.setattr(gather, 'STREAM_SHARE_BYTES', 64)  # several threads for the larger cases
+    monkeypatch.setattr(gather, 'MIN_SHARE_BYTES', 64)
+    table = np.random.default_rng(1).standard_normal((40, columns)).astype(np.float32)  # rows of 4 .. 2052 bytes
+    result = gather.take_runs(table, np.asarray(starts, np.int64), run)
+    assert result.shape == (len(starts), run, columns) and result.flags.c_contiguous
+    assert np.array_equal(result, _expected_runs(table, starts, run))
+
+
+needs_stream = pytest.mark.skipif(not gather.STREAMING, reason="phiml_native._stream is not built")
+
+
+@needs_stream
+@pytest.mark.parametrize('shift', [0, 1, 3, 8, 15])
+def test_streamed_runs_into_unaligned_memory(shift):
+    """Streaming stores need 16-byte aligned addresses: the first bytes up to one are copied plainly."""
+    from phiml_native._stream import gather_runs
+    table = np.arange(40 * 100, dtype=np.uint8).reshape(40, 100)
+    backing = np.zeros(3 * 2 * 100 + 32, np.uint8)
+    out = backing[shift:shift + 3 * 2 * 100]
+    gather_runs(out, table, np.array([38, 0, 17], np.int64), 100, 2)
+    assert np.array_equal(out.reshape(3, 2, 100), _expected_runs(table, [38, 0, 17], 2))
+    assert not backing[:shift].any() and not backing[shift + 600:].any()  # nothing written outside `out`
+
+
+@needs_stream
+@pytest.mark.parametrize('starts, error, words', [([39], IndexError, 'starts at row 39'), ([-1], IndexError, 'row -1'),
+                                                  ([0, 1, 2], ValueError, 'out holds')])
+def test_streamed_runs_refuse_what_does_not_fit(starts, error, words):
+    from phiml_native._stream import gather_runs
+    table = np.zeros((40, 4), np.float32)
+    out = np.full((2, 2, 4), 7, np.float32)
+    with pytest.raises(error, match=words):
+        gather_runs(out, table, np.asarray(starts, np.int64), 16, 2)
+    assert (out == 7).all()  # checked before anything is copied
+
+
+@needs_stream
+def test_streamed_runs_need_contiguous_buffers():
+    from phiml_native._stream import gather_runs
+    table = np.zeros((40, 4), np.float32)
+    with pytest.raises((BufferError, TypeError, ValueError)):
+        gather_runs(np.zeros((2, 2, 4), np.float32)[:, :, ::2], table, np.zeros(1, np.int64), 16, 2)
+    with pytest.raises((BufferError, TypeError, ValueError)):
+        gather_runs(np.zeros((2, 2, 4), np.float32), table[:, ::2], np.zeros(1, np.int64), 8, 2)
+
+
+def test_dataset_batches_equal_streamed_and_taken(cache_dirs, tiny_config, monkeypatch):
+    if not gather.STREAMING:
+        pytest.skip("phiml_native._stream is not built")
+    dataset = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), tiny_config.train_sims, tiny_config.data.rollout_steps)
+    keys = [WindowKey(sim, t0) for sim in tiny_config.train_sims for t0 in range(dataset.windows_per_sim)][::-1]
+    monkeypatch.setattr(gather, 'STREAMING', False)
+    taken = dataset.gather(keys)
+    monkeypatch.setattr(gather, 'STREAMING', True)
+    monkeypatch.setattr(gather, 'STREAM_MIN_BYTES', 0)
+    streamed = dataset.gather(keys)
+    for name in ('initial_state', 'targets'):
+        a, b = taken[name], streamed[name]
+        assert np.array_equal(a.numpy(a.shape.names), b.numpy(a.shape.names))
+
+
+def test_without_the_extension_runs_are_taken(monkeypatch):
+    """An install without a C compiler has no `phiml_native._stream`: `take_runs` then gives the same array by
+    `np.take`."""
+    import importlib
+    table = np.random.default_rng(2).standard_normal((40, 300)).astype(np.float32)
+    starts = np.array([0, 30, 9], np.int64)
+    try:
+        monkeypatch.setitem(sys.modules, 'phiml_native._stream', None)  # the import raises ImportError
+        importlib.reload(gather)
+        assert not gather.STREAMING and gather._gather_runs is None
+        monkeypatch.setattr(gather, 'STREAM_MIN_BYTES', 0)
+        assert np.array_equal(gather.take_runs(table, starts, 10), _expected_runs(table, starts, 10))
+    finally:
+        monkeypatch.undo()
+        importlib.reload(gather)
