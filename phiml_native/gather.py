@@ -1,4 +1,4 @@
-"""Batch gathers: rows (`np.take` along the first axis) or runs of rows, shared out over threads when the result is large.
+"""Batch gathers (rows by `np.take`, or runs of rows), shared out over threads when the result is large.
 
 A gather copies rows with ordinary stores: each destination cache line is first read from memory, then written, so one
 thread runs at ~1.5x the time of a streamed copy of the same bytes and leaves a second core idle. `np.take` releases
@@ -10,14 +10,15 @@ thread. The result is the same array either way; the worker threads live as long
 
 Large batches are copied with streaming stores instead (`take_runs`, by the compiled `phiml_native._stream`), which
 write whole cache lines past the cache without reading them first. glibc's `memcpy` does that by itself only for
-copies beyond 3/4 of the shared cache size it is told, and this VM tells it 256 MiB (`ld.so --list-tunables`), so no
-batch ever qualifies. Over whole epochs, interleaved with legacy epochs, streamed batches against `np.take`:
+copies beyond 3/4 of the shared cache size it finds, and on this VM it finds 256 MiB (`getconf LEVEL3_CACHE_SIZE`;
+sysfs and `lscpu` say 32 MiB), so it streams nothing below 192 MiB. Whole epochs, interleaved with legacy epochs,
+streamed against `np.take`:
 
     batch   10.5 MB (128x128 x 16)  1.2-1.55x faster     5.2 MB  0.99-1.14x     2.6 MB (64x64 x 16)  0.86-0.90x
 
 Below ~5 MB the previous batch's memory, reused for the next, is still in the cache, so ordinary stores find their
-lines there; hence `STREAM_MIN_BYTES`. Where the extension is not built (no C compiler at install), `take_runs` uses
-`np.take`: the same array, the speed of the table above's right-hand side.
+lines there; hence `STREAM_MIN_BYTES`. Where the extension is not built (no C compiler at install), `take_runs` gives
+the same array by `np.take`, at `np.take`'s speed.
 
 Right after CPU-bound torch work, torch's OpenMP threads spin for a while and a gather thread competes with them: a
 gather between small convolutions on 2 cores took ~15 % longer with two threads than with one. Against a 128x128 train
