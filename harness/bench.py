@@ -3,7 +3,8 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
 
 `run_bench(config)` returns the content of `bench.json` (the compare report shows the same figures):
 
-- `scenario`, `machine` (cpu, cores, torch threads, package versions), `config` (resolved), `wall_s`.
+- `scenario`, `machine` (cpu, cores, torch threads, package versions, whether large native batches were streamed:
+  `streaming_gather`), `config` (resolved), `wall_s`.
 - `method`: repetitions, warm-up, statistic (median), interleaving, what "cold" means, how memory is measured.
 - `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements, medians
   of the samples taken between the timed repetitions of the whole run (each floor uses the samples of its own
@@ -183,7 +184,7 @@ def format_table(result: dict) -> str:
     bandwidth = result['bandwidth']['bytes_per_s']
     lines = [f"{result['scenario']} on {result['machine']['cpu']} ({result['machine']['cpu_count']} cores, "
              f"torch threads {result['machine']['torch_threads']}); copy bandwidth {bandwidth / 1e9:.2f} GB/s; "
-             f"medians of {result['method']['repeats']} interleaved repetitions"]
+             f"medians of {result['method']['repeats']} interleaved repetitions; {streaming_note(result['machine'])}"]
     stages = pd.DataFrame([{'stage': name, 'speedup': s['speedup'], 'legacy ms': s['legacy_s'] * 1e3,
                             'native ms': s['native_s'] * 1e3, 'baseline': _baseline(name, s)}
                            for name, s in result['stages'].items()])
@@ -213,6 +214,16 @@ def format_table(result: dict) -> str:
     return '\n'.join(lines)
 
 
+def streaming_note(machine: dict) -> str:
+    """How the native batches of the run recorded in `machine` were gathered, in words."""
+    streaming = machine.get('streaming_gather')
+    if streaming is None:
+        return 'streaming gather not recorded'
+    if not streaming['on']:
+        return 'native batches taken with np.take (phiml_native._stream not built)'
+    return f"native batches of {streaming['min_batch_bytes'] / 2 ** 20:g} MiB and more streamed"
+
+
 def _spread(target: dict) -> str:
     spread = target.get('spread')
     return f"; spread {spread[0]:.3g}-{spread[1]:.3g}" if spread else ''
@@ -230,8 +241,12 @@ def _baseline(stage: str, figures: dict) -> str:
 
 def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
     info = provenance(config, argv)
-    return {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
-                                       'git_commit', 'date', 'argv')}
+    from phiml_native import gather
+    machine = {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
+                                          'git_commit', 'date', 'argv')}
+    # whether large native batches were streamed (phiml_native._stream built) or taken with np.take
+    machine['streaming_gather'] = {'on': gather.STREAMING, 'min_batch_bytes': gather.STREAM_MIN_BYTES}
+    return machine
 
 
 def _method(repeats: int, warmup: int) -> dict:

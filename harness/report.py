@@ -43,7 +43,9 @@ def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (
 
 def load_bench(path: Path) -> dict | None:
     """What the report shows of a `python -m harness.bench` run written to `path`: `targets`, `date`, `git_commit`,
-    `cpu`, `bandwidth_gb_s`, `wall_s`; or `{'error': ...}` when the file cannot be read; None when there is none."""
+    `cpu`, `bandwidth_gb_s`, `wall_s`, `gather` (how native batches were gathered); or `{'error': ...}` when the file
+    cannot be read; None when there is none."""
+    from .bench import streaming_note
     if not path.is_file():
         return None
     try:
@@ -51,7 +53,7 @@ def load_bench(path: Path) -> dict | None:
         return {'targets': bench['targets'], 'date': bench['machine']['date'],
                 'git_commit': bench['machine']['git_commit'], 'cpu': bench['machine']['cpu'],
                 'cpu_count': bench['machine']['cpu_count'], 'bandwidth_gb_s': bench['bandwidth']['bytes_per_s'] / 1e9,
-                'wall_s': bench['wall_s']}
+                'wall_s': bench['wall_s'], 'gather': streaming_note(bench['machine'])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("%s: not shown in the report (%s)", path, err)
         return {'error': f"{path.name} could not be read ({type(err).__name__}: {err})"}

@@ -17,7 +17,7 @@ from harness.scaling import bench_scaling, sized_config
 from harness.stages import ColdReads
 from harness.timing import middle_half, ratios
 from legacy import LegacyPipeline
-from phiml_native import NativePipeline
+from phiml_native import NativePipeline, gather
 
 STAGE_KEYS = {'legacy_s', 'native_s', 'speedup', 'repeats'}
 
@@ -141,6 +141,16 @@ def test_table_shows_ratios_and_misses():
     assert 'native 1.60x np.load of .npy' in table
     assert 'MISS cold read, native / np.load of .npy [scenario]: 1.6 (<= 1.5)' in table
     assert '128x128' in table and 'peak memory' in table
+    assert 'streaming gather not recorded' in table  # a bench.json from before the record
+
+
+@pytest.mark.parametrize('on, words', [(True, 'native batches of 8 MiB and more streamed'),
+                                       (False, 'taken with np.take (phiml_native._stream not built)')])
+def test_table_says_whether_native_batches_were_streamed(on, words):
+    result = _result()
+    result['machine']['streaming_gather'] = {'on': on, 'min_batch_bytes': 8 * 2 ** 20}
+    result['targets'] = targets(result)
+    assert words in format_table(result).splitlines()[0]
 
 
 @pytest.mark.parametrize('argv, words', [
@@ -167,6 +177,7 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     result = run_bench(config, tmp_path, repeats=1, warmup=0, scaling=False, memory=False)
     written = json.loads((tmp_path / 'bench.json').read_text())
     assert set(written) == {'scenario', 'machine', 'method', 'bandwidth', 'stages', 'targets', 'wall_s'}
+    assert written['machine']['streaming_gather'] == {'on': gather.STREAMING, 'min_batch_bytes': gather.STREAM_MIN_BYTES}
     assert set(written['stages']) == {'write', 'read', 'iterate', 'convert', 'step'}
     for figures in written['stages'].values():
         assert STAGE_KEYS <= set(figures)

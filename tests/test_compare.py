@@ -182,10 +182,14 @@ def test_report_shows_the_targets_of_a_bench_run_beside_it(quick_run, tmp_path):
     (tmp_path / 'bench.json').write_text(json.dumps(bench))
     html = write_report(tmp_path, summary).read_text()
     assert 'commit abc1234' in html and 'not this report\'s commit' in html and '9.50 GB/s' in html
+    assert 'streaming gather not recorded' in html  # this bench.json predates the record
     rows = re.findall(r'<tr><td>([^<]+)</td><td>([^<]+)</td><td class="num">([^<]+)</td>.*?<td class="(pass|fail)">',
                       html)
     assert ('cold read, native / np.load of .npy', 'scenario', '1.32', 'pass') in rows
     assert ('batch loading, native / floor', '128x128', '1.61', 'fail') in rows
     assert '<td class="num">1.38–1.72</td>' in html and '<td class="num"></td>' in html
+    bench['machine']['streaming_gather'] = {'on': True, 'min_batch_bytes': 8 * 2 ** 20}
+    (tmp_path / 'bench.json').write_text(json.dumps(bench))
+    assert 'native batches of 8 MiB and more streamed' in write_report(tmp_path, summary).read_text()
     (tmp_path / 'bench.json').write_text('{"targets": ')
     assert 'bench.json could not be read (JSONDecodeError' in write_report(tmp_path, summary).read_text()
