@@ -10,7 +10,7 @@ network then sees that very memory (`math.native_call` only permutes dims).
 
 One gather of whole windows beats two (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's rows
 are read once, in order, and one array is allocated instead of two. Batches of a few MB and more are shared out over
-the CPUs, and batches of 8 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.2-1.55x faster
+the CPUs, and batches of 8 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.06-1.54x faster
 than `np.take` for 10.5 MB batches); smaller ones are one `np.take` on the calling thread, for which the hand-off
 would cost more than it saves.
 

@@ -11,10 +11,11 @@ thread. The result is the same array either way; the worker threads live as long
 Large batches are copied with streaming stores instead (`take_runs`, by the compiled `phiml_native._stream`), which
 write whole cache lines past the cache without reading them first. glibc's `memcpy` does that by itself only for
 copies beyond 3/4 of the shared cache size it finds, and on this VM it finds 256 MiB (`getconf LEVEL3_CACHE_SIZE`;
-sysfs and `lscpu` say 32 MiB), so it streams nothing below 192 MiB. Whole epochs, interleaved with legacy epochs,
-streamed against `np.take`:
+sysfs and `lscpu` say 32 MiB), so it streams nothing below 192 MiB. Epochs of strictly alternating streamed and
+`np.take` gathers (24-30 pairs, a legacy epoch before each or not), time with `np.take` over time streamed:
 
-    batch   10.5 MB (128x128 x 16)  1.2-1.55x faster     5.2 MB  0.99-1.14x     2.6 MB (64x64 x 16)  0.86-0.90x
+    10.5 MB batches (16 windows of 128x128, table 43 MB)   1.06-1.25    (64 windows of 64x64, table 11 MB)  1.43-1.54
+     5.2 MB batches                                        0.99-1.20     2.6 MB  0.86-0.91     0.66 MB  0.81-0.97
 
 Below ~5 MB the previous batch's memory, reused for the next, is still in the cache, so ordinary stores find their
 lines there; hence `STREAM_MIN_BYTES`. Where the extension is not built (no C compiler at install), `take_runs` gives
