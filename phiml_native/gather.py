@@ -32,14 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-try:
-    from ._stream import gather_runs as _gather_runs  # built by setup.py; missing where no C compiler was found
+try:  # built by setup.py; missing where no C compiler was found. Off x86-64 it only has memcpy: left unused there
+    from ._stream import STREAMING as _STREAMING_STORES, gather_runs as _gather_runs
 except ImportError:  # pragma: no cover - depends on the install
-    _gather_runs = None
+    _STREAMING_STORES, _gather_runs = 0, None
 
 MAX_THREADS = 4
 MIN_SHARE_BYTES = 3 * 2 ** 19  # 1.5 MiB
-STREAMING = _gather_runs is not None  # streaming stores for batches of at least STREAM_MIN_BYTES
+STREAMING = bool(_STREAMING_STORES)  # streaming stores for batches of at least STREAM_MIN_BYTES
 STREAM_MIN_BYTES = 8 * 2 ** 20  # 8 MiB
 STREAM_SHARE_BYTES = 4 * 2 ** 20  # 4 MiB per thread: a 10.5 MB batch on two
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
