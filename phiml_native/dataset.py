@@ -34,7 +34,7 @@ from phiml.math import Shape
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .gather import take_runs
+from .gather import aligned, empty, take_runs
 from .tensors import dense
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class PhiMLDataset:
         def allocate(name: str, sizes: tuple, dtype: np.dtype) -> np.ndarray | None:
             if dtype != np.float32:
                 return None  # the data manager refuses the file
-            self.arrays[name] = np.empty((len(self.sim_indices), *sizes), np.float32)
+            self.arrays[name] = empty((len(self.sim_indices), *sizes), np.float32)  # aligned: see gather
             return self.arrays[name][0]
 
         expected = None
@@ -99,7 +99,7 @@ class PhiMLDataset:
                     raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
                 for name, shape in signature:
                     if self.arrays[name] is None:
-                        self.arrays[name] = np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                        self.arrays[name] = empty((len(self.sim_indices), *shape.sizes), np.float32)
                 slots = {name: array[position] for name, array in self.arrays.items()}
             elif signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
@@ -206,13 +206,19 @@ class PhiMLDataset:
         return {'initial_state': initial, 'targets': targets}
 
     def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
-        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
+        """`array` as a table of frames `(sim * time, frame values)`, rebuilt only when `arrays` is replaced: a view, or
+        a copy where `array` is not contiguous or does not start on a 64-byte boundary (`gather.empty`)."""
         cached = self._rows.get(name)
         if cached is None or cached[0] is not array:
             if array.shape[:2] != (len(self.sim_indices), self.n_frames) or array.dtype != np.float32:
                 raise ValueError(f"`arrays[{name!r}]` has shape {array.shape} and dtype {array.dtype}, expected "
                                  f"({len(self.sim_indices)}, {self.n_frames}, ...) float32")
-            cached = (array, np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1))
+            rows = np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1)
+            if not aligned(rows):  # an array put here by hand: copied once, else gathers may run 10x slower (gather)
+                copy = empty(rows.shape, rows.dtype)
+                np.copyto(copy, rows)
+                rows = copy
+            cached = (array, rows)
             self._rows[name] = cached
         return cached[1]
 
