@@ -33,7 +33,7 @@ class Bandwidth:
     A copy this large is streamed past the cache (glibc's `memcpy` switches to non-temporal stores), so each byte
     crosses the memory bus twice; a gather's row copies are not, and also read each destination line before writing
     it: on a 2-core AMD EPYC VM, `np.take` of rows of 8 KB to 8 MB ran at 54-65 % of the streamed copy's speed. The
-    native dataset streams batches of 8 MiB and more itself (`phiml_native.gather`), on two threads where it can, so
+    native dataset streams batches of 4 MiB and more itself (`phiml_native.gather`), on two threads where it can, so
     its ratio to this floor may fall below 1 there.
     """
     bytes_per_s: float

@@ -10,9 +10,10 @@ network then sees that very memory (`math.native_call` only permutes dims).
 
 One gather of whole windows beats two (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's rows
 are read once, in order, and one array is allocated instead of two. Batches of a few MB and more are shared out over
-the CPUs, and batches of 8 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.06-1.54x faster
+the CPUs, and batches of 4 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.2-1.3x faster
 than `np.take` for 10.5 MB batches); smaller ones are one `np.take` on the calling thread, for which the hand-off
-would cost more than it saves.
+would cost more than it saves. Batches and the arrays they are gathered from start on 64-byte boundaries, without
+which a row copy could run 10x slower (`phiml_native.gather`).
 
 What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
 `math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`

@@ -12,13 +12,15 @@ Large batches are copied with streaming stores instead (`take_runs`, by the comp
 write whole cache lines past the cache without reading them first. glibc's `memcpy` does that by itself only for
 copies beyond 3/4 of the shared cache size it finds, and on this VM it finds 256 MiB (`getconf LEVEL3_CACHE_SIZE`;
 sysfs and `lscpu` say 32 MiB), so it streams nothing below 192 MiB. Epochs of strictly alternating streamed and
-`np.take` gathers (24-30 pairs, a legacy epoch before each or not), time with `np.take` over time streamed:
+`np.take` gathers (24 pairs, a legacy epoch before each or not, all allocations aligned as below), time with
+`np.take` over time streamed:
 
-    10.5 MB batches (16 windows of 128x128, table 43 MB)   1.06-1.25    (64 windows of 64x64, table 11 MB)  1.43-1.54
-     5.2 MB batches                                        0.99-1.20     2.6 MB  0.86-0.91     0.66 MB  0.81-0.97
+    10.5 MB batches (16 windows of 128x128, table 43 MB)  1.21-1.25     (64 windows of 64x64, table 11 MB)  1.30-1.32
+     5.2 MB batches  (8 windows of 128x128)               1.11-1.24     (32 windows of 64x64)               1.04-1.09
+     2.6 MB batches (16 windows of 64x64)                 0.80-0.93     0.66 MB (16 windows of 32x32)       0.81
 
-Below ~5 MB the previous batch's memory, reused for the next, is still in the cache, so ordinary stores find their
-lines there; hence `STREAM_MIN_BYTES`. Where the extension is not built (no C compiler at install), `take_runs` gives
+Below a few MB the previous batch's memory, reused for the next, is still in the cache, so ordinary stores find
+their lines there; hence `STREAM_MIN_BYTES`. Where the extension is not built (no C compiler at install), `take_runs` gives
 the same array by `np.take`, at `np.take`'s speed.
 
 Every array a gather writes or reads from here starts on a 64-byte boundary (`empty`). `np.take` copies each row
@@ -48,7 +50,7 @@ except ImportError:  # pragma: no cover - depends on the install
 MAX_THREADS = 4
 MIN_SHARE_BYTES = 3 * 2 ** 19  # 1.5 MiB
 STREAMING = bool(_STREAMING_STORES)  # streaming stores for batches of at least STREAM_MIN_BYTES
-STREAM_MIN_BYTES = 8 * 2 ** 20  # 8 MiB
+STREAM_MIN_BYTES = 4 * 2 ** 20  # 4 MiB
 STREAM_SHARE_BYTES = 4 * 2 ** 20  # 4 MiB per thread: a 10.5 MB batch on two
 ALIGN = 64  # bytes: the boundary every gathered batch and gathered-from table starts on (see the module doc)
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
