@@ -220,7 +220,8 @@ def streaming_note(machine: dict) -> str:
     if streaming is None:
         return 'streaming gather not recorded'
     if not streaming['on']:
-        return 'native batches taken with np.take (phiml_native._stream not built)'
+        return ('native batches copied without streaming stores (none on this CPU)' if streaming.get('compiled') else
+                'native batches taken with np.take (phiml_native._stream not built)')
     return f"native batches of {streaming['min_batch_bytes'] / 2 ** 20:g} MiB and more streamed"
 
 
@@ -245,7 +246,8 @@ def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
     machine = {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
                                           'git_commit', 'date', 'argv')}
     # whether large native batches were streamed (phiml_native._stream built) or taken with np.take
-    machine['streaming_gather'] = {'on': gather.STREAMING, 'min_batch_bytes': gather.STREAM_MIN_BYTES}
+    machine['streaming_gather'] = {'on': gather.STREAMING, 'compiled': gather._gather_runs is not None,
+                                   'min_batch_bytes': gather.STREAM_MIN_BYTES}
     return machine
 
 

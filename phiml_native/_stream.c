@@ -1,14 +1,19 @@
-/* Gathers runs of consecutive rows of a table into one output buffer with non-temporal (streaming) stores.
+/* Gathers runs of consecutive rows of a table into one output buffer: with streaming stores, or with memcpy except
+ * at the distances where memcpy is slow.
  *
  * An ordinary store first reads the destination's cache line from memory (read for ownership), so a copy moves each
- * byte over the memory bus three times; a streaming store writes whole lines past the cache and moves it twice. glibc's
- * memcpy streams only copies larger than 3/4 of what it takes for the shared cache size, and a VM that reports the
- * host's cache (256 MiB on the 2-core AMD EPYC VM this was written on) never gets there: copies of a few MB ran at
- * 55-65 % of the streamed copy's speed there. See phiml_native/gather.py for where this is used and the figures.
+ * byte over the memory bus three times; a streaming (non-temporal) store writes whole lines past the cache and moves
+ * it twice. glibc's memcpy streams only copies larger than 3/4 of the shared cache size it finds, and a VM that
+ * reports the host's cache (256 MiB on the 2-core AMD EPYC VM this was written on) never gets there.
  *
- * gather_runs(out, table, starts, row_bytes, run_rows): for each i, copies rows starts[i] .. starts[i] + run_rows - 1
- * of `table` (rows of `row_bytes` bytes) to out[i * run_rows * row_bytes ...]. `starts` is a buffer of int64. The GIL
- * is released while copying, so several threads can share a gather. Off x86-64 it copies with memcpy. */
+ * glibc's memcpy copies blocks of ~2 KB and more with `rep movsb`, which ran 10-12x slower on that CPU whenever the
+ * destination lay 1-31 bytes past the source modulo 4096. Such runs are streamed instead, which is not affected.
+ * See phiml_native/gather.py and phiml_native/aligned.py for where this is used and the figures.
+ *
+ * gather_runs(out, table, starts, row_bytes, run_rows, stream): for each i, copies rows starts[i] .. starts[i] +
+ * run_rows - 1 of `table` (rows of `row_bytes` bytes) to out[i * run_rows * row_bytes ...], streamed if `stream`.
+ * `starts` is a buffer of int64. The GIL is released while copying, so several threads can share a gather. Off
+ * x86-64 it copies with memcpy only. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -51,7 +56,8 @@ static PyObject *gather_runs(PyObject *self, PyObject *args)
 {
     Py_buffer out, table, starts;
     Py_ssize_t row_bytes, run_rows;
-    if (!PyArg_ParseTuple(args, "w*y*y*nn", &out, &table, &starts, &row_bytes, &run_rows))
+    int stream;
+    if (!PyArg_ParseTuple(args, "w*y*y*nnp", &out, &table, &starts, &row_bytes, &run_rows, &stream))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t count = starts.len / (Py_ssize_t)sizeof(int64_t);
@@ -75,9 +81,15 @@ static PyObject *gather_runs(PyObject *self, PyObject *args)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++)
-        copy_streaming((char *)out.buf + i * run_bytes, (const char *)table.buf + first[i] * row_bytes,
-                       (size_t)run_bytes);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *dst = (char *)out.buf + i * run_bytes;
+        const char *src = (const char *)table.buf + first[i] * row_bytes;
+        size_t distance = ((uintptr_t)dst - (uintptr_t)src) & 4095; /* where rep movsb ran 10-12x slower: 1-31 */
+        if (stream || (distance > 0 && distance < 64))
+            copy_streaming(dst, src, (size_t)run_bytes);
+        else
+            memcpy(dst, src, (size_t)run_bytes);
+    }
 #if STREAMING
     _mm_sfence(); /* streamed lines are visible to every thread before this call returns */
 #endif
@@ -92,8 +104,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"gather_runs", gather_runs, METH_VARARGS,
-     "gather_runs(out, table, starts, row_bytes, run_rows): copies rows starts[i] .. starts[i] + run_rows - 1 of "
-     "table to the i-th run of out with streaming stores (starts: int64 buffer)."},
+     "gather_runs(out, table, starts, row_bytes, run_rows, stream): copies rows starts[i] .. starts[i] + run_rows - 1 "
+     "of table to the i-th run of out (starts: int64 buffer), with streaming stores if stream."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -80,16 +80,17 @@ class PhiMLDataManager:
             mmap: Memory-map the arrays instead of reading them.
             allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
             out: Arrays to read fields into (see `read_phiml_npz`): field name -> array, or a callable
-                `(field name, sizes, dtype) -> array or None`, asked once per field; used where it fits.
+                `(field name, sizes, dtype, file offset of the data) -> array or None`, asked once per field; used
+                where it fits.
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
         """
         path = os.path.join(self._folder, _file_name(sim_index))  # a str: pathlib cost ~10 % of reading a small sim
         if callable(out):
-            def members(member: str, sizes: tuple, dtype: np.dtype) -> np.ndarray | None:
+            def members(member: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
                 is_field = member.startswith('root[') and member.endswith(']:0')
-                return out(member[5:-3], sizes, dtype) if is_field else None
+                return out(member[5:-3], sizes, dtype, offset) if is_field else None
         else:
             members = {f'root[{name}]:0': array for name, array in (out or {}).items()} or None
         try:

@@ -9,11 +9,10 @@ the targets are two views of it, which `torch.from_numpy` and a cached PhiML sha
 network then sees that very memory (`math.native_call` only permutes dims).
 
 One gather of whole windows beats two (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's rows
-are read once, in order, and one array is allocated instead of two. Batches of a few MB and more are shared out over
-the CPUs, and batches of 4 MiB and more are copied with streaming stores (`phiml_native.gather`: 1.2-1.3x faster
-than `np.take` for 10.5 MB batches); smaller ones are one `np.take` on the calling thread, for which the hand-off
-would cost more than it saves. Batches and the arrays they are gathered from start on 64-byte boundaries, without
-which a row copy could run 10x slower (`phiml_native.gather`).
+are read once, in order, and one array is allocated instead of two. Each window is one copy (`phiml_native.gather`,
+compiled; `np.take` where that is not built); batches of a few MB and more are shared out over the CPUs, and those of
+4 MiB and more are written with streaming stores (1.2-1.3x faster for 10.5 MB batches). The arrays are placed for the
+copy into them from the page cache, without which a copy could run 10x slower (`phiml_native.aligned`).
 
 What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
 `math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`
@@ -35,7 +34,8 @@ from phiml.math import Shape
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .gather import aligned, empty, take_runs
+from .aligned import address, empty_for_copy
+from .gather import take_runs
 from .tensors import dense
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class PhiMLDataset:
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # field -> (array, frame-row view, address)
         self._batch_shapes: dict[tuple[str, int], _BatchShapes] = {}
 
     def _load(self) -> None:
@@ -80,10 +80,11 @@ class PhiMLDataset:
         structure has told the field sizes."""
         first = self.sim_indices[0]
 
-        def allocate(name: str, sizes: tuple, dtype: np.dtype) -> np.ndarray | None:
+        def allocate(name: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
             if dtype != np.float32:
                 return None  # the data manager refuses the file
-            self.arrays[name] = empty((len(self.sim_indices), *sizes), np.float32)  # aligned: see gather
+            # placed for the copy from the page cache: at the data's file offset modulo 64 (phiml_native.aligned)
+            self.arrays[name] = empty_for_copy((len(self.sim_indices), *sizes), np.float32, offset)
             return self.arrays[name][0]
 
         expected = None
@@ -100,7 +101,7 @@ class PhiMLDataset:
                     raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
                 for name, shape in signature:
                     if self.arrays[name] is None:
-                        self.arrays[name] = empty((len(self.sim_indices), *shape.sizes), np.float32)
+                        self.arrays[name] = np.empty((len(self.sim_indices), *shape.sizes), np.float32)
                 slots = {name: array[position] for name, array in self.arrays.items()}
             elif signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
@@ -198,7 +199,8 @@ class PhiMLDataset:
         initial, targets = {}, {}
         for name, array in self.arrays.items():
             shapes = self._shapes_for(name, count)
-            windows = take_runs(self._frame_rows(name, array), rows, 1 + self.rollout_steps).reshape(shapes.windows)
+            table, table_address = self._frame_rows(name, array)
+            windows = take_runs(table, rows, 1 + self.rollout_steps, table_address).reshape(shapes.windows)
             initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
             targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
         if len(initial) == 1:
@@ -206,22 +208,18 @@ class PhiMLDataset:
             return {'initial_state': initial[name], 'targets': targets[name]}
         return {'initial_state': initial, 'targets': targets}
 
-    def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
-        """`array` as a table of frames `(sim * time, frame values)`, rebuilt only when `arrays` is replaced: a view, or
-        a copy where `array` is not contiguous or does not start on a 64-byte boundary (`gather.empty`)."""
+    def _frame_rows(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
+        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced,
+        and its address (`aligned.address`, for placing batches)."""
         cached = self._rows.get(name)
         if cached is None or cached[0] is not array:
             if array.shape[:2] != (len(self.sim_indices), self.n_frames) or array.dtype != np.float32:
                 raise ValueError(f"`arrays[{name!r}]` has shape {array.shape} and dtype {array.dtype}, expected "
                                  f"({len(self.sim_indices)}, {self.n_frames}, ...) float32")
             rows = np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1)
-            if not aligned(rows):  # an array put here by hand: copied once, else gathers may run 10x slower (gather)
-                copy = empty(rows.shape, rows.dtype)
-                np.copyto(copy, rows)
-                rows = copy
-            cached = (array, rows)
+            cached = (array, rows, address(rows))
             self._rows[name] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     def _shapes_for(self, name: str, count: int) -> _BatchShapes:
         """The shapes of a batch of `count` windows of field `name`, built once per batch size."""

@@ -51,8 +51,9 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Out | None 
         mmap: Memory-map the large arrays instead of reading them (read-only views into the file). Tiny arrays (the
             metadata numbers) are read either way, and so is every array of an archive that is not a plain zip.
         out: Arrays to read large members into (same shape and dtype, C-contiguous), by member name (e.g.
-            `'root[velocity]:0'`) or from a callable `(member name, shape, dtype) -> array or None` (asked once per
-            large member); the returned tensor is then backed by it. Ignored where it does not fit.
+            `'root[velocity]:0'`) or from a callable `(member name, shape, dtype, file offset of the data) -> array or
+            None` (asked once per large member; `aligned.empty_for_copy(shape, dtype, offset)` places a new array
+            for the copy); the returned tensor is then backed by it. Ignored where it does not fit.
 
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Optional, Union
 import numpy as np
 
 from harness.errors import CacheError
+from .aligned import empty_for_copy
 from .npy import HEADER_READ, array_from, header_size, npy_header
 from .zipdir import TIMESTAMP_AND_CRC, Directory
 
@@ -31,8 +32,9 @@ _STRUCT_CODES = {('b', 1): '?', ('i', 1): 'b', ('i', 2): 'h', ('i', 4): 'i', ('i
 # Describes an archive from its meta members (name -> pickle bytes or array) and array shapes: returns the recipe
 # (the saved tree with placeholders where arrays go) and the names of the arrays used as plain values.
 Describe = Callable[[dict, dict], tuple[Any, set]]
-# Where to read large arrays into: by member name, or a callable `(member name, shape, dtype) -> array or None`
-Out = Union[Mapping[str, np.ndarray], Callable[[str, tuple, np.dtype], Optional[np.ndarray]]]
+# Where to read large arrays into: by member name, or a callable `(member name, shape, dtype, file offset of the
+# data) -> array or None` (place a new array with `aligned.empty_for_copy(shape, dtype, offset)`)
+Out = Union[Mapping[str, np.ndarray], Callable[[str, tuple, np.dtype, int], Optional[np.ndarray]]]
 
 
 class Spot(NamedTuple):
@@ -82,7 +84,8 @@ class Layout:
 
         `out` offers, per large member, a C-contiguous array of the member's shape and dtype to read into directly
         (one copy, page cache -> destination): a mapping by member name (e.g. `'root[velocity]:0'`), or a callable
-        `(name, shape, dtype) -> array or None`. A member whose offer is missing or does not fit is read as usual.
+        `(name, shape, dtype, file offset of the data) -> array or None`. A member whose offer is missing or does not
+        fit is read as usual, into an array placed for the copy (`aligned.empty_for_copy`).
 
         Raises:
             CacheError: the file ends before an array does.
@@ -103,7 +106,7 @@ class Layout:
             elif mmap:
                 arrays[spot.name] = mapped(fp, spot.offset, spot.size, spot.dtype, count).reshape(spot.shape, order=spot.order)
             else:
-                data = np.empty(count, spot.dtype)
+                data = empty_for_copy((count,), spot.dtype, spot.offset)  # placed for the copy from the page cache
                 if _read_into(fp, spot.offset, memoryview(data).cast('B')) != spot.size:
                     raise CacheError(f"{path}: member {spot.name + '.npy'!r} ends early (truncated file)")
                 arrays[spot.name] = data.reshape(spot.shape, order=spot.order)
@@ -167,7 +170,7 @@ def _target(out: Out | None, spot: Spot) -> np.ndarray | None:
     """The array `out` offers for `spot`'s data, if it fits (same shape and dtype, C order, writable)."""
     if out is None:
         return None
-    target = out(spot.name, spot.shape, spot.dtype) if callable(out) else out.get(spot.name)
+    target = out(spot.name, spot.shape, spot.dtype, spot.offset) if callable(out) else out.get(spot.name)
     fits = target is not None and target.shape == spot.shape and target.dtype == spot.dtype and spot.order == 'C' \
         and target.flags.c_contiguous and target.flags.writeable
     return target if fits else None

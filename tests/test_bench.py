@@ -177,7 +177,8 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     result = run_bench(config, tmp_path, repeats=1, warmup=0, scaling=False, memory=False)
     written = json.loads((tmp_path / 'bench.json').read_text())
     assert set(written) == {'scenario', 'machine', 'method', 'bandwidth', 'stages', 'targets', 'wall_s'}
-    assert written['machine']['streaming_gather'] == {'on': gather.STREAMING, 'min_batch_bytes': gather.STREAM_MIN_BYTES}
+    assert written['machine']['streaming_gather'] == {'on': gather.STREAMING, 'compiled': gather._gather_runs is not None,
+                                                      'min_batch_bytes': gather.STREAM_MIN_BYTES}
     assert set(written['stages']) == {'write', 'read', 'iterate', 'convert', 'step'}
     for figures in written['stages'].values():
         assert STAGE_KEYS <= set(figures)

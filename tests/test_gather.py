@@ -10,6 +10,7 @@ import pytest
 
 from harness.pipeline import WindowKey
 from phiml_native import PhiMLDataManager, PhiMLDataset, gather
+from phiml_native.aligned import address
 
 
 @pytest.fixture
@@ -106,20 +107,35 @@ def test_runs_equal_stacked_slices(monkeypatch, streaming, columns, run, starts)
     assert np.array_equal(result, _expected_runs(table, starts, run))
 
 
-needs_stream = pytest.mark.skipif(not gather.STREAMING, reason="phiml_native._stream is not built")
+needs_stream = pytest.mark.skipif(gather._gather_runs is None, reason="phiml_native._stream is not built")
 
 
 @needs_stream
+@pytest.mark.parametrize('stream', [False, True])
 @pytest.mark.parametrize('shift', [0, 1, 3, 8, 15])
-def test_streamed_runs_into_unaligned_memory(shift):
+def test_runs_into_unaligned_memory(shift, stream):
     """Streaming stores need 16-byte aligned addresses: the first bytes up to one are copied plainly."""
     from phiml_native._stream import gather_runs
     table = np.arange(40 * 100, dtype=np.uint8).reshape(40, 100)
     backing = np.zeros(3 * 2 * 100 + 32, np.uint8)
     out = backing[shift:shift + 3 * 2 * 100]
-    gather_runs(out, table, np.array([38, 0, 17], np.int64), 100, 2)
+    gather_runs(out, table, np.array([38, 0, 17], np.int64), 100, 2, stream)
     assert np.array_equal(out.reshape(3, 2, 100), _expected_runs(table, [38, 0, 17], 2))
     assert not backing[:shift].any() and not backing[shift + 600:].any()  # nothing written outside `out`
+
+
+@needs_stream
+@pytest.mark.parametrize('distance', [0, 8, 16, 31, 63, 64, 2048])
+def test_runs_at_every_distance_modulo_4096(distance):
+    """Runs 1-63 bytes past their source modulo 4096 are streamed instead of `memcpy`'d (slow there): same bytes."""
+    from phiml_native._stream import gather_runs
+    table = np.random.default_rng(3).integers(0, 255, (40, 4096), np.uint8)
+    backing = np.zeros(2 * 3 * 4096 + 8192, np.uint8)
+    start = (address(table) + distance - address(backing)) % 4096
+    out = backing[start:start + 2 * 3 * 4096]
+    assert (address(out) - address(table)) % 4096 == distance
+    gather_runs(out, table, np.array([5, 36], np.int64), 4096, 3, False)
+    assert np.array_equal(out.reshape(2, 3, 4096), _expected_runs(table, [5, 36], 3))
 
 
 @needs_stream
@@ -130,7 +146,7 @@ def test_streamed_runs_refuse_what_does_not_fit(starts, error, words):
     table = np.zeros((40, 4), np.float32)
     out = np.full((2, 2, 4), 7, np.float32)
     with pytest.raises(error, match=words):
-        gather_runs(out, table, np.asarray(starts, np.int64), 16, 2)
+        gather_runs(out, table, np.asarray(starts, np.int64), 16, 2, True)
     assert (out == 7).all()  # checked before anything is copied
 
 
@@ -139,9 +155,9 @@ def test_streamed_runs_need_contiguous_buffers():
     from phiml_native._stream import gather_runs
     table = np.zeros((40, 4), np.float32)
     with pytest.raises((BufferError, TypeError, ValueError)):
-        gather_runs(np.zeros((2, 2, 4), np.float32)[:, :, ::2], table, np.zeros(1, np.int64), 16, 2)
+        gather_runs(np.zeros((2, 2, 4), np.float32)[:, :, ::2], table, np.zeros(1, np.int64), 16, 2, True)
     with pytest.raises((BufferError, TypeError, ValueError)):
-        gather_runs(np.zeros((2, 2, 4), np.float32), table[:, ::2], np.zeros(1, np.int64), 8, 2)
+        gather_runs(np.zeros((2, 2, 4), np.float32), table[:, ::2], np.zeros(1, np.int64), 8, 2, True)
 
 
 def test_dataset_batches_equal_streamed_and_taken(cache_dirs, tiny_config, monkeypatch):
@@ -176,50 +192,30 @@ def test_without_the_extension_runs_are_taken(monkeypatch):
         importlib.reload(gather)
 
 
-@pytest.mark.parametrize('shape, dtype', [((3, 5), np.float32), ((0, 7), np.float64), ((2, 1, 4), np.uint8), ((), np.int16)])
-def test_empty_starts_on_a_64_byte_boundary(shape, dtype):
-    arrays = [gather.empty(shape, dtype) for _ in range(8)]  # numpy's own would start 16 bytes past one, often
-    for array in arrays:
-        assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable
-        assert gather.aligned(array) or not array.size  # where an empty array's data starts does not matter
-    if arrays[0].size:
-        arrays[0][...] = 1
-        assert not any(np.shares_memory(arrays[0], other) for other in arrays[1:])
-
-
-@pytest.mark.parametrize('streaming', [False, True])
-def test_gathered_batches_start_on_a_64_byte_boundary(monkeypatch, streaming):
-    """`np.take` row copies ran 10-12x slower with the destination 8-24 bytes past the source modulo 4096 (module
-    doc): every batch is allocated aligned, whichever path gathers it."""
-    if streaming and not gather.STREAMING:
-        pytest.skip("phiml_native._stream is not built")
-    monkeypatch.setattr(gather, 'STREAMING', streaming)
-    monkeypatch.setattr(gather, 'STREAM_MIN_BYTES', 0)
-    table = gather.empty((40, 512), np.float32)
+@pytest.mark.parametrize('table_offset', [0, 16, 32, 48])
+@pytest.mark.parametrize('columns', [512, 2048])  # rows of 2 KB (copied by rep movsb) and 8 KB
+def test_batches_are_placed_at_their_tables_address_modulo_64(monkeypatch, table_offset, columns):
+    """A batch 1-31 bytes past its table modulo 4096 was gathered 10-12x slower (phiml_native.aligned): wherever the
+    table lies, a batch of rows copied by `rep movsb` lies at the same address modulo 64, whichever path gathers it."""
+    backing = np.zeros(40 * columns + 32, np.float32)
+    shift = (table_offset - address(backing)) % 64 // 4
+    table = backing[shift:shift + 40 * columns].reshape(40, columns)
     table[...] = np.arange(40)[:, None]
+    assert address(table) % 64 == table_offset
     for rows in (np.arange(3), np.arange(40)[::-1]):  # one thread; several threads (shares below)
         monkeypatch.setattr(gather, 'MIN_SHARE_BYTES', 4096 if len(rows) > 3 else 2 ** 30)
-        assert gather.aligned(gather.take_rows(table, rows))
-        assert gather.aligned(gather.take_runs(table, np.sort(rows)[:len(rows) // 2], 2))
+        batch = gather.take_rows(table, rows)
+        assert (address(batch) - address(table)) % 64 == 0 and np.array_equal(batch, table[rows])
 
 
-def test_dataset_arrays_start_on_a_64_byte_boundary(cache_dirs, tiny_config):
-    dataset = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), tiny_config.train_sims, tiny_config.data.rollout_steps)
-    assert all(gather.aligned(array) for array in dataset.arrays.values())
-
-
-def test_an_unaligned_array_put_in_by_hand_is_gathered_from_an_aligned_copy(cache_dirs, tiny_config):
-    dataset = PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), tiny_config.train_sims, tiny_config.data.rollout_steps)
-    name = dataset.field_names[0]
-    original = dataset.arrays[name]
-    keys = [WindowKey(sim, 0) for sim in tiny_config.train_sims]
-    expected = dataset.gather(keys)['targets']
-    backing = np.empty(original.size + 16, np.float32)
-    shift = next(k for k in range(16) if (backing.ctypes.data + 4 * k) % 64 == 16)  # the offset malloc gives
-    unaligned = backing[shift:shift + original.size].reshape(original.shape)
-    unaligned[...] = original
-    dataset.arrays[name] = unaligned
-    rows = dataset._frame_rows(name, unaligned)
-    assert gather.aligned(rows) and not np.shares_memory(rows, unaligned) and np.array_equal(rows.ravel(), original.ravel())
-    got = dataset.gather(keys)['targets']
-    assert np.array_equal(got.numpy(got.shape.names), expected.numpy(got.shape.names))
+def test_dataset_arrays_are_placed_for_the_copy_from_the_file(cache_dirs, tiny_config):
+    manager = PhiMLDataManager(cache_dirs['phiml'])
+    dataset = PhiMLDataset(manager, tiny_config.train_sims, tiny_config.data.rollout_steps)
+    path = manager.get_cached_path(tiny_config.train_sims[0])
+    offsets = []
+    manager.load_cache(tiny_config.train_sims[0], out=lambda name, sizes, dtype, offset: offsets.append(offset))
+    for name, array in dataset.arrays.items():
+        sim = array[0]
+        offset = offsets[dataset.field_names.index(name)]
+        assert path.read_bytes()[offset:offset + sim.nbytes] == sim.tobytes()  # the offset of this field's data
+        assert (address(array) - offset) % 64 == -(offset % 16) % 64  # 0, or 49-63: never 1-31 past it

@@ -146,13 +146,15 @@ def test_out_may_be_a_callable_asked_once_per_large_member(cache_dirs, parses):
     path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(1)
     asked, target = [], np.empty((9, 16, 16, 2), np.float32)
 
-    def allocate(name, shape, dtype):
-        asked.append((name, shape, dtype))
+    def allocate(name, shape, dtype, offset):
+        asked.append((name, shape, dtype, offset))
         return target
 
     data = read_phiml_npz(path, out=allocate)
-    assert asked == [('root[velocity]:0', (9, 16, 16, 2), np.dtype('float32'))]
+    assert [ask[:3] for ask in asked] == [('root[velocity]:0', (9, 16, 16, 2), np.dtype('float32'))]
     assert np.shares_memory(data['velocity'].numpy('time,x,y,vector'), target)
+    offset = asked[0][3]  # where the member's data lies in the file: for placing the array (phiml_native.aligned)
+    assert path.read_bytes()[offset:offset + target.nbytes] == target.tobytes()
     _same(data['velocity'], read_phiml_npz(path)['velocity'])
     assert PhiMLDataManager(cache_dirs['phiml']).load_cache(1, out=lambda *args: None)['metadata'] == data['metadata']
 
