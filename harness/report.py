@@ -45,9 +45,9 @@ def load_bench(path: Path) -> dict | None:
     """What the report shows of a `python -m harness.bench` run written to `path`: `targets`, `date`, `git_commit`,
     `cpu`, `bandwidth_gb_s`, `wall_s`, `gather` (how native batches were gathered); or `{'error': ...}` when the file
     cannot be read; None when there is none."""
-    from .bench import streaming_note
     if not path.is_file():
         return None
+    from .bench import streaming_note  # bench imports the pipelines: only where there is a bench run to show
     try:
         bench = json.loads(path.read_text())
         return {'targets': bench['targets'], 'date': bench['machine']['date'],

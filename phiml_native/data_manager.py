@@ -71,7 +71,7 @@ class PhiMLDataManager:
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
-                   out: Mapping[str, np.ndarray] | Callable[[str, tuple, np.dtype], np.ndarray | None] | None = None
+                   out: Mapping[str, np.ndarray] | Callable[[str, tuple, np.dtype, int], np.ndarray | None] | None = None
                    ) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
 

@@ -77,8 +77,10 @@ def take_runs(table: np.ndarray, starts: np.ndarray, run: int, table_address: in
     stream = STREAMING and nbytes >= STREAM_MIN_BYTES
     out = np.empty((count, run, *table.shape[1:]), table.dtype)
     starts = np.ascontiguousarray(starts, np.int64)
-    shares = max(1, min(count, nbytes // (STREAM_SHARE_BYTES if stream else MIN_SHARE_BYTES), threads()))
-    bounds = np.linspace(0, count, shares + 1).astype(int) if shares > 1 else (0, count)
+    shares = min(count, nbytes // (STREAM_SHARE_BYTES if stream else MIN_SHARE_BYTES))
+    if shares >= 2:  # threads() asks the OS: only for batches that may be shared out
+        shares = min(shares, threads())
+    bounds = np.linspace(0, count, shares + 1).astype(int) if shares >= 2 else (0, count)
     futures = [_pool().submit(_gather_runs, out[a:b], table, starts[a:b], row_bytes, run, stream)
                for a, b in zip(bounds[1:-1], bounds[2:])]
     _gather_runs(out[:bounds[1]], table, starts[:bounds[1]], row_bytes, run, stream)
