@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.config import load_config
-from harness.simulate import simulate
+from harness.data.simulate import simulate
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 

@@ -13,13 +13,16 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from harness.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
 PHYSICS = ('burgers',)
 MODEL_KINDS = ('u_net', 'conv_net')
-TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.diff)
+TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.equivalence.diff)
+QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
+         'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
+"""The overrides of `--quick`: a tiny scenario for smoke tests."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from phiml import math, nn
 from phiml.math import Tensor, channel
 
-from .config import ModelConfig
+from harness.config import ModelConfig
 
 FieldTensors = Union[Tensor, Mapping[str, Tensor]]
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import abc
 import collections
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 from phiml.math import Tensor
+
+from harness.errors import ConfigError
 
 FieldTensors = Union[Tensor, dict]
 Batch = dict  # {'initial_state': FieldTensors, 'targets': FieldTensors}
@@ -52,6 +55,29 @@ class BatchPlan:
         return len(self.batches)
 
 
+SPATIAL_DIMS = ('x', 'y', 'z')
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """One stored field of a cache file: dims in the file's own layout, their sizes, the dtype name and the channel
+    item names, e.g. `('channel', 'time', 'x', 'y')` for a legacy `[C, T, H, W]` tensor, `('time', 'x', 'y', 'vector')`
+    for a native one."""
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    item_names: tuple[str, ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[self.dims.index('time')]
+
+    @property
+    def resolution(self) -> list[int]:
+        """Cells along x[, y[, z]]."""
+        return [size for dim, size in zip(self.dims, self.shape) if dim in SPATIAL_DIMS]
+
+
 class AbstractPipeline(abc.ABC):
     """A data pipeline from simulated fields to model-ready PhiML batches.
 
@@ -67,6 +93,28 @@ class AbstractPipeline(abc.ABC):
     def __init__(self, cache_dir: Path, rollout_steps: int):
         self.cache_dir = Path(cache_dir)
         self.rollout_steps = rollout_steps
+
+    def file_name(self, sim: int) -> str:
+        """The name of the cache file of `sim` inside `cache_dir`."""
+        return f"sim_{sim:06d}{self.file_suffix}"
+
+    def cache_file(self, sim: int) -> Path:
+        return self.cache_dir / self.file_name(sim)
+
+    @abc.abstractmethod
+    def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
+        """Reads the cache file of `sim` with this pipeline's own safe reader (any float dtype accepted) and describes it.
+
+        Returns:
+            Field name -> `FieldLayout`, and the file's metadata.
+
+        Raises:
+            CacheError: naming the file: missing, unreadable, unsafe or not this pipeline's layout.
+        """
+
+    @classmethod
+    def forget_read_caches(cls) -> None:
+        """Drops whatever the reader remembers between opens, so the next open is as cold as a new process's."""
 
     @abc.abstractmethod
     def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
@@ -108,3 +156,39 @@ def drain(batches: Iterable[Any]) -> None:
 
 
 Pipeline = AbstractPipeline
+
+
+def class_spec(cls: type) -> str:
+    """`'module:QualName'` of a class, as `load_pipeline` takes it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_pipeline(spec: str, role: str = 'pipeline') -> type[AbstractPipeline]:
+    """The class `spec` (`'package.module:ClassName'`) names, checked to implement `AbstractPipeline`.
+
+    Args:
+        spec: `MODULE:CLASS`.
+        role: Named in errors, e.g. `'--native'`.
+
+    Raises:
+        ConfigError: `spec` is malformed, cannot be imported, or names something that is not a concrete pipeline class.
+    """
+    module_name, sep, class_name = spec.partition(':')
+    if not sep or not module_name or not all(part.isidentifier() for part in class_name.split('.')):
+        raise ConfigError(f"{role} (={spec!r}) must be MODULE:CLASS, e.g. 'my_project.data:MyPipeline'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any failure to import a user's module is a usage error
+        reason = str(err).splitlines()[0] if str(err) else ''
+        raise ConfigError(f"{role} (={spec!r}): cannot import module {module_name!r} ({type(err).__name__}: {reason})") from None
+    cls = module
+    for part in class_name.split('.'):
+        cls = getattr(cls, part, None)
+    if not (isinstance(cls, type) and issubclass(cls, AbstractPipeline)):
+        found = 'not defined' if cls is None else f"a {type(cls).__name__}, not a pipeline class"
+        raise ConfigError(f"{role} (={spec!r}): {module_name}.{class_name} is {found}; expected a subclass of "
+                          f"harness.pipeline.AbstractPipeline")
+    missing = sorted(getattr(cls, '__abstractmethods__', ()))
+    if missing:
+        raise ConfigError(f"{role} (={spec!r}): {cls.__name__} does not implement {missing} of the Pipeline interface")
+    return cls

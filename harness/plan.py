@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .pipeline import BatchPlan, WindowKey
+from harness.pipeline import BatchPlan, WindowKey
 
 
 def make_plan(keys: Sequence[WindowKey], batch_size: int, *, seed: int, epoch: int, drop_last: bool = False) -> BatchPlan:

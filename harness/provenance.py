@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ScenarioConfig
+from harness.config import ScenarioConfig
 
 PACKAGES = ('phiml', 'phiflow', 'torch', 'numpy', 'pandas', 'matplotlib', 'jinja2', 'omegaconf')
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.errors import CacheError
-from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from .convert import convert_batch
 from .data_manager import DataManager
 from .dataset import build_window_dataset, plan_indices
@@ -35,6 +35,15 @@ class LegacyPipeline(AbstractPipeline):
             tensor_data[name], channels[name] = self.manager.field_to_tensor(field)
         spatial = next(iter(fields.values())).values.shape.spatial.names
         return self.manager.save_cache(sim, tensor_data, {**metadata, 'spatial_dims': list(spatial), 'field_channels': channels})
+
+    def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
+        data = self.manager.load_cache(sim, allow_any_float=True)
+        meta = data['metadata']
+        spatial = tuple(meta['spatial_dims'])
+        fields = {name: FieldLayout(('channel', 'time', *spatial), tuple(t.shape), str(t.dtype).removeprefix('torch.'),
+                                    tuple(meta['field_channels'][name]))
+                  for name, t in data['tensor_data'].items()}
+        return fields, dict(meta)
 
     def open(self, sims: Sequence[int]) -> None:
         if not sims:

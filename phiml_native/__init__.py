@@ -2,10 +2,10 @@
 `phiml.math.save` `.npz` cache -> `PhiMLDataset.iterate_batches` -> `phiml.nn.update_weights`, no conversion layer."""
 from .data_manager import PhiMLDataManager
 from .dataset import PhiMLDataset
-from .factory import create_dataset, create_phiml
+from .factory import create_phiml
 from .npz import read_phiml_npz
 from .pipeline import NativePipeline
 from .trainer import PhiMLSyntheticTrainer
 
-__all__ = ['PhiMLDataManager', 'PhiMLDataset', 'PhiMLSyntheticTrainer', 'create_phiml', 'create_dataset',
+__all__ = ['PhiMLDataManager', 'PhiMLDataset', 'PhiMLSyntheticTrainer', 'create_phiml',
            'read_phiml_npz', 'NativePipeline']

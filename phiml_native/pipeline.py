@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from .data_manager import PhiMLDataManager
 from .dataset import PhiMLDataset
 from .trainer import PhiMLSyntheticTrainer
@@ -23,6 +23,20 @@ class NativePipeline(AbstractPipeline):
     def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
         data = {name: self.manager.field_to_phiml_tensor(field, name) for name, field in fields.items()}
         return self.manager.save_cache(sim, {**data, 'metadata': dict(metadata)})
+
+    def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
+        data = self.manager.load_cache(sim, allow_any_float=True)
+        fields = {}
+        for name in data['metadata']['fields']:
+            shape, dtype = data[name].shape, data[name].dtype
+            items = shape.get_item_names('vector') if 'vector' in shape else None
+            fields[name] = FieldLayout(shape.names, shape.sizes, f"{dtype.kind.__name__}{dtype.bits}", tuple(items or ()))
+        return fields, dict(data['metadata'])
+
+    @classmethod
+    def forget_read_caches(cls) -> None:
+        from .npz import clear_caches
+        clear_caches()
 
     def open(self, sims: Sequence[int]) -> None:
         self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps)

@@ -2,7 +2,7 @@
 `build_cache` (so with manifests). Import it into a test module: `from built_caches import built`."""
 import pytest
 
-from harness.cache import build_cache
+from harness.cache.build import build_cache
 from conftest import PIPELINE_IDS, PIPELINES
 
 

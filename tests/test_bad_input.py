@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from harness.cache import build_cache, verify_cache
+from harness.cache.build import build_cache, verify_cache
 from harness.config import load_config, load_config_file
 from harness.errors import CacheError, ConfigError, HarnessError
-from harness.manifest import sha256_file
-from harness.migrate import main
+from harness.cache.manifest import sha256_file
+from harness.cli.migrate import main
 from legacy import DataManager
 from phiml_native import PhiMLDataManager
 from conftest import PIPELINE_IDS, PIPELINES, TINY

@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 
-import harness.cache
-from harness.cache import build_cache, open_cache, repair_cache, verify_cache, write_cache
+import harness.cache.build
+from harness.cache.build import build_cache, open_cache, repair_cache, verify_cache, write_cache
 from harness.config import load_config
 from harness.errors import CacheError
-from harness.manifest import KINDS, MANIFEST_NAME, Manifest
+from harness.cache.manifest import KINDS, MANIFEST_NAME, Manifest
 from built_caches import built  # noqa: F401  (fixture)
 from conftest import PIPELINE_IDS, PIPELINES, TINY
 
@@ -18,7 +18,7 @@ def no_simulation(monkeypatch):
     """Fails the test if anything simulates."""
     def refuse(config, progress=None):
         raise AssertionError("simulate() was called")
-    monkeypatch.setattr(harness.cache, 'simulate', refuse)
+    monkeypatch.setattr(harness.cache.build, 'simulate', refuse)
 
 
 def _copy(built, name, tmp_path):

@@ -9,10 +9,13 @@ import pytest
 import torch
 from phiml import math
 
-from harness import compare
-from harness.cli import guarded
+from harness.cli import compare
+from harness.config import QUICK
+from harness.run import run_compare
+from harness.cli.common import guarded
 from harness.config import load_config
-from harness.report import write_report
+from harness.report.html import write_report
+from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 
 pytestmark = pytest.mark.slow
@@ -95,8 +98,8 @@ class SwappedXY(NativePipeline):
 
 
 def test_broken_native_is_no_go(tmp_path, capsys):
-    config = load_config('burgers', [*compare.QUICK, 'trainer.epochs=1', 'health.max_abs_value=0.5'])
-    summary = compare.run_compare(config, tmp_path, native_cls=SwappedXY, progress=False)
+    config = load_config('burgers', [*QUICK, 'trainer.epochs=1', 'health.max_abs_value=0.5'])
+    summary = run_compare(config, tmp_path, legacy_cls=LegacyPipeline, native_cls=SwappedXY, progress=False)
     assert summary['verdict'] == 'no-go'
     failed = {c['name'] for c in summary['checks'] if not c['passed']}
     assert 'batches equal' in failed

@@ -10,7 +10,7 @@ from phiml import math
 from harness import model
 from harness.pipeline import BatchPlan, WindowKey
 from harness.plan import make_plan
-from harness.stages import network_inputs
+from harness.bench.stages import network_inputs
 from phiml_native import PhiMLDataManager, PhiMLDataset
 from phiml_native.naive import NaiveWindowLoader
 

@@ -5,8 +5,8 @@ import torch
 from phiml import math
 from phiml.math import channel
 
-from harness.diagnose import batch_digest, diagnose_streams, first_divergent
-from harness.identify import FrameIndex
+from harness.equivalence.diagnose import batch_digest, diagnose_streams, first_divergent
+from harness.equivalence.identify import FrameIndex
 from harness.pipeline import WindowKey
 from harness.plan import make_plan
 

@@ -4,7 +4,7 @@ import pytest
 from phiml import math
 from phiml.math import batch, channel, spatial
 
-from harness.diff import TensorDiff, Tolerance, ToleranceMap, compare_arrays, compare_batches, compare_tensors, resolve_tolerance
+from harness.equivalence.diff import TensorDiff, Tolerance, ToleranceMap, compare_arrays, compare_batches, compare_tensors, resolve_tolerance
 from harness.config import FieldTolerance
 
 

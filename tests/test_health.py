@@ -7,7 +7,7 @@ from phiml.math import batch, channel, spatial
 
 from harness.config import HealthConfig, load_config
 from harness.errors import ConfigError
-from harness.health import HealthFinding, scan_dataset, scan_simulation, scan_tensors
+from harness.data.health import HealthFinding, scan_dataset, scan_simulation, scan_tensors
 from phiml_native import PhiMLDataManager, PhiMLDataset
 from conftest import TINY
 

@@ -5,7 +5,7 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import CacheError
-from harness.manifest import (KINDS, MANIFEST_NAME, FieldRecord, FileRecord, Manifest, cache_kind, config_digest,
+from harness.cache.manifest import (KINDS, MANIFEST_NAME, FieldRecord, FileRecord, Manifest, cache_kind, config_digest,
                               record_file, sha256_file, sims_on_disk)
 from built_caches import built  # noqa: F401  (fixture)
 from conftest import PIPELINE_IDS, TINY

@@ -12,12 +12,13 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from phiml import math
 
-import harness.migrate
-from harness.cache import verify_cache
-from harness.diff import compare_tensors
+import harness.cache.migrate
+from harness.cache.build import verify_cache
+from harness.equivalence.diff import compare_tensors
 from harness.errors import CacheError
-from harness.manifest import MANIFEST_NAME, Manifest, sha256_file
-from harness.migrate import main, migrate_cache
+from harness.cache.manifest import MANIFEST_NAME, Manifest, sha256_file
+from harness.cache.migrate import migrate_cache
+from harness.cli.migrate import main
 from legacy import DataManager
 from phiml_native import PhiMLDataManager
 from built_caches import built  # noqa: F401  (fixture)
@@ -115,11 +116,11 @@ def test_changed_source_is_converted_again(built, tiny_config, tmp_path):
 
 def test_a_wrong_conversion_is_caught_and_removed(built, tmp_path, monkeypatch):
     """The read-back check compares with the source, not with the conversion: a swapped x/y is found."""
-    convert = harness.migrate.to_native
+    convert = harness.cache.migrate.to_native
 
     def swapped(source_path, name, tensor, spatial_dims, channels):
         return convert(source_path, name, tensor.transpose(2, 3), spatial_dims, channels)
-    monkeypatch.setattr(harness.migrate, 'to_native', swapped)
+    monkeypatch.setattr(harness.cache.migrate, 'to_native', swapped)
     with pytest.raises(CacheError) as info:
         migrate_cache(built / 'legacy', tmp_path / 'npz')
     assert f"{tmp_path / 'npz' / 'sim_000000.npz'}: does not match its source velocity: " in str(info.value)

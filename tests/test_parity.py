@@ -2,7 +2,7 @@
 import math
 
 from harness import model
-from harness.parity import TrainingResult, ensemble
+from harness.equivalence.training import TrainingResult, ensemble
 from harness.plan import make_plans
 
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from harness.cache import build_cache, open_cache, verify_cache
+from harness.cache.build import build_cache, open_cache, verify_cache
 from harness.config import load_config
 from harness.errors import CacheError
-from harness.manifest import KINDS, Manifest
-from harness.simulate import simulate
+from harness.cache.manifest import KINDS, Manifest
+from harness.data.simulate import simulate
 from conftest import PIPELINE_IDS, PIPELINES, TINY
 
 pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='the builds are killed in forked children')

@@ -1,8 +1,11 @@
 """The self-test: every injected bug caught with the expected diagnosis; the clean pipeline passes."""
 import pytest
 
-from harness import selftest
-from harness.bugs import CATALOGUE
+from harness.cli import selftest as selftest_cli
+from harness.selftest import run as selftest
+from legacy import LegacyPipeline
+from phiml_native import NativePipeline
+from harness.selftest.bugs import CATALOGUE
 
 
 def test_catalogue_size():
@@ -13,7 +16,7 @@ def test_catalogue_size():
 
 
 def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
-    result = selftest.run_selftest(tiny_config, tiny_sim, cache_dirs['legacy'], cache_dirs['phiml'])
+    result = selftest.run_selftest(tiny_config, LegacyPipeline, NativePipeline, tiny_sim, cache_dirs['legacy'], cache_dirs['phiml'])
     assert result, result.table()
     rows = {r.bug: r for r in result.rows}
     assert not rows['none (clean native pipeline)'].caught
@@ -31,6 +34,6 @@ def test_a_missed_bug_fails_the_selftest():
 
 @pytest.mark.slow
 def test_cli_quick(capsys):
-    assert selftest.main(['burgers', '--quick']) == 0
+    assert selftest_cli.main(['burgers', '--quick']) == 0
     out = capsys.readouterr().out
     assert 'self-test: PASSED' in out and 'x and y transposed' in out

@@ -1,5 +1,5 @@
 """Audit of each pipeline's own shuffling, and that the audit can fail."""
-from harness.shuffle_audit import audit_own_shuffling
+from harness.equivalence.shuffle_audit import audit_own_shuffling
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from conftest import PIPELINES

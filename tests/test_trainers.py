@@ -8,8 +8,8 @@ from harness import model
 from harness.pipeline import drain
 from harness.plan import make_plan
 from legacy import LegacyPipeline, SyntheticTrainer
-from phiml_native import (NativePipeline, PhiMLDataManager, PhiMLDataset, PhiMLSyntheticTrainer, create_dataset,
-                          create_phiml)
+from harness.cli.registry import create_dataset
+from phiml_native import NativePipeline, PhiMLDataManager, PhiMLDataset, PhiMLSyntheticTrainer, create_phiml
 
 
 def _net(config):

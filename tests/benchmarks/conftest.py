@@ -2,7 +2,7 @@
 import pytest
 
 from harness.config import load_config
-from harness.simulate import simulate
+from harness.data.simulate import simulate
 
 
 @pytest.fixture(scope='session')

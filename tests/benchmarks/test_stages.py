@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from harness import model
-from harness.floor import epoch_bytes
+from harness.bench.bandwidth import epoch_bytes
 from harness.plan import make_plan
-from harness.stages import network_inputs
+from harness.bench.stages import network_inputs
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from phiml_native.naive import NaiveWindowLoader

@@ -23,9 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .diff import Tolerance, ToleranceMap, compare_batches, flatten_batch
-from .identify import FrameIndex, frame_digest, field_of
-from .pipeline import AbstractPipeline, BatchPlan, WindowKey
+from harness.equivalence.diff import Tolerance, ToleranceMap, compare_batches, flatten_batch
+from harness.equivalence.identify import FrameIndex, frame_digest, field_of
+from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey
 
 DRIFT_RTOL = 1e-4
 

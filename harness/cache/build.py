@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import ScenarioConfig
-from .errors import CacheError
-from .manifest import (MANIFEST_NAME, CacheKind, FileRecord, Manifest, cache_kind, config_digest, record_file,
+from harness.config import ScenarioConfig
+from harness.errors import CacheError
+from harness.cache.manifest import (MANIFEST_NAME, CacheKind, FileRecord, Manifest, cache_kind, config_digest, record_file,
                        sha256_file, sims_on_disk)
-from .pipeline import AbstractPipeline
-from .simulate import Simulation, simulate
+from harness.pipeline import AbstractPipeline
+from harness.data.simulate import Simulation, simulate
 
 logger = logging.getLogger(__name__)
 PROBLEM_KINDS = ('missing', 'empty', 'truncated', 'size-mismatch', 'hash-mismatch', 'unreadable', 'wrong-shape',

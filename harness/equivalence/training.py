@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import model
-from .pipeline import AbstractPipeline, BatchPlan
+from harness import model
+from harness.pipeline import AbstractPipeline, BatchPlan
 
 
 @dataclass

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .atomic import atomic_path
-from .config import ScenarioConfig
-from .errors import CacheError
+from harness.atomic import atomic_path
+from harness.config import ScenarioConfig
+from harness.errors import CacheError
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = 'manifest.json'

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import model
-from .pipeline import AbstractPipeline, BatchPlan, drain
-from .simulate import Simulation
+from harness import model
+from harness.pipeline import AbstractPipeline, BatchPlan, drain
+from harness.data.simulate import Simulation
 
 STAGES = ('write', 'read', 'iterate', 'convert', 'step')
 STEP_PAIRS = 3
@@ -115,8 +115,7 @@ def time_stages(legacy: AbstractPipeline, native: AbstractPipeline, simulation: 
 def _time_read(pipeline: AbstractPipeline, sims: Sequence[int]) -> float:
     """A fresh pipeline object opening the cache, with the native reader's parsed-layout cache cleared (cold as a new
     process; the OS page cache stays warm: dropping it needs privileges and would time the disk, not the pipeline)."""
-    from phiml_native.npz import clear_caches
-    clear_caches()
+    type(pipeline).forget_read_caches()
     return _timed(lambda: type(pipeline)(pipeline.cache_dir, pipeline.rollout_steps).open(sims))
 
 

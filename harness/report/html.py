@@ -15,8 +15,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .timing import STAGE_TITLES  # noqa: E402
+from harness.atomic import atomic_path  # noqa: E402
+from harness.bench.timing import STAGE_TITLES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / 'templates'
@@ -47,7 +47,7 @@ def load_bench(path: Path) -> dict | None:
     cannot be read; None when there is none."""
     if not path.is_file():
         return None
-    from .bench import streaming_note  # bench imports the pipelines: only where there is a bench run to show
+    from harness.bench.run import streaming_note  # bench imports the pipelines: only where there is a bench run to show
     try:
         bench = json.loads(path.read_text())
         return {'targets': bench['targets'], 'date': bench['machine']['date'],

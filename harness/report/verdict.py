@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
-from .config import ScenarioConfig
-from .equivalence import EquivalenceResult
-from .parity import TrainingResult
-from .timing import StageTiming
+from harness.config import ScenarioConfig
+from harness.equivalence.batches import EquivalenceResult
+from harness.equivalence.training import TrainingResult
+from harness.bench.timing import StageTiming
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 from phiml.math import Tensor
 
-from .pipeline import WindowKey
-from .simulate import Simulation
+from harness.pipeline import WindowKey
+from harness.data.simulate import Simulation
 
 
 def frame_digest(frame: np.ndarray) -> bytes:

@@ -28,7 +28,7 @@ import numpy as np
 from phiml import math
 from phiml.math import Tensor
 
-from .config import HealthConfig
+from harness.config import HealthConfig
 
 logger = logging.getLogger(__name__)
 CHECKS = ('nonfinite', 'out-of-bounds', 'constant', 'repeated')

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 USAGE_ERROR = 2
 

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import HarnessError
-from .pipeline import AbstractPipeline
+from harness.errors import HarnessError
+from harness.pipeline import AbstractPipeline, class_spec
 
 logger = logging.getLogger(__name__)
 # Sims the warm-up opens (two windows of each, in batches of this many): two, not one, so that every code path runs with
@@ -102,7 +102,7 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
     with tempfile.TemporaryDirectory(prefix='memory-') as tmp:
         for label, pipeline in pipelines.items():
             result = Path(tmp) / f'{label}.json'
-            command = [sys.executable, '-m', 'harness.memory', pipeline.name, str(pipeline.cache_dir),
+            command = [sys.executable, '-m', 'harness.bench.memory', class_spec(type(pipeline)), str(pipeline.cache_dir),
                        ','.join(map(str, sims)), str(rollout_steps), str(batch_size), str(seed), str(torch_threads),
                        str(result)]
             worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -173,8 +173,8 @@ def _reset_peak() -> bool:
 
 
 def _worker(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.memory', description=__doc__.splitlines()[0])
-    parser.add_argument('pipeline', choices=['legacy', 'phiml'])
+    parser = argparse.ArgumentParser(prog='python -m harness.bench.memory', description=__doc__.splitlines()[0])
+    parser.add_argument('pipeline', help="the pipeline class, MODULE:CLASS")
     parser.add_argument('cache_dir', type=Path)
     parser.add_argument('sims', help="comma-separated sim indices")
     parser.add_argument('rollout_steps', type=int)
@@ -186,20 +186,18 @@ def _worker(argv: Sequence[str]) -> int:
     import torch
     from harness.pipeline import drain
     from harness.plan import make_plan
-    from legacy import LegacyPipeline
-    from phiml_native import NativePipeline
-    from phiml_native.npz import clear_caches
+    from harness.pipeline import load_pipeline
     torch.set_num_threads(args.torch_threads)
-    cls = LegacyPipeline if args.pipeline == 'legacy' else NativePipeline
+    cls = load_pipeline(args.pipeline)
     sims = [int(s) for s in args.sims.split(',')]
     warm = cls(args.cache_dir, args.rollout_steps)  # code paths run once (see the module doc), then let go
     warm.open(sims[:WARM_SIMS])
     drain(warm.batches(make_plan(warm.window_keys()[:2 * WARM_SIMS], WARM_SIMS, seed=args.seed, epoch=0)))
     del warm
-    clear_caches()
+    cls.forget_read_caches()
     release_free_memory()
     pipeline = cls(args.cache_dir, args.rollout_steps)
-    cached = sum(pipeline.manager.get_cached_path(sim).stat().st_size for sim in sims)
+    cached = sum(pipeline.cache_file(sim).stat().st_size for sim in sims)
     baseline, file_baseline = _status_bytes('VmRSS'), _status_bytes('RssFile')
     method = 'VmHWM after clear_refs' if _reset_peak() else 'ru_maxrss'
     if method == 'ru_maxrss':
@@ -217,7 +215,7 @@ def _worker(argv: Sequence[str]) -> int:
     first = next(pipeline.batches(plan))
     batch_bytes = sum(t.native(t.shape.names).nbytes for value in first.values()
                       for t in (value.values() if isinstance(value, dict) else [value]))
-    args.result.write_text(json.dumps({'pipeline': args.pipeline, 'baseline_bytes': baseline, 'peak_bytes': peak,
+    args.result.write_text(json.dumps({'pipeline': cls.name, 'baseline_bytes': baseline, 'peak_bytes': peak,
                                        'loop_peak_bytes': loop_peak, 'cached_bytes': cached, 'batch_bytes': batch_bytes,
                                        'file_backed_bytes': _status_bytes('RssFile') - file_baseline, 'method': method}))
     return 0

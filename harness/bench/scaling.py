@@ -17,17 +17,15 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from legacy import LegacyPipeline
-from phiml_native import NativePipeline
-from .cache import write_cache
-from .config import ScenarioConfig, validate
-from .floor import BandwidthProbe, epoch_bytes, floor_seconds
-from .memory import measure_peaks
-from .pipeline import drain
-from .plan import make_plan
-from .simulate import simulate
-from .stages import time_cold_reads, write_npy
-from .timing import ratios
+from harness.cache.build import write_cache
+from harness.config import ScenarioConfig, validate
+from harness.bench.bandwidth import BandwidthProbe, epoch_bytes, floor_seconds
+from harness.bench.memory import measure_peaks
+from harness.pipeline import AbstractPipeline, drain
+from harness.plan import make_plan
+from harness.data.simulate import simulate
+from harness.bench.stages import time_cold_reads, write_npy
+from harness.bench.timing import ratios
 
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
@@ -59,7 +57,8 @@ def sized_config(config: ScenarioConfig, resolution: Sequence[int] | None = None
     return result, notes
 
 
-def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, *, repeats: int, warmup: int,
+def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+                  workdir: Path, probe: BandwidthProbe, *, repeats: int, warmup: int,
                   memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
     """Times one epoch of both pipelines at every size.
 
@@ -80,7 +79,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
         sized, notes = sized_config(config, resolution=resolution)
         simulation = simulate(sized)
         folder = workdir / label
-        entry = _entry(label, sized, simulation, sized.train_sims, folder, probe, repeats, warmup,
+        entry = _entry(label, (legacy_cls, native_cls), sized, simulation, sized.train_sims, folder, probe, repeats, warmup,
                        label in memory_at)
         result['resolution'].append({**entry, 'adjustments': notes})
         shutil.rmtree(folder, ignore_errors=True)
@@ -92,7 +91,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
     folder = workdir / 'sims'
     for factor in (1, *SIM_FACTORS):
         label = f'{factor}x sims'
-        entry = _entry(label, sized, simulation, list(range(base * factor)), folder, probe, repeats, warmup,
+        entry = _entry(label, (legacy_cls, native_cls), sized, simulation, list(range(base * factor)), folder, probe, repeats, warmup,
                        label in memory_at)
         result['sims'].append({**entry, 'adjustments': notes})
         if progress:
@@ -101,12 +100,12 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
     return result
 
 
-def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], folder: Path, probe: BandwidthProbe,
+def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipeline]], config: ScenarioConfig, simulation, sims: list[int], folder: Path, probe: BandwidthProbe,
            repeats: int, warmup: int, with_memory: bool) -> dict:
     rollout = config.data.rollout_steps
-    pipelines = {'legacy': LegacyPipeline(folder / 'legacy', rollout), 'native': NativePipeline(folder / 'phiml', rollout)}
+    pipelines = {'legacy': classes[0](folder / 'legacy', rollout), 'native': classes[1](folder / 'phiml', rollout)}
     for pipeline in pipelines.values():
-        missing = [s for s in sims if not pipeline.manager.get_cached_path(s).is_file()]
+        missing = [s for s in sims if not pipeline.cache_file(s).is_file()]
         write_cache(pipeline, simulation, missing)
         pipeline.open(sims)
     plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
@@ -142,7 +141,7 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         'legacy_s': legacy_s, 'native_s': native_s, 'speedup': legacy_s / native_s, 'floor_s': floor,
         'native_vs_floor': native_s / floor, 'legacy_vs_floor': legacy_s / floor,
         'bandwidth_bytes_per_s': bandwidth.bytes_per_s, 'epoch_bytes': moved,
-        'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
+        'cached_bytes': {name: sum(p.cache_file(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
         'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read,
         'per_repetition': {'speedup': ratios(times['legacy'], times['native']),

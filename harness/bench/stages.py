@@ -19,27 +19,25 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from legacy import LegacyPipeline
-from phiml_native import NativePipeline
-from phiml_native.npz import clear_caches
-from . import model
-from .cache import write_cache
-from .config import ScenarioConfig
-from .floor import BandwidthProbe, epoch_bytes, floor_seconds
-from .memory import release_free_memory
-from .pipeline import AbstractPipeline, Batch, drain
-from .plan import make_plan
-from .simulate import Simulation
-from .timing import STAGES, StageTiming, ratios
+from harness import model
+from harness.cache.build import write_cache
+from harness.config import ScenarioConfig
+from harness.bench.bandwidth import BandwidthProbe, epoch_bytes, floor_seconds
+from harness.bench.memory import release_free_memory
+from harness.pipeline import AbstractPipeline, Batch, drain
+from harness.plan import make_plan
+from harness.data.simulate import Simulation
+from harness.bench.timing import STAGES, StageTiming, ratios
 
 logger = logging.getLogger(__name__)
 
 
-def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, probe: BandwidthProbe, *,
+def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+                 simulation: Simulation, workdir: Path, probe: BandwidthProbe, *,
                  repeats: int, warmup: int, progress: Callable[[int], None] | None = None) -> dict[str, dict]:
     """Times every stage of both pipelines on the training sims of `simulation`.
 
@@ -57,7 +55,7 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
     """
     sims = config.train_sims
     rollout = config.data.rollout_steps
-    pipelines = {'legacy': LegacyPipeline(workdir / 'legacy', rollout), 'native': NativePipeline(workdir / 'phiml', rollout)}
+    pipelines = {'legacy': legacy_cls(workdir / 'legacy', rollout), 'native': native_cls(workdir / 'phiml', rollout)}
     for pipeline in pipelines.values():
         write_cache(pipeline, simulation, sims)
         pipeline.open(sims)
@@ -94,7 +92,7 @@ def bench_stages(config: ScenarioConfig, simulation: Simulation, workdir: Path, 
             progress(1)
 
     result = {stage: timing.to_dict() for stage, timing in timings.items()}
-    cache_bytes = {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims) for name, p in pipelines.items()}
+    cache_bytes = {name: sum(p.cache_file(s).stat().st_size for s in sims) for name, p in pipelines.items()}
     result['write'].update(bytes=cache_bytes, sims=len(sims))
     npy_s = statistics.median(npy_load)
     result['read'].update(bytes=cache_bytes, sims=len(sims), npy_load_s=npy_s, npy_bytes=sum(f.stat().st_size for f in npy_files),
@@ -138,7 +136,7 @@ def _field_tensors(value) -> list:
     return [value[name] for name in sorted(value)] if isinstance(value, dict) else [value]
 
 
-def write_npy(native: NativePipeline, sims, folder: Path) -> list[Path]:
+def write_npy(native: AbstractPipeline, sims, folder: Path) -> list[Path]:
     """Each sim's field arrays as plain `.npy` files, for the baseline of the cold read (`np.load` of each)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -167,7 +165,7 @@ def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: lis
     Returns:
         Seconds per timed repetition under `'legacy'`, `'native'` and `'npy'`, and whether every read got fresh memory.
     """
-    cold = ColdReads()
+    cold = ColdReads([type(p) for p in pipelines.values()])
     times = {name: [] for name in ('legacy', 'native', 'npy')}
     for rep in range(warmup + repeats):
         samples = {name: cold.npy_load(name, npy_files) if name == 'npy' else cold.open(name, pipelines[name], sims)
@@ -192,8 +190,9 @@ class ColdReads:
     the fresh pages a new process pays for; without that, whichever read reused warm memory won (`np.load`'s many small
     arrays did, a pipeline's one large array did not)."""
 
-    def __init__(self):
+    def __init__(self, pipeline_classes: Sequence[type[AbstractPipeline]] = ()):
         self._kept: dict[str, object] = {}
+        self._classes = list(pipeline_classes)
         self.fresh_memory = True  # False where the C library cannot hand memory back (then reads may reuse warm memory)
 
     def open(self, key: str, pipeline: AbstractPipeline, sims) -> float:
@@ -214,7 +213,8 @@ class ColdReads:
 
     def _prepare(self, key: str) -> None:
         self._kept.pop(key, None)
-        clear_caches()
+        for cls in self._classes:
+            cls.forget_read_caches()
         self.fresh_memory &= release_free_memory()
 
 

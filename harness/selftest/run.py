@@ -1,24 +1,17 @@
-"""`python -m harness.selftest SCENARIO`: inject each known migration bug into the native pipeline and show that the
-comparison catches and diagnoses it, and that the clean pipeline passes.
-
-Exit code: 0 when every bug is caught with the expected diagnosis and the clean pipeline passes, 1 otherwise, 2 for
-bad usage.
-"""
+"""The self-test: inject each known migration bug into the native pipeline being judged and show that the comparison
+catches and diagnoses it, and that the clean pipeline passes."""
 from __future__ import annotations
 
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .cli import OneLineParser, guarded, setup_logging
-from .config import ScenarioConfig, load_config
-from .diff import ToleranceMap
-from .identify import FrameIndex
-from .pipeline import WindowKey
+from harness.config import ScenarioConfig
+from harness.equivalence.diff import ToleranceMap
+from harness.equivalence.identify import FrameIndex
+from harness.pipeline import AbstractPipeline, WindowKey
 
-PROG = 'python -m harness.selftest'
 
 
 @dataclass
@@ -61,40 +54,40 @@ class SelftestResult:
         return '\n'.join(lines)
 
 
-def run_selftest(config: ScenarioConfig, simulation=None, legacy_dir: Path | None = None,
-                 native_dir: Path | None = None) -> SelftestResult:
+def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+                 simulation=None, legacy_dir: Path | None = None, native_dir: Path | None = None) -> SelftestResult:
     """Runs the comparison of one epoch for the clean native pipeline and every bug of `harness.bugs.CATALOGUE`.
 
     Args:
+        legacy_cls: The reference pipeline.
+        native_cls: The pipeline being judged; every bug wraps an instance of it.
         simulation: Reused if given, else simulated from `config`.
         legacy_dir, native_dir: Existing caches of `simulation` to reuse; written into a temporary folder if None.
     """
-    from legacy import LegacyPipeline
-    from phiml_native import NativePipeline
-    from .bugs import CATALOGUE
-    from .cache import write_cache
-    from .diagnose import diagnose_epoch
-    from .equivalence import compare_pipelines
-    from .plan import make_plan
-    from .simulate import simulate
-    from .verdict import coverage_check, equivalence_check, window_keys_check
+    from harness.selftest.bugs import CATALOGUE
+    from harness.cache.build import write_cache
+    from harness.equivalence.diagnose import diagnose_epoch
+    from harness.equivalence.batches import compare_pipelines
+    from harness.plan import make_plan
+    from harness.data.simulate import simulate
+    from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 
     simulation = simulation or simulate(config)
     r, cmp = config.data.rollout_steps, config.compare
     with tempfile.TemporaryDirectory(prefix='selftest-') as tmp:
         if legacy_dir is None or native_dir is None:
             legacy_dir, native_dir = Path(tmp) / 'legacy', Path(tmp) / 'phiml'
-            write_cache(LegacyPipeline(legacy_dir, r), simulation, config.train_sims)
-            write_cache(NativePipeline(native_dir, r), simulation, config.train_sims)
-        legacy = LegacyPipeline(legacy_dir, r)
+            write_cache(legacy_cls(legacy_dir, r), simulation, config.train_sims)
+            write_cache(native_cls(native_dir, r), simulation, config.train_sims)
+        legacy = legacy_cls(legacy_dir, r)
         legacy.open(config.train_sims)
         expected = [WindowKey(s, t0) for s in config.train_sims for t0 in range(config.windows_per_sim)]
         plan = make_plan(expected, config.data.batch_size, seed=config.seed, epoch=0)
         frames = FrameIndex(simulation, config.train_sims)
         tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
         rows = []
-        for bug, cls in [('none (clean native pipeline)', NativePipeline), *CATALOGUE.items()]:
-            native = cls(native_dir, r)
+        for bug, wrap in [('none (clean native pipeline)', None), *CATALOGUE.items()]:
+            native = native_cls(native_dir, r) if wrap is None else wrap(native_cls(native_dir, r))
             native.open(config.train_sims)
             equivalence = compare_pipelines(legacy, native, [plan], tolerances, frames)
             checks = [window_keys_check(expected, {native.name: native.window_keys()}),
@@ -102,31 +95,5 @@ def run_selftest(config: ScenarioConfig, simulation=None, legacy_dir: Path | Non
             failed = [c.name for c in checks if not c]
             diagnosis = diagnose_epoch(legacy, native, plan, frames, tolerances)
             rows.append(SelftestRow(bug, caught=bool(failed), check=', '.join(failed) or '-', diagnosis=diagnosis.summary,
-                                    kind=diagnosis.kind, expected_kind=getattr(cls, 'expected_kind', 'none')))
+                                    kind=diagnosis.kind, expected_kind=getattr(wrap, 'expected_kind', 'none')))
     return SelftestResult(rows)
-
-
-def make_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
-    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides")
-    parser.add_argument('--quick', action='store_true', help="a tiny scenario (seconds)")
-    parser.add_argument('-v', '--verbose', action='store_true')
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .compare import QUICK
-    args = make_parser().parse_intermixed_args(argv)
-    setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
-    result = run_selftest(config)
-    print(result.table())
-    bad = [r.bug for r in result.rows if not r.ok]
-    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs"
-          + (f"; wrong for: {', '.join(bad)}" if bad else ", all caught and diagnosed; clean pipeline passes"))
-    return 0 if result else 1
-
-
-if __name__ == '__main__':
-    sys.exit(guarded(main, PROG))

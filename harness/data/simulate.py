@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import ScenarioConfig
+from harness.config import ScenarioConfig
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,20 +38,18 @@ from typing import Sequence
 
 import torch
 
-from .atomic import atomic_path
-from .cli import OneLineParser, guarded, setup_logging
-from .config import ScenarioConfig, load_config
-from .errors import ConfigError
-from .floor import BandwidthProbe
-from .memory import measure_peaks
-from .provenance import provenance
-from .scaling import bench_scaling
-from .simulate import simulate
-from .stages import bench_stages
-from .timing import middle_half
+from harness.atomic import atomic_path
+from harness.config import ScenarioConfig, load_config
+from harness.pipeline import AbstractPipeline
+from harness.bench.bandwidth import BandwidthProbe
+from harness.bench.memory import measure_peaks
+from harness.provenance import provenance
+from harness.bench.scaling import bench_scaling
+from harness.data.simulate import simulate
+from harness.bench.stages import bench_stages
+from harness.bench.timing import middle_half
 
 logger = logging.getLogger(__name__)
-PROG = 'python -m harness.bench'
 MEMORY_AT = ('128x128', '4x sims')
 # timed repetitions per figure: at 128x128 both pipelines copy at the same memory-bound speed, and single repetitions
 # on a shared 2-core VM put native/legacy anywhere in 0.86-1.55 around a median of 1.14; a median of 9 holds steady
@@ -64,34 +61,8 @@ CONVERT_TARGET = 0.01  # conversion < 1 % of a train step
 MEMORY_TARGET = 1.3  # native epoch peak <= 1.3x the cached data (above the baseline)
 
 
-def make_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
-    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. data.n_sims=16")
-    parser.add_argument('--out', type=Path, help="output folder for bench.json (default: reports/<scenario>/)")
-    parser.add_argument('--repeats', type=int, default=REPEATS, help=f"timed repetitions per figure (median; default {REPEATS})")
-    parser.add_argument('--warmup', type=int, default=1, help="untimed repetitions first (default 1)")
-    parser.add_argument('--skip', action='append', default=[], choices=['scaling', 'memory'],
-                        help="leave out a part (repeatable)")
-    parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_intermixed_args(argv)
-    setup_logging(args.verbose)
-    if args.repeats < 1 or args.warmup < 0:
-        raise ConfigError(f"`--repeats` (={args.repeats}) must be >= 1 and `--warmup` (={args.warmup}) >= 0")
-    config = load_config(args.scenario, args.overrides)
-    out = args.out or Path('reports') / config.name
-    result = run_bench(config, out, repeats=args.repeats, warmup=args.warmup, scaling='scaling' not in args.skip,
-                       memory='memory' not in args.skip, argv=[args.scenario, *args.overrides])
-    print(format_table(result))
-    print(f"bench.json: {(out / 'bench.json').resolve()}")
-    return 0
-
-
-def run_bench(config: ScenarioConfig, out: Path | None = None, *, repeats: int = REPEATS, warmup: int = 1,
+def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+              out: Path | None = None, *, repeats: int = REPEATS, warmup: int = 1,
               scaling: bool = True, memory: bool = True, argv: list[str] | None = None) -> dict:
     """Benchmarks both pipelines on `config`; writes `out/bench.json` when `out` is given. Keys: see the module doc.
 
@@ -118,18 +89,16 @@ def run_bench(config: ScenarioConfig, out: Path | None = None, *, repeats: int =
             'scenario': config.name,
             'machine': _machine(config, argv),
             'method': _method(repeats, warmup),
-            'stages': bench_stages(config, simulation, workdir / 'stages', probe, repeats=repeats, warmup=warmup),
+            'stages': bench_stages(config, legacy_cls, native_cls, simulation, workdir / 'stages', probe, repeats=repeats, warmup=warmup),
         }
         if memory:
-            from legacy import LegacyPipeline
-            from phiml_native import NativePipeline
             rollout = config.data.rollout_steps
-            caches = {'legacy': LegacyPipeline(workdir / 'stages' / 'legacy', rollout),
-                      'native': NativePipeline(workdir / 'stages' / 'phiml', rollout)}
+            caches = {'legacy': legacy_cls(workdir / 'stages' / 'legacy', rollout),
+                      'native': native_cls(workdir / 'stages' / 'phiml', rollout)}
             result['memory'] = measure_peaks(caches, config.train_sims, rollout, config.data.batch_size,
                                              seed=config.seed, torch_threads=config.trainer.torch_threads)
         if scaling:
-            result['scaling'] = bench_scaling(config, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
+            result['scaling'] = bench_scaling(config, legacy_cls, native_cls, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
                                               memory_at=MEMORY_AT if memory else ())
         result['bandwidth'] = probe.bandwidth(since=warm).to_dict()
     finally:
@@ -242,13 +211,8 @@ def _baseline(stage: str, figures: dict) -> str:
 
 def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
     info = provenance(config, argv)
-    from phiml_native import gather
-    machine = {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
-                                          'git_commit', 'date', 'argv')}
-    # whether large native batches were streamed (phiml_native._stream built) or taken with np.take
-    machine['streaming_gather'] = {'on': gather.STREAMING, 'compiled': gather._gather_runs is not None,
-                                   'min_batch_bytes': gather.STREAM_MIN_BYTES}
-    return machine
+    return {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
+                                       'git_commit', 'date', 'argv')}
 
 
 def _method(repeats: int, warmup: int) -> dict:
@@ -273,6 +237,3 @@ def _method(repeats: int, warmup: int) -> dict:
         'convert': 'to_phiml of each batch plus the native() view math.native_call hands the network',
     }
 
-
-if __name__ == '__main__':
-    sys.exit(guarded(main, PROG))

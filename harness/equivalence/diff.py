@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from phiml.math import Tensor
 
-from .config import TIERS
+from harness.config import TIERS
 
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable, Sequence
 
-from .diff import TensorDiff, Tolerance, ToleranceMap, compare_batches
-from .identify import FrameIndex
-from .pipeline import AbstractPipeline, BatchPlan, WindowKey
+from harness.equivalence.diff import TensorDiff, Tolerance, ToleranceMap, compare_batches
+from harness.equivalence.identify import FrameIndex
+from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey
 
 MAX_REPORTED = 20
 
@@ -162,7 +162,7 @@ def _record(result: EquivalenceResult, epoch: int, index: int, keys: list, diffs
 
 
 def _keep_worst(result: EquivalenceResult, diffs: list[TensorDiff], legacy: dict, native: dict) -> None:
-    from .diff import flatten_batch
+    from harness.equivalence.diff import flatten_batch
     for d in diffs:
         if d or d.structure_errors or not d.n_elements:
             continue

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import ScenarioConfig
-from .pipeline import AbstractPipeline
+from harness.config import ScenarioConfig
+from harness.pipeline import AbstractPipeline
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""`python -m harness.compare SCENARIO [key=value ...]`: run both pipelines on the same simulations and seeds,
+diff every batch, time every stage, train the same model with both, and write the report that decides the default.
+
+Exit code: 0 when the verdict is go, 1 when no-go, 2 for bad usage or a bad config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.registry import default_pipelines
+from harness.config import QUICK, load_config
+from harness.run import run_compare
+
+PROG = 'python -m harness.compare'
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
+    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
+    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
+    parser.add_argument('--cache-dir', type=Path, help="reuse the caches in this folder (default: <out>/cache, rebuilt "
+                        "as needed); they are verified against their manifests and a bad file is an error")
+    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir")
+    parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
+    parser.add_argument('--no-progress', action='store_true', help="no progress bars")
+    parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the comparison; returns the verdict's exit code, or 2 with one line on stderr for bad usage."""
+    return guarded(_main, PROG, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = make_parser().parse_intermixed_args(argv)
+    setup_logging(args.verbose)
+    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    out = args.out or Path('reports') / config.name
+    overrides = [*(['--quick'] if args.quick else []), *args.overrides]
+    legacy_cls, native_cls = default_pipelines()
+    summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls, native_cls=native_cls,
+                          progress=not args.no_progress, overrides=overrides, repair=args.repair)
+    print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
+          f"checks passed) in {summary['durations']['total_s']:.1f} s")
+    for check in summary['checks']:
+        if not check['passed']:
+            print(f"  FAILED {check['name']}: {check['detail']}")
+    print(f"report: {(out / 'index.html').resolve()}")
+    return 0 if summary['verdict'] == 'go' else 1

@@ -1,0 +1,45 @@
+"""`python -m harness.migrate LEGACY_DIR NPZ_DIR`: convert a legacy `.pt` cache into the native `.npz` cache without
+re-simulating (see `harness.cache.migrate`).
+
+Exit code: 0 after a migration, 2 with one line on stderr for bad input.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from harness.cache.migrate import migrate_cache
+from harness.cli.common import OneLineParser, guarded, setup_logging
+
+PROG = 'python -m harness.migrate'
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG,
+                           description="Convert a legacy .pt cache into the native .npz cache without re-simulating; "
+                                       "every file is verified bitwise against its source, LEGACY_DIR is only read, "
+                                       "and a rerun resumes.")
+    parser.add_argument('legacy_dir', type=Path, metavar='LEGACY_DIR', help="folder of sim_XXXXXX.pt files")
+    parser.add_argument('npz_dir', type=Path, metavar='NPZ_DIR', help="folder for sim_XXXXXX.npz files and manifest.json")
+    parser.add_argument('--no-progress', action='store_true', help="no progress bar")
+    parser.add_argument('-v', '--verbose', action='store_true', help="log what is done")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the migration; returns 0, or 2 with one line on stderr for bad input."""
+    return guarded(_main, PROG, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as done:  # usage error (one line already on stderr) or --help
+        return int(done.code or 0)
+    setup_logging(args.verbose)
+    from tqdm import tqdm
+    with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
+        report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update)
+    print(report.summary())
+    return 0

@@ -1,0 +1,42 @@
+"""`python -m harness.selftest SCENARIO`: inject each known migration bug into the native pipeline and show that the
+comparison catches and diagnoses it, and that the clean pipeline passes.
+
+Exit code: 0 when every bug is caught with the expected diagnosis and the clean pipeline passes, 1 otherwise, 2 for
+bad usage.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.registry import default_pipelines
+from harness.config import QUICK, load_config
+from harness.selftest.run import run_selftest
+
+PROG = 'python -m harness.selftest'
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
+    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides")
+    parser.add_argument('--quick', action='store_true', help="a tiny scenario (seconds)")
+    parser.add_argument('-v', '--verbose', action='store_true')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the self-test; 0 when it passes, 1 when not, 2 with one line on stderr for bad usage."""
+    return guarded(_main, PROG, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = make_parser().parse_intermixed_args(argv)
+    setup_logging(args.verbose)
+    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    result = run_selftest(config, *default_pipelines())
+    print(result.table())
+    bad = [r.bug for r in result.rows if not r.ok]
+    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs"
+          + (f"; wrong for: {', '.join(bad)}" if bad else ", all caught and diagnosed; clean pipeline passes"))
+    return 0 if result else 1

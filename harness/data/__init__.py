@@ -1,0 +1,1 @@
+"""What the harness judges: the simulated scenarios (`simulate`) and the health scan of their frames (`health`)."""

@@ -1,0 +1,1 @@
+"""The verdict (`verdict`) and the HTML / PNG report (`html`, `templates/`)."""
