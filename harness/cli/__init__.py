@@ -7,16 +7,23 @@ during the imports too, is one line and exit code 130.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 INTERRUPTED = 130
 
 
 def launch(command: str) -> int:
-    """Imports `harness.cli.<command>` and runs its `main()`; returns the exit code."""
-    prog = f"python -m harness.{command}"
+    """Imports `harness.cli.<command>` and runs its `main()`; returns the exit code (130 after Ctrl-C)."""
     try:
-        return importlib.import_module(f'harness.cli.{command}').main()
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        code = importlib.import_module(f'harness.cli.{command}').main()
+    except KeyboardInterrupt:  # during the imports: once the command runs, its own guard answers Ctrl-C
+        print(f"python -m harness.{command}: interrupted", file=sys.stderr)
+        code = INTERRUPTED
+    if code == INTERRUPTED:
+        # not a normal exit: after an interrupt inside Python code run by an extension (torch's import, a traced
+        # function) the interpreter kills itself with SIGINT at exit, whatever exit code was asked for
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    return code

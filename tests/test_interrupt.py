@@ -1,0 +1,30 @@
+"""Ctrl-C at any moment of a command, its imports included, is one line on stderr and exit code 130."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _argv(command: str, tmp_path) -> list[str]:
+    if command == 'migrate':
+        return [str(tmp_path / 'in'), str(tmp_path / 'out')]
+    if command == 'compare':
+        return ['burgers', '--quick', '--no-progress', '--out', str(tmp_path / 'out')]
+    return ['burgers', '--quick'] if command == 'selftest' else ['burgers']
+
+
+@pytest.mark.parametrize('command, delay_s', [(c, d) for c in ('compare', 'selftest', 'bench', 'migrate') for d in (0.3, 1.0)]
+                         + [('compare', 4.0)])  # 0.3 s and 1.0 s: importing torch and PhiML; 4 s: simulating
+def test_ctrl_c_is_one_line_and_exit_130(command, delay_s, tmp_path):
+    proc = subprocess.Popen([sys.executable, '-m', f'harness.{command}', *_argv(command, tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, f"python -m harness.{command}: interrupted\n")
