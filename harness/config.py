@@ -6,6 +6,7 @@ wrong types are refused by OmegaConf; the ranges OmegaConf cannot know are check
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -94,7 +95,7 @@ class CompareConfig:
 @dataclass(frozen=True)
 class HealthConfig:
     """What the data health scan (`harness.health`) lets through before training."""
-    max_abs_value: float = 100.0     # any |value| above this is a finding
+    max_abs_value: float = field(default=100.0, metadata={'inf_allowed': True})  # |value| above it is a finding; .inf: no bound
     allow_nonfinite: bool = False    # NaN / Inf frames
     allow_constant: bool = False     # frames with the same value in every cell
     allow_repeated: bool = False     # frames equal to the one before
@@ -199,6 +200,7 @@ def validate(config: ScenarioConfig) -> None:
     Raises:
         ConfigError: naming the parameter, its value and what was expected.
     """
+    _finite(config)
     sim, data = config.sim, config.data
     if config.physics not in PHYSICS:
         raise ConfigError(f"`physics` (={config.physics!r}) must be one of {list(PHYSICS)}")
@@ -252,6 +254,24 @@ def validate(config: ScenarioConfig) -> None:
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
     _positive(config.health.max_abs_value, 'health.max_abs_value')
+
+
+def _finite(node, prefix: str = '') -> None:
+    """Refuses NaN and ±inf in every float of the config, nested sections and `compare.fields` entries included.
+
+    A field whose metadata says `inf_allowed` may be +inf (e.g. `health.max_abs_value`: no bound).
+    """
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _finite(value, f"{key}.")
+        elif isinstance(value, dict):
+            for name, entry in value.items():
+                if dataclasses.is_dataclass(entry):
+                    _finite(entry, f"{key}.{name}.")
+        elif isinstance(value, float) and not math.isfinite(value) \
+                and not (value == math.inf and f.metadata.get('inf_allowed')):
+            raise ConfigError(f"`{key}` (={value}) must be a finite number")
 
 
 def _positive(value: float, name: str) -> None:

@@ -209,3 +209,21 @@ def test_report_to_dict_is_json(built, tiny_config, tmp_path):
     assert values['passed'] is False
     assert values['problems'] == [{'sim': 1, 'name': 'sim_000001.npz', 'kind': 'missing',
                                    'detail': values['problems'][0]['detail']}]
+
+
+@pytest.mark.parametrize('legacy_keys', [True, False], ids=['loadable', 'free-form-metadata'])
+def test_summary_counts_files_not_problems(tiny_config, tmp_path, legacy_keys):
+    """A team's 4 files of 27 frames at 48x32: each is unrecorded and (when it loads) of the wrong shape, one file."""
+    from user_data import tree_state, write_team_pt
+    folder = tmp_path / 'legacy'
+    for sim in tiny_config.all_sims:
+        write_team_pt(folder, sim, legacy_keys=legacy_keys)
+    before = tree_state(folder)
+    report = verify_cache(folder, 'legacy', tiny_config)
+    kinds = {p.name: p.kind for p in report.problems}
+    assert report.bad_sims == [0, 1, 2, 3] and len(kinds) == 4
+    if legacy_keys:
+        assert [p.kind for p in report.problems if p.sim == 0] == ['unrecorded', 'wrong-shape']
+        assert len(report.problems) == 8
+    assert report.summary().startswith(f"{folder}: 4 of 4 legacy cache files are bad: sim_000000.pt: ")
+    assert tree_state(folder) == before

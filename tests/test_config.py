@@ -48,3 +48,29 @@ def test_bad_values_named(override, words):
 def test_unknown_scenario():
     with pytest.raises(ConfigError, match="unknown scenario 'nope'.*burgers"):
         load_config('nope')
+
+
+@pytest.mark.parametrize('override, key, value', [
+    ('sim.dt=inf', 'sim.dt', 'inf'),
+    ('sim.viscosity=nan', 'sim.viscosity', 'nan'),
+    ('sim.domain_size=.inf', 'sim.domain_size', 'inf'),
+    ('sim.noise_scale=inf', 'sim.noise_scale', 'inf'),
+    ('trainer.learning_rate=inf', 'trainer.learning_rate', 'inf'),
+    ('compare.rtol=nan', 'compare.rtol', 'nan'),
+    ('compare.atol=inf', 'compare.atol', 'inf'),
+    ('compare.loss_rtol=inf', 'compare.loss_rtol', 'inf'),
+    ('compare.min_speedup=nan', 'compare.min_speedup', 'nan'),
+    ('compare.min_speedup=-inf', 'compare.min_speedup', '-inf'),
+    ('compare.fields.velocity.atol=nan', 'compare.fields.velocity.atol', 'nan'),
+    ('compare.fields.velocity.rtol=inf', 'compare.fields.velocity.rtol', 'inf'),
+    ('health.max_abs_value=nan', 'health.max_abs_value', 'nan'),
+])
+def test_non_finite_floats_refused(override, key, value):
+    with pytest.raises(ConfigError) as info:
+        load_config('burgers', [override])
+    assert str(info.value) == f"`{key}` (={value}) must be a finite number"
+
+
+def test_infinite_health_bound_disables_it():
+    """The one documented infinity: `health.max_abs_value: .inf` means no bound (NaN and -inf are still refused)."""
+    assert load_config('burgers', ['health.max_abs_value=.inf']).health.max_abs_value == float('inf')

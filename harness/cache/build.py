@@ -83,16 +83,22 @@ class CacheReport:
     def bad_sims(self) -> list[int]:
         return sorted({p.sim for p in self.problems})
 
+    @property
+    def bad_files(self) -> list[str]:
+        """Names of the files with at least one problem, each once."""
+        return sorted({p.name for p in self.problems})
+
     def summary(self) -> str:
         """One line: the verdict and the first few bad files."""
         if self.folder_problem:
             return self.folder_problem
         if self.passed:
             return f"{self.folder}: all {len(self.sims)} {self.pipeline} cache files verify against {MANIFEST_NAME}"
+        # one file may have several problems (unrecorded and of the wrong shape): the count is of files
         shown = '; '.join(str(p) for p in self.problems[:4])
-        more = f"; and {len(self.problems) - 4} more" if len(self.problems) > 4 else ''
+        more = f"; and {len(self.problems) - 4} more problems" if len(self.problems) > 4 else ''
         manifest = f" [{self.manifest_problem}]" if self.manifest_problem else ''
-        return (f"{self.folder}: {len(self.problems)} of {len(self.sims)} {self.pipeline} cache files are bad: "
+        return (f"{self.folder}: {len(self.bad_files)} of {len(self.sims)} {self.pipeline} cache files are bad: "
                 f"{shown}{more}{manifest}")
 
     def describe(self) -> str:
