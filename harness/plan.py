@@ -27,3 +27,14 @@ def make_plan(keys: Sequence[WindowKey], batch_size: int, *, seed: int, epoch: i
 
 def make_plans(keys: Sequence[WindowKey], batch_size: int, *, seed: int, epochs: int) -> list[BatchPlan]:
     return [make_plan(keys, batch_size, seed=seed, epoch=e) for e in range(epochs)]
+
+
+def window_keys(sims: Sequence[int], windows_per_sim: int) -> list[WindowKey]:
+    """Every window of `sims` in canonical order: `(sim, t0)` for `t0` in `range(windows_per_sim)`."""
+    return [WindowKey(sim, t0) for sim in sims for t0 in range(windows_per_sim)]
+
+
+def sequential_plan(keys: Sequence[WindowKey], batch_size: int, *, seed: int, epoch: int = -1) -> BatchPlan:
+    """`keys` in their order, cut into batches (no shuffle): the plan of a validation pass."""
+    keys = list(keys)
+    return BatchPlan(seed, epoch, tuple(tuple(keys[i:i + batch_size]) for i in range(0, len(keys), batch_size)))

@@ -2,6 +2,8 @@
 same model with both, and write the report that decides the default."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import random
 import sys
@@ -14,25 +16,24 @@ import torch
 from tqdm import tqdm
 
 from harness import model
+from harness.bench.timing import time_stages
 from harness.cache.build import build_cache, verify_cache
 from harness.config import ScenarioConfig
-from harness.equivalence.diff import ToleranceMap
-from harness.equivalence.batches import compare_pipelines
-from harness.errors import CacheError, HarnessError
 from harness.data.health import scan_simulation
-from harness.equivalence.identify import FrameIndex
+from harness.data.simulate import simulate
+from harness.equivalence.batches import compare_pipelines
 from harness.equivalence.diagnose import diagnose_epoch
-from harness.equivalence.training import ensemble, train_both
-from harness.selftest.run import run_selftest
+from harness.equivalence.expected import Expected
 from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
-from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey
-from harness.plan import make_plans
+from harness.equivalence.training import ensemble, train_both
+from harness.errors import CacheError, HarnessError
+from harness.pipeline import AbstractPipeline
+from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
 from harness.report.html import plot_worst_frame, write_report
-from harness.data.simulate import simulate
-from harness.bench.timing import time_stages
-from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check, training_check,
-                      verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check,
+                                    speed_check, training_check, verdict, window_keys_check)
+from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
                 overrides: Sequence[str] = (), repair: bool = False) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
+    The data flows top to bottom: scenario -> simulation -> both caches -> plans -> batches (diff, coverage,
+    diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
+
     Args:
         cache_dir: A cache folder to reuse (verified; bad files are an error unless `repair`). Default: `out/cache`,
             which is completed or repaired as needed.
@@ -68,114 +72,107 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     strict_cache = cache_dir is not None and not repair
     cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
     _seed_everything(config)
-    durations = {}
-    start = time.perf_counter()
     r, cmp = config.data.rollout_steps, config.compare
+    durations = _Durations()
+    bar = functools.partial(tqdm, disable=not progress, leave=False, file=sys.stderr)
 
-    def bar(total, desc):
-        return tqdm(total=total, desc=desc, disable=not progress, leave=False, file=sys.stderr)
-
-    with bar(config.sim.n_steps, 'simulate') as b:
+    with durations('simulate_s'), bar(total=config.sim.n_steps, desc='simulate') as b:
         simulation = simulate(config, b.update)
-    durations['simulate_s'] = time.perf_counter() - start
     health = scan_simulation(simulation, config.health)
 
     legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
-    t = time.perf_counter()
-    with bar(2 * len(config.all_sims), 'write caches') as b:
+    with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
         caches = {p.name: _prepare_cache(p, config, simulation, strict_cache, b.update) for p in (legacy, native)}
-    durations['write_s'] = time.perf_counter() - t
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
 
-    expected_keys = [WindowKey(s, t0) for s in config.train_sims for t0 in range(config.windows_per_sim)]
-    plans = make_plans(expected_keys, config.data.batch_size, seed=config.seed, epochs=config.trainer.epochs)
-    t = time.perf_counter()
-    with bar(sum(len(p) for p in plans), 'load + compare batches') as b:
-        tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
-        frames = FrameIndex(simulation, config.train_sims)
-        equivalence = compare_pipelines(legacy, native, plans, tolerances, frames, b.update)
-    diagnosis = None
-    if not equivalence:
-        failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
-        diagnosis = diagnose_epoch(legacy, native, plans[failing], frames, tolerances)
-    shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
-    durations['compare_s'] = time.perf_counter() - t
+    expected = Expected.of(config, simulation)
+    with durations('compare_s'):
+        with bar(total=sum(len(p) for p in expected.plans), desc='load + compare batches') as b:
+            equivalence = compare_pipelines(legacy, native, expected.plans, expected.tolerances, expected.frames,
+                                            b.update)
+        diagnosis = None
+        if not equivalence:
+            failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
+            diagnosis = diagnose_epoch(legacy, native, expected.plans[failing], expected.frames, expected.tolerances)
+        shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
 
-    network = model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=config.seed)
-    t = time.perf_counter()
-    with bar(cmp.timing_warmup + cmp.timing_repeats, 'time stages') as b:
-        timings = time_stages(legacy, native, simulation, plans[0], config.train_sims, network,
+    def network(seed: int = config.seed):
+        return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
+
+    with durations('timing_s'), bar(total=cmp.timing_warmup + cmp.timing_repeats, desc='time stages') as b:
+        timings = time_stages(legacy, native, simulation, expected.plans[0], config.train_sims, network(),
                               config.trainer.learning_rate, cache_dir / 'timing', repeats=cmp.timing_repeats,
                               warmup=cmp.timing_warmup, progress=b.update)
-    durations['timing_s'] = time.perf_counter() - t
 
-    val = None
-    if config.val_sims:
-        val_legacy, val_native = legacy_cls(legacy.cache_dir, r), native_cls(native.cache_dir, r)
-        val_legacy.open(config.val_sims)
-        val_native.open(config.val_sims)
-        val_keys = [WindowKey(s, t0) for s in config.val_sims for t0 in range(config.windows_per_sim)]
-        b_size = config.data.batch_size
-        val_plan = BatchPlan(config.seed, -1, tuple(tuple(val_keys[i:i + b_size]) for i in range(0, len(val_keys), b_size)))
-        val = (val_legacy, val_native, val_plan)
-    t = time.perf_counter()
-    with bar(2 * sum(len(p) for p in plans), 'train') as b:
-        training = train_both(legacy, native, plans, network, config.trainer.learning_rate, val,
-                              loss_rtol=cmp.loss_rtol, progress=b.update)
-    if cmp.parity_seeds > 1:
-        seeds = [config.seed + 1000 * k for k in range(1, cmp.parity_seeds)]
-        with bar(2 * len(seeds) * sum(len(p) for p in plans), f'train {len(seeds)} more seeds') as b:
-            spread = ensemble(legacy, native, expected_keys,
-                              lambda s: model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=s),
-                              lambda s: make_plans(expected_keys, config.data.batch_size, seed=s, epochs=config.trainer.epochs),
-                              config.trainer.learning_rate, [config.seed] + seeds, progress=b.update)
-    durations['train_s'] = time.perf_counter() - t
+    with durations('train_s'):
+        with bar(total=2 * sum(len(p) for p in expected.plans), desc='train') as b:
+            training = train_both(legacy, native, expected.plans, network(), config.trainer.learning_rate,
+                                  _validation(config, legacy_cls, native_cls, legacy.cache_dir, native.cache_dir),
+                                  loss_rtol=cmp.loss_rtol, progress=b.update)
+        spread = None
+        if cmp.parity_seeds > 1:
+            seeds = [config.seed + 1000 * k for k in range(cmp.parity_seeds)]
+            with bar(total=2 * len(seeds) * sum(len(p) for p in expected.plans), desc=f'train {len(seeds)} seeds') as b:
+                spread = ensemble(legacy, native, expected.keys, network,
+                                  lambda s: make_plans(expected.keys, config.data.batch_size, seed=s,
+                                                       epochs=config.trainer.epochs),
+                                  config.trainer.learning_rate, seeds, progress=b.update)
+
     selftest = None
     if cmp.selftest:
-        t = time.perf_counter()
-        selftest = run_selftest(config, legacy_cls, native_cls, simulation, legacy.cache_dir, native.cache_dir)
-        durations['selftest_s'] = time.perf_counter() - t
+        with durations('selftest_s'):
+            selftest = run_selftest(config, legacy_cls, native_cls, simulation, legacy.cache_dir, native.cache_dir,
+                                    expected=expected)
 
     checks = [
         Check('data health', health.passed, health.detail if health.passed else
               health.detail + "; fix the simulation or allow these findings in the config's `health` section"),
-        window_keys_check(expected_keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
+        window_keys_check(expected.keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
         equivalence_check(equivalence, config),
         coverage_check(equivalence),
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
         shuffle_check(shuffle_rows),
+        *([selftest_check(selftest)] if selftest is not None else []),
     ]
-    if selftest is not None:
-        checks.append(selftest_check(selftest))
-    durations['total_s'] = time.perf_counter() - start
+    durations['total_s'] = durations.elapsed()
     summary = {
         'scenario': config.name,
         'verdict': verdict(checks),
         'checks': [c.to_dict() for c in checks],
         'equivalence': {
-            'batches_compared': equivalence.batches_compared, 'elements_compared': equivalence.elements_compared,
-            'max_abs_diff': equivalence.max_abs_diff, 'max_rel_diff': equivalence.max_rel_diff,
-            'identical': equivalence.identical, 'failed_batches': equivalence.failed_batches,
-            'tolerance': tolerances.describe(),
-            'batch_count_errors': equivalence.batch_count_errors,
-            'failures': [f.describe() for f in equivalence.failures],
-            'per_tensor': equivalence.per_tensor,
+            **equivalence.to_dict(),
+            'tolerance': expected.tolerances.describe(),
             'diagnosis': diagnosis.to_dict() if diagnosis else None,
             'own_shuffling': rows_to_dicts(shuffle_rows),
             'selftest': selftest.to_dicts() if selftest else None,
-            'coverage': [{'pipeline': c.pipeline, 'epoch': c.epoch, 'expected': c.expected, 'delivered': c.delivered,
-                          'passed': c.passed, 'detail': c.describe()} for c in equivalence.coverage],
         },
         'health': health.to_dict(),
         'caches': caches,
-        'training': {**training.to_dict(), 'ensemble': spread.to_dict() if cmp.parity_seeds > 1 else None},
+        'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
         'provenance': {**provenance(config), 'overrides': list(overrides)},
-        'durations': durations,
+        'durations': dict(durations),
     }
+    _write_report(out, summary, equivalence)
+    return summary
+
+
+def _validation(config: ScenarioConfig, legacy_cls, native_cls, legacy_dir: Path, native_dir: Path):
+    """Both pipelines opened on the validation sims and the plan of a validation pass; None without validation sims."""
+    if not config.val_sims:
+        return None
+    r = config.data.rollout_steps
+    val_legacy, val_native = legacy_cls(legacy_dir, r), native_cls(native_dir, r)
+    val_legacy.open(config.val_sims)
+    val_native.open(config.val_sims)
+    keys = window_keys(config.val_sims, config.windows_per_sim)
+    return val_legacy, val_native, sequential_plan(keys, config.data.batch_size, seed=config.seed)
+
+
+def _write_report(out: Path, summary: dict, equivalence) -> None:
     worst_frame = None
     if equivalence.worst is not None:
         plot_worst_frame(*equivalence.worst, out / 'worst_frame.png')
@@ -184,7 +181,25 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         (out / 'worst_frame.png').unlink()  # from an earlier, failing run
     write_report(out, summary, worst_frame=worst_frame)
     logger.info("report written to %s", out)
-    return summary
+
+
+class _Durations(dict):
+    """Seconds per step of a run: `with durations('train_s'): ...`."""
+
+    def __init__(self):
+        super().__init__()
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @contextlib.contextmanager
+    def __call__(self, key: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[key] = time.perf_counter() - started
 
 
 def _prepare_cache(pipeline, config: ScenarioConfig, simulation, strict: bool, progress) -> dict:

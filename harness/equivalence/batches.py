@@ -45,6 +45,10 @@ class CoverageResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def to_dict(self) -> dict:
+        return {'pipeline': self.pipeline, 'epoch': self.epoch, 'expected': self.expected, 'delivered': self.delivered,
+                'passed': self.passed, 'detail': self.describe()}
+
     def describe(self) -> str:
         if self.passed:
             return f"{self.pipeline} epoch {self.epoch}: all {self.expected} windows exactly once"
@@ -85,6 +89,14 @@ class EquivalenceResult:
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def to_dict(self) -> dict:
+        """Everything but the worst tensors (plotted, not serialised)."""
+        return {'batches_compared': self.batches_compared, 'elements_compared': self.elements_compared,
+                'max_abs_diff': self.max_abs_diff, 'max_rel_diff': self.max_rel_diff, 'identical': self.identical,
+                'failed_batches': self.failed_batches, 'batch_count_errors': self.batch_count_errors,
+                'failures': [f.describe() for f in self.failures], 'per_tensor': self.per_tensor,
+                'coverage': [c.to_dict() for c in self.coverage]}
 
     def describe(self) -> str:
         if self.passed:

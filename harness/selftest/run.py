@@ -7,10 +7,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from harness.cache.build import write_cache
 from harness.config import ScenarioConfig
-from harness.equivalence.diff import ToleranceMap
-from harness.equivalence.identify import FrameIndex
-from harness.pipeline import AbstractPipeline, WindowKey
+from harness.data.simulate import simulate
+from harness.equivalence.batches import compare_pipelines
+from harness.equivalence.diagnose import diagnose_epoch
+from harness.equivalence.expected import Expected
+from harness.pipeline import AbstractPipeline
+from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
+from harness.selftest.bugs import CATALOGUE
 
 
 
@@ -55,25 +60,20 @@ class SelftestResult:
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
-                 simulation=None, legacy_dir: Path | None = None, native_dir: Path | None = None) -> SelftestResult:
-    """Runs the comparison of one epoch for the clean native pipeline and every bug of `harness.bugs.CATALOGUE`.
+                 simulation=None, legacy_dir: Path | None = None, native_dir: Path | None = None, *,
+                 expected: Expected | None = None) -> SelftestResult:
+    """Runs the comparison of one epoch for the clean native pipeline and every bug of `harness.selftest.bugs.CATALOGUE`.
 
     Args:
         legacy_cls: The reference pipeline.
         native_cls: The pipeline being judged; every bug wraps an instance of it.
         simulation: Reused if given, else simulated from `config`.
         legacy_dir, native_dir: Existing caches of `simulation` to reuse; written into a temporary folder if None.
+        expected: The run's windows, plans, frames and tolerances (built from `config` and `simulation` if None);
+            the self-test judges the first epoch.
     """
-    from harness.selftest.bugs import CATALOGUE
-    from harness.cache.build import write_cache
-    from harness.equivalence.diagnose import diagnose_epoch
-    from harness.equivalence.batches import compare_pipelines
-    from harness.plan import make_plan
-    from harness.data.simulate import simulate
-    from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
-
     simulation = simulation or simulate(config)
-    r, cmp = config.data.rollout_steps, config.compare
+    r = config.data.rollout_steps
     with tempfile.TemporaryDirectory(prefix='selftest-') as tmp:
         if legacy_dir is None or native_dir is None:
             legacy_dir, native_dir = Path(tmp) / 'legacy', Path(tmp) / 'phiml'
@@ -81,16 +81,14 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
             write_cache(native_cls(native_dir, r), simulation, config.train_sims)
         legacy = legacy_cls(legacy_dir, r)
         legacy.open(config.train_sims)
-        expected = [WindowKey(s, t0) for s in config.train_sims for t0 in range(config.windows_per_sim)]
-        plan = make_plan(expected, config.data.batch_size, seed=config.seed, epoch=0)
-        frames = FrameIndex(simulation, config.train_sims)
-        tolerances = ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields))
+        expected = expected or Expected.of(config, simulation)
+        plan, frames, tolerances = expected.plans[0], expected.frames, expected.tolerances
         rows = []
         for bug, wrap in [('none (clean native pipeline)', None), *CATALOGUE.items()]:
             native = native_cls(native_dir, r) if wrap is None else wrap(native_cls(native_dir, r))
             native.open(config.train_sims)
             equivalence = compare_pipelines(legacy, native, [plan], tolerances, frames)
-            checks = [window_keys_check(expected, {native.name: native.window_keys()}),
+            checks = [window_keys_check(expected.keys, {native.name: native.window_keys()}),
                       equivalence_check(equivalence, config), coverage_check(equivalence)]
             failed = [c.name for c in checks if not c]
             diagnosis = diagnose_epoch(legacy, native, plan, frames, tolerances)
