@@ -122,13 +122,14 @@ def test_repair_rewrites_only_bad_files_bitwise(built, tiny_config, tiny_sim, tm
     kind = KINDS[name]
     (folder / kind.file_name(0)).unlink()
     _truncate(folder / kind.file_name(2))
-    (folder / '.sim_000003{0}.abc.tmp{0}'.format(kind.suffix)).write_bytes(b'left over by a killed write')
+    leftover = f'.sim_000003{kind.suffix}.0a1b2c3d.harness-tmp{kind.suffix}'  # as atomic_path names it
+    (folder / leftover).write_bytes(b'left over by a killed write')
     untouched = {n: v for n, v in _state(folder).items() if n in (kind.file_name(1), kind.file_name(3))}
-    assert verify_cache(folder, name, tiny_config).temp_files == [f'.sim_000003{kind.suffix}.abc.tmp{kind.suffix}']
+    assert verify_cache(folder, name, tiny_config).temp_files == [leftover]
     result = repair_cache(folder, name, tiny_config, tiny_sim)
     assert result.rebuilt == [0, 2] and result.skipped == [1, 3] and result.after
     assert [p.kind for p in result.before.problems] == ['missing', 'truncated']
-    assert result.removed_temp_files == [f'.sim_000003{kind.suffix}.abc.tmp{kind.suffix}']
+    assert result.removed_temp_files == [leftover]
     after = _state(folder)
     assert {n: after[n] for n in untouched} == untouched  # bytes and mtime unchanged
     for sim in tiny_config.all_sims:  # rewritten files are bitwise what a fresh build wrote
@@ -146,14 +147,19 @@ def test_repair_simulates_when_needed(built, tiny_config, tmp_path, name):
 
 
 @pytest.mark.parametrize('name', PIPELINE_IDS)
-def test_corrupt_manifest_rebuilds_everything(built, tiny_config, tiny_sim, tmp_path, name):
+def test_corrupt_manifest_refused(built, tiny_config, tiny_sim, tmp_path, name):
+    """Without a readable manifest nothing shows which files are the harness's: the build refuses, changes nothing."""
     folder = _copy(built, name, tmp_path)
     (folder / MANIFEST_NAME).write_text('{"format_version": 1, "pipel')
+    before = _state(folder)
     report = verify_cache(folder, name, tiny_config)
     assert 'not a readable cache manifest' in report.manifest_problem
-    assert [p.kind for p in report.problems] == ['unrecorded'] * 4
-    result = build_cache(PIPELINES[name](folder, tiny_config.data.rollout_steps), tiny_config, tiny_sim)
-    assert result.rebuilt == [0, 1, 2, 3] and result.after
+    assert [(p.kind, p.foreign) for p in report.problems] == [('unrecorded', True)] * 4
+    with pytest.raises(CacheError) as info:
+        build_cache(PIPELINES[name](folder, tiny_config.data.rollout_steps), tiny_config, tiny_sim)
+    assert str(info.value).startswith(f"{folder / MANIFEST_NAME}: not a readable cache manifest (JSONDecodeError: ")
+    assert str(info.value).endswith(f"; refusing to write into {folder}, nothing was changed")
+    assert _state(folder) == before
 
 
 def test_refuses_the_other_pipelines_folder(built, tiny_config, tmp_path, no_simulation):
@@ -208,7 +214,7 @@ def test_report_to_dict_is_json(built, tiny_config, tmp_path):
     values = json.loads(json.dumps(verify_cache(folder, 'phiml', tiny_config).to_dict()))
     assert values['passed'] is False
     assert values['problems'] == [{'sim': 1, 'name': 'sim_000001.npz', 'kind': 'missing',
-                                   'detail': values['problems'][0]['detail']}]
+                                   'detail': values['problems'][0]['detail'], 'foreign': False}]
 
 
 @pytest.mark.parametrize('legacy_keys', [True, False], ids=['loadable', 'free-form-metadata'])

@@ -38,20 +38,30 @@ def test_json_round_trip(built, tmp_path):
     assert Manifest.load(tmp_path) == manifest
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]  # the temporary file was renamed, nothing left
     text = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert text['format_version'] == 1 and text['pipeline'] == 'phiml'
+    assert text['format_version'] == 1 and text['pipeline'] == 'phiml' and text['writer'] == 'phiml-migration-harness'
+    assert text['pending'] == []
 
 
 def test_no_manifest_is_none(tmp_path):
     assert Manifest.load(tmp_path) is None
 
 
+OURS = '"writer": "phiml-migration-harness", '
+
+
 @pytest.mark.parametrize('content, words', [
     ('{"format_version": 1, "pipeline": "phiml", "files": {"sim', 'JSONDecodeError'),
-    ('{"format_version": 7, "pipeline": "phiml", "files": {}}', 'format_version 7, expected 1'),
-    ('{"format_version": 1, "pipeline": "torch", "files": {}}', "pipeline 'torch'"),
-    ('{"format_version": 1, "pipeline": "phiml", "files": {"a": {"name": "a"}}}', 'KeyError'),
-    ('[1, 2]', 'AttributeError'),
-], ids=['truncated', 'version', 'pipeline', 'record', 'not-a-dict'])
+    ('{' + OURS + '"format_version": 7, "pipeline": "phiml", "files": {}}', 'format_version 7, expected 1'),
+    ('{' + OURS + '"format_version": 1, "pipeline": "torch", "files": {}}', "pipeline 'torch'"),
+    ('{' + OURS + '"format_version": 1, "pipeline": "phiml", "files": {"a": {"name": "a"}}}', 'KeyError'),
+    ('{' + OURS + '"format_version": 1, "pipeline": "phiml", "files": {}, "pending": "sim_000000.npz"}',
+     "pending 'sim_000000.npz', expected a list of file names"),
+    ('[1, 2]', "not a cache manifest of the harness (list, expected writer 'phiml-migration-harness'"),
+    ('{"format_version": 1, "pipeline": "phiml", "files": {}}',  # a manifest of an earlier harness version
+     "not a cache manifest of the harness (writer None, expected writer 'phiml-migration-harness'; an earlier version"),
+    ('{"dataset": "ocean-2024", "files": ["sim_000000.npz"]}',  # a team's own manifest.json
+     "not a cache manifest of the harness (writer None, expected writer 'phiml-migration-harness'"),
+], ids=['truncated', 'version', 'pipeline', 'record', 'pending', 'not-a-dict', 'no-writer', 'a-teams-own'])
 def test_unreadable_manifest_named(tmp_path, content, words):
     (tmp_path / MANIFEST_NAME).write_text(content)
     with pytest.raises(CacheError) as info:

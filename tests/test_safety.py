@@ -109,15 +109,19 @@ def test_sigkill_at_random_moments(name, kill_setup):
                          ids=['before-rename', 'before-record'])
 @pytest.mark.parametrize('name', PIPELINE_IDS)
 def test_sigkill_at_the_worst_moments(name, function, found, kill_setup):
-    """Killed with the 4th file written under its temporary name, or renamed into place but not yet recorded."""
+    """Killed with the 4th file written under its temporary name, or renamed into place but not yet recorded.
+
+    The first manifest save lists the files to write as pending; then each file's rename is followed by one save.
+    """
     config, simulation, root = kill_setup
     kind = KINDS[name]
     folder = root / f'{name}-worst-{function}'
-    pid = _fork_build(name, folder, config, simulation, kill_point=(function, 7 if function == 'os.replace' else 4))
+    pid = _fork_build(name, folder, config, simulation, kill_point=(function, 8 if function == 'os.replace' else 5))
     status = os.waitpid(pid, 0)[1]
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     report = verify_cache(folder, name, config)
     assert [(p.sim, p.kind) for p in report.problems] == [(3, found)] + [(s, 'missing') for s in range(4, 8)]
+    assert not any(p.foreign for p in report.problems)  # the landed, unrecorded file is pending: the harness's
     assert len(report.temp_files) == (1 if function == 'os.replace' else 0)
     with pytest.raises(CacheError, match=f"{kind.file_name(3)}: {found}"):
         open_cache(PIPELINES[name](folder, config.data.rollout_steps), config.all_sims, config)

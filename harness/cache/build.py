@@ -1,7 +1,9 @@
 """Building, verifying, resuming and repairing a pipeline's cache folder.
 
 Every sim file is written to a temporary file and renamed into place, then recorded in the folder's
-`manifest.json` (see `harness.manifest`). `verify_cache` checks a folder against its manifest and the config and
+`manifest.json` (see `harness.manifest`). The harness writes, renames and deletes only files its manifest records
+(or lists as pending): a file of a user in the way, or a `manifest.json` the harness did not write, is refused with
+its name (`CacheError`) and left as it is. `verify_cache` checks a folder against its manifest and the config and
 names every bad file; `build_cache` writes only the sims that do not verify, so an interrupted build resumes and a
 damaged cache is repaired without touching its good files; `open_cache` refuses a cache that does not verify.
 
@@ -13,11 +15,13 @@ Typical use (what `--repair` does):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.atomic import leftover_temp_files
 from harness.config import ScenarioConfig
 from harness.errors import CacheError
 from harness.cache.manifest import (MANIFEST_NAME, CacheKind, FileRecord, Manifest, cache_kind, config_digest, record_file,
@@ -39,11 +43,14 @@ class FileProblem:
         name: File name inside the cache folder.
         kind: One of `PROBLEM_KINDS`.
         detail: What was found and what was expected, in words.
+        foreign: The file is there but the harness did not write it (its manifest neither records it nor lists it
+            as pending): it is never rewritten.
     """
     sim: int
     name: str
     kind: str
     detail: str
+    foreign: bool = False
 
     def __str__(self) -> str:
         return f"{self.name}: {self.kind} ({self.detail})"
@@ -60,7 +67,8 @@ class CacheReport:
         problems: One entry per bad file.
         manifest_problem: Why the manifest could not be used, if so.
         folder_problem: Why the folder as a whole is unusable (missing, empty, not a folder), if so.
-        temp_files: Leftover temporary files of interrupted writes (never read; removed by `build_cache`).
+        temp_files: Leftover temporary files of interrupted harness writes (never read; removed by the next
+            `build_cache` when the folder's manifest is the harness's).
         extra_files: Sim files in the folder beyond the sims checked (left alone).
     """
     folder: Path
@@ -88,6 +96,22 @@ class CacheReport:
         """Names of the files with at least one problem, each once."""
         return sorted({p.name for p in self.problems})
 
+    @property
+    def foreign_files(self) -> list[str]:
+        """Bad files that the harness did not write: they are in the way and never rewritten."""
+        return sorted({p.name for p in self.problems if p.foreign})
+
+    def foreign_message(self) -> str | None:
+        """One line naming the first file the harness did not write, or None when there is none."""
+        names = self.foreign_files
+        if not names:
+            return None
+        more = f" (and {len(names) - 1} more: {', '.join(names[1:4])}{', ...' if len(names) > 4 else ''})" \
+            if len(names) > 1 else ''
+        return (f"{self.folder / names[0]}: not written by the harness (not recorded in "
+                f"{self.folder / MANIFEST_NAME}){more}; refusing to use or overwrite files the harness did not "
+                f"write, nothing was changed (--repair rewrites only the harness's own files)")
+
     def summary(self) -> str:
         """One line: the verdict and the first few bad files."""
         if self.folder_problem:
@@ -108,7 +132,10 @@ class CacheReport:
         return '\n'.join(lines)
 
     def raise_if_failed(self) -> None:
-        """Raises `CacheError` with `summary()` unless the cache verified."""
+        """Raises `CacheError` with `summary()` unless the cache verified (naming a file the harness did not write
+        first, if there is one: rebuilding would not touch it)."""
+        if self.foreign_files:
+            raise CacheError(self.foreign_message())
         if not self.passed:
             raise CacheError(f"{self.summary()}; rebuild the bad files with harness.cache.build_cache (--repair)")
 
@@ -165,8 +192,9 @@ def verify_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig | None
         return report
     manifest = _load_manifest(folder, kind, report)
     records = manifest.by_sim() if manifest else {}
+    pending = manifest.pending if manifest else set()
     present = sims_on_disk(folder, kind)
-    report.temp_files = sorted(p.name for p in _temp_files(folder, kind))
+    report.temp_files = [p.name for p in _temp_files(folder, kind)]
     if sims is None:
         sims = config.all_sims if config is not None else sorted(set(records) | set(present))
     report.sims = list(sims)
@@ -178,10 +206,12 @@ def verify_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig | None
     digest = config_digest(config) if config is not None else None
     signatures: dict[int, tuple] = {}
     for sim in report.sims:
-        problem = _check_file(kind, folder, sim, records.get(sim), digest, signatures)
+        problem = _check_file(kind, folder, sim, records.get(sim), kind.file_name(sim) in pending, digest, signatures)
         if problem:
             report.problems.append(problem)
-    report.problems += _shape_problems(kind, config, signatures)
+    foreign = {p.name for p in report.problems if p.foreign}
+    report.problems += [dataclasses.replace(p, foreign=p.name in foreign)
+                        for p in _shape_problems(kind, config, signatures)]
     report.problems.sort(key=lambda p: p.sim)
     return report
 
@@ -200,23 +230,29 @@ def _load_manifest(folder: Path, kind: CacheKind, report: CacheReport) -> Manife
     return manifest
 
 
-def _check_file(kind: CacheKind, folder: Path, sim: int, record: FileRecord | None, digest: str | None,
+def _check_file(kind: CacheKind, folder: Path, sim: int, record: FileRecord | None, pending: bool, digest: str | None,
                 signatures: dict[int, tuple]) -> FileProblem | None:
     name = kind.file_name(sim)
     path = folder / name
     recorded = f", {record.size} bytes recorded" if record else ''
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return FileProblem(sim, name, 'missing', f"expected the {kind.name} cache of sim {sim}{recorded}")
+    if path.is_symlink() or not path.is_file():
+        return FileProblem(sim, name, 'unreadable', "not a plain file (the harness writes only plain files)", True)
+    foreign = record is None and not pending
+    whose = ('written by an interrupted harness build, not recorded yet' if pending
+             else f"not written by the harness")
     size = path.stat().st_size
     if size == 0:
-        return FileProblem(sim, name, 'empty', f"0 bytes{recorded}")
+        return FileProblem(sim, name, 'empty', f"0 bytes{recorded}" if record else f"0 bytes, {whose}", foreign)
     if record is None:
         try:
             fields, _ = kind.describe(kind.load(folder, sim, allow_any_float=True))
         except CacheError as err:
-            return FileProblem(sim, name, 'unreadable', str(err).removeprefix(f"{path}: "))
+            return FileProblem(sim, name, 'unreadable', f"{str(err).removeprefix(f'{path}: ')}; {whose}", foreign)
         signatures[sim] = FileRecord(name, sim, size, '', fields, {}).signature
-        return FileProblem(sim, name, 'unrecorded', f"not in {MANIFEST_NAME}: it loads, but its bytes cannot be verified")
+        return FileProblem(sim, name, 'unrecorded', f"not in {MANIFEST_NAME}: it loads, but its bytes cannot be "
+                                                    f"verified; {whose}", foreign)
     if size != record.size:
         return FileProblem(sim, name, 'truncated' if size < record.size else 'size-mismatch',
                            f"{size} of {record.size} recorded bytes" if size < record.size
@@ -261,9 +297,29 @@ def _describe(signature: tuple) -> str:
 
 
 def _temp_files(folder: Path, kind: CacheKind) -> list[Path]:
-    """Leftovers of `atomic_path` writes killed before their rename: `.sim_000001.npz.<random>.tmp.npz`."""
-    return sorted([*folder.glob(f".sim_*{kind.suffix}.*.tmp{kind.suffix}"),
-                   *folder.glob(f".{MANIFEST_NAME}.*.tmp.json")])
+    """Leftovers of `atomic_path` writes killed before their rename: `.sim_000001.npz.<8 hex>.harness-tmp.npz`."""
+    return leftover_temp_files(folder, lambda final: final == MANIFEST_NAME or kind.sim_of(final) is not None)
+
+
+def remove_leftovers(folder: Path, kind: CacheKind) -> list[str]:
+    """Deletes the harness's temporary files of killed writes in a folder whose manifest is the harness's.
+
+    Returns:
+        The names deleted; none when the folder has no manifest of the harness (it is then not the harness's to clean).
+    """
+    try:
+        if Manifest.load(folder) is None:
+            return []
+    except CacheError:
+        return []
+    removed = []
+    for path in _temp_files(folder, kind):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    if removed:
+        logger.info("%s: removed %d leftover temporary files of killed writes: %s", folder, len(removed),
+                    ', '.join(removed))
+    return removed
 
 
 def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequence[int],
@@ -276,22 +332,34 @@ def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequen
         sims: Sims to write.
         progress: Called with 1 per file written.
         record: Also record every file in the folder's manifest as soon as it has landed (what `build_cache`
-            does; off for the timed write stage). Each file is read back with the pipeline's reader first. The
-            manifest is rewritten atomically after every file, so an interruption loses at most the record of the
-            file being written; that file then shows as unrecorded and the next `build_cache` rewrites it.
+            does; off for the timed write stage). The names to write are listed as pending first; each file is
+            read back with the pipeline's reader, then recorded. The manifest is rewritten atomically after every
+            file, so an interruption loses at most the record of the file being written; that file then shows as
+            unrecorded (but the harness's: pending) and the next `build_cache` rewrites it.
 
     Raises:
-        CacheError: with `record`, the folder's manifest belongs to the other pipeline (it is not overwritten).
+        CacheError: with `record`, the folder's manifest is not the harness's or belongs to the other pipeline, or a
+            file to be written is there and not the harness's (nothing is overwritten).
     """
     kind = cache_kind(pipeline.name)
     folder = pipeline.cache_dir
-    manifest = _manifest_for_writing(folder, kind) if record else None
+    manifest = None
+    if record:
+        manifest = _manifest_for_writing(folder, kind) or Manifest(kind.name)
+        names = [kind.file_name(sim) for sim in sims]
+        in_the_way = [n for n in names if ((folder / n).exists() or (folder / n).is_symlink()) and not manifest.owns(n)]
+        if in_the_way:
+            raise CacheError(f"{folder / in_the_way[0]}: not written by the harness (not recorded in "
+                             f"{Manifest.path(folder)}); refusing to overwrite it, nothing was changed")
+        manifest.pending |= set(names)
+        manifest.save(folder)
     digest = config_digest(simulation.config)
     paths = []
     for sim in sims:
         paths.append(pipeline.write_cache(sim, simulation.sim_fields(sim), simulation.metadata(sim)))
         if manifest is not None:
             manifest.files[paths[-1].name] = record_file(kind, folder, sim, digest=digest)
+            manifest.pending.discard(paths[-1].name)
             manifest.save(folder)
         if progress:
             progress(1)
@@ -299,14 +367,19 @@ def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequen
     return paths
 
 
-def _manifest_for_writing(folder: Path, kind: CacheKind) -> Manifest:
+def _manifest_for_writing(folder: Path, kind: CacheKind) -> Manifest | None:
+    """The folder's manifest (None when it has none), refusing one the harness cannot write into.
+
+    Raises:
+        CacheError: the manifest is unreadable or not the harness's (it is never overwritten), or of the other
+            pipeline.
+    """
     try:
         manifest = Manifest.load(folder)
     except CacheError as err:
-        logger.warning("%s; starting a new manifest, every file not recorded in it will be rewritten", err)
-        return Manifest(kind.name)
+        raise CacheError(f"{err}; refusing to write into {folder}, nothing was changed") from None
     if manifest is None:
-        return Manifest(kind.name)
+        return None
     if manifest.pipeline != kind.name:
         raise CacheError(f"{Manifest.path(folder)}: the folder holds a {manifest.pipeline!r} cache, refusing to write "
                          f"{kind.name!r} files into it (expected a folder of its own per pipeline)")
@@ -329,20 +402,20 @@ def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: 
         progress: Called with 1 per file written.
 
     Raises:
-        CacheError: the folder holds the other pipeline's cache, or the cache still does not verify afterwards.
+        CacheError: the folder holds the other pipeline's cache, a manifest or a file in the way that the harness did
+            not write (see `check_writable`), or the cache still does not verify afterwards.
         ValueError: `simulation` comes from another config.
     """
     kind = cache_kind(pipeline.name)
     folder = pipeline.cache_dir
     sims = list(config.all_sims if sims is None else sims)
-    if folder.exists() and not folder.is_dir():
-        raise CacheError(f"{folder}: cache folder is not a folder")
+    check_writable(folder, kind.name, config, sims)  # before anything is created, removed or simulated
     folder.mkdir(parents=True, exist_ok=True)
-    _manifest_for_writing(folder, kind)  # refuses a folder of the other pipeline before anything is simulated
-    removed = [p.name for p in _temp_files(folder, kind)]
-    for name in removed:
-        (folder / name).unlink(missing_ok=True)
+    removed = remove_leftovers(folder, kind)
     before = verify_cache(folder, kind.name, config, sims)
+    before_foreign = before.foreign_message()
+    if before_foreign:  # appeared since the check
+        raise CacheError(before_foreign)
     rebuilt = before.bad_sims
     if rebuilt:
         if simulation is None:
@@ -356,6 +429,32 @@ def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: 
     after = verify_cache(folder, kind.name, config, sims)
     after.raise_if_failed()
     return BuildResult(before, rebuilt, after, removed)
+
+
+def check_writable(folder: Path, pipeline_kind: str, config: ScenarioConfig | None = None,
+                   sims: Sequence[int] | None = None) -> CacheReport:
+    """Checks that `build_cache` may complete this folder: it writes only where it wrote before.
+
+    Returns:
+        The verification of the folder as it is (a folder that does not exist yet is fine).
+
+    Raises:
+        CacheError: `folder` is not a folder; its `manifest.json` is unreadable, not the harness's or of the other
+            pipeline; or a sim file to be written is there but not recorded in the manifest (a user's file). Each names
+            the file; nothing is changed.
+    """
+    kind = cache_kind(pipeline_kind)
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.exists() or folder.exists() and not folder.is_dir():
+        raise CacheError(f"{folder}: cache folder is not a folder")
+    report = verify_cache(folder, kind.name, config, sims)
+    if not folder.exists():
+        return report
+    _manifest_for_writing(folder, kind)
+    foreign = report.foreign_message()
+    if foreign:
+        raise CacheError(foreign)
+    return report
 
 
 def repair_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig, simulation: Simulation | None = None,

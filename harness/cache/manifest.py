@@ -1,9 +1,14 @@
 """The manifest of a cache folder: what each sim file must be, so that a damaged file is found before it is used.
 
-`<cache folder>/manifest.json` holds one record per sim file: its name, sim index, byte size, SHA-256, the dims,
+`<cache folder>/manifest.json` marks the folder as the harness's (`"writer": "phiml-migration-harness"`) and holds
+one record per sim file: its name, sim index, byte size, SHA-256, the dims,
 shape, dtype and item names of every field, the file's metadata and a digest of the config that produced it
 (`None` for migrated files). It is rewritten atomically after every file that lands, so after an interruption it
-describes exactly the files that were completely written and recorded.
+describes exactly the files that were completely written and recorded. Before a write starts, the names about to be
+written are listed as `pending`: a file that landed but was not recorded yet is still known to be the harness's.
+
+A file the manifest neither records nor lists as pending is not the harness's: it is never overwritten, renamed or
+deleted. A `manifest.json` without the harness's `writer` is a user's file and is never overwritten either.
 
 Field dims are named in the file's own layout: `('channel', 'time', 'x', 'y')` for the legacy `[C, T, H, W]`
 tensors, `('time', 'x', 'y', 'vector')` for the native ones.
@@ -27,6 +32,7 @@ from harness.errors import CacheError
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = 'manifest.json'
 FORMAT_VERSION = 1
+WRITER = 'phiml-migration-harness'
 PIPELINE_KINDS = ('legacy', 'phiml')
 SPATIAL = ('x', 'y', 'z')
 
@@ -98,9 +104,15 @@ class Manifest:
     Attributes:
         pipeline: `'legacy'` (`.pt` files) or `'phiml'` (`.npz` files).
         files: File name -> record.
+        pending: Names of files being written and not recorded yet (the harness's, whatever their state).
     """
     pipeline: str
     files: dict[str, FileRecord] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+
+    def owns(self, name: str) -> bool:
+        """Whether the file `name` of the folder was written by the harness (recorded or pending)."""
+        return name in self.files or name in self.pending
 
     @staticmethod
     def path(folder: Path) -> Path:
@@ -111,28 +123,40 @@ class Manifest:
         """The folder's manifest, or `None` when it has none.
 
         Raises:
-            CacheError: the manifest exists but is unreadable or not a manifest.
+            CacheError: the manifest exists but is unreadable, or was not written by the harness.
         """
         path = cls.path(folder)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
+        if path.is_symlink() or not path.is_file():
+            raise CacheError(f"{path}: not a cache manifest of the harness (not a plain file)")
         try:
             values = json.loads(path.read_text(encoding='utf-8'))
+            if not isinstance(values, dict) or values.get('writer') != WRITER:
+                found = f"writer {values.get('writer')!r}" if isinstance(values, dict) else type(values).__name__
+                raise CacheError(f"{path}: not a cache manifest of the harness ({found}, expected writer {WRITER!r}; "
+                                 f"an earlier version of the harness wrote none: delete such a folder to rebuild it)")
             if values.get('format_version') != FORMAT_VERSION:
                 raise ValueError(f"format_version {values.get('format_version')!r}, expected {FORMAT_VERSION}")
             if values.get('pipeline') not in PIPELINE_KINDS:
                 raise ValueError(f"pipeline {values.get('pipeline')!r}, expected one of {list(PIPELINE_KINDS)}")
             files = {name: FileRecord.from_json(record) for name, record in values['files'].items()}
+            pending = values.get('pending', [])
+            if not isinstance(pending, list) or not all(isinstance(name, str) for name in pending):
+                raise ValueError(f"pending {pending!r}, expected a list of file names")
+        except CacheError:
+            raise
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CacheError(f"{path}: not a readable cache manifest ({type(err).__name__}: {err})") from None
-        return cls(values['pipeline'], files)
+        return cls(values['pipeline'], files, set(pending))
 
     def save(self, folder: Path) -> Path:
         """Writes `manifest.json` atomically (a reader sees the old or the new manifest, never a mix)."""
         path = self.path(folder)
         # compact: json's C encoder (an indent selects the pure-Python one); rewritten after every file of a build
-        text = json.dumps({'format_version': FORMAT_VERSION, 'pipeline': self.pipeline,
-                           'files': {name: self.files[name].to_json() for name in sorted(self.files)}},
+        text = json.dumps({'writer': WRITER, 'format_version': FORMAT_VERSION, 'pipeline': self.pipeline,
+                           'files': {name: self.files[name].to_json() for name in sorted(self.files)},
+                           'pending': sorted(self.pending)},
                           default=_json_default, separators=(',', ':'))
         with atomic_path(path, '.json') as tmp:
             tmp.write_text(text, encoding='utf-8')
@@ -178,6 +202,14 @@ class CacheKind:
 
     def file_name(self, sim: int) -> str:
         return f"sim_{sim:06d}{self.suffix}"
+
+    def sim_of(self, name: str) -> int | None:
+        """The sim whose file is called `name`; None when `name` is not a sim file name of this kind."""
+        digits = name[4:-len(self.suffix)]
+        if name.startswith('sim_') and name.endswith(self.suffix) and digits.isdigit() \
+                and name == self.file_name(int(digits)):
+            return int(digits)
+        return None
 
     def load(self, folder: Path, sim: int, allow_any_float: bool = False) -> dict:
         """Loads and validates one file with the pipeline's own safe reader.
@@ -240,12 +272,7 @@ def cache_kind(pipeline_kind: str) -> CacheKind:
 
 def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
     """The sims whose files (`sim_XXXXXX<suffix>`) are in `folder`, sorted."""
-    sims = []
-    for path in folder.glob(f"sim_*{kind.suffix}"):
-        digits = path.name[4:-len(kind.suffix)]
-        if digits.isdigit() and path.name == kind.file_name(int(digits)):
-            sims.append(int(digits))
-    return sorted(sims)
+    return sorted(sim for path in folder.glob(f"sim_*{kind.suffix}") if (sim := kind.sim_of(path.name)) is not None)
 
 
 def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None = None,
