@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.cache.manifest import cache_kind
 from harness.config import load_config
 from harness.data.simulate import simulate
 from legacy import LegacyPipeline
@@ -15,6 +16,7 @@ TINY = ('sim.resolution=[16,16]', 'sim.n_steps=8', 'data.n_sims=3', 'data.n_val_
         'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=1')
 PIPELINES = {'legacy': LegacyPipeline, 'phiml': NativePipeline}
 PIPELINE_IDS = ['legacy', 'phiml']
+KINDS = {name: cache_kind(cls) for name, cls in PIPELINES.items()}  # the cache kind of each built-in pipeline
 
 
 @pytest.fixture(scope='session', autouse=True)

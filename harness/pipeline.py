@@ -91,12 +91,14 @@ class AbstractPipeline(abc.ABC):
     file_suffix: ClassVar[str]
 
     def __init__(self, cache_dir: Path, rollout_steps: int):
+        """Creating a pipeline reads and writes nothing (the harness creates one per folder to describe its files)."""
         self.cache_dir = Path(cache_dir)
         self.rollout_steps = rollout_steps
 
-    def file_name(self, sim: int) -> str:
+    @classmethod
+    def file_name(cls, sim: int) -> str:
         """The name of the cache file of `sim` inside `cache_dir`."""
-        return f"sim_{sim:06d}{self.file_suffix}"
+        return f"sim_{sim:06d}{cls.file_suffix}"
 
     def cache_file(self, sim: int) -> Path:
         return self.cache_dir / self.file_name(sim)
@@ -110,6 +112,24 @@ class AbstractPipeline(abc.ABC):
 
         Raises:
             CacheError: naming the file: missing, unreadable, unsafe or not this pipeline's layout.
+        """
+
+    @abc.abstractmethod
+    def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
+        """The stored fields of `sim` as PhiML tensors with the canonical dims `time` (batch), the spatial dims x[, y[,
+        z]] and, for a vector field, `vector` (channel), in the stored dtype; and the file's metadata as stored.
+
+        Raises:
+            CacheError: naming the file (see `describe_file`).
+        """
+
+    @abc.abstractmethod
+    def write_fields(self, sim: int, fields: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+        """Writes canonical tensors (as `read_fields` returns them, e.g. from another pipeline's cache) as the cache file
+        of `sim`, atomically, values and dtype kept; returns its path.
+
+        Raises:
+            CacheError: this pipeline's cache cannot hold them (dtype, dims, channel names), before anything is written.
         """
 
     @classmethod

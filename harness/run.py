@@ -206,7 +206,7 @@ def _prepare_cache(pipeline, config: ScenarioConfig, simulation, strict: bool, p
     """Makes `pipeline`'s cache complete and verified; with `strict`, an existing cache must verify as it is."""
     folder = pipeline.cache_dir
     if strict and folder.is_dir() and any(folder.iterdir()):
-        report = verify_cache(folder, pipeline.name, config)
+        report = verify_cache(folder, pipeline, config)
         if not report:
             raise CacheError(f"{report.summary()}; rerun with --repair to rewrite just those files")
         return {'folder': str(folder), 'rebuilt': [], 'reused': report.sims}

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from phiml import math
 from phiml.math import Tensor, batch, channel, spatial
+
+from harness.errors import CacheError
 
 
 def torch_to_phiml(tensor: torch.Tensor, spatial_dims: Sequence[str], channels: Sequence[str], has_time: bool) -> Tensor:
@@ -48,3 +51,35 @@ def convert_batch(raw: Sequence[torch.Tensor], field_order: Sequence[str], field
         name = field_order[0]
         return {'initial_state': initial[name], 'targets': targets[name]}
     return {'initial_state': initial, 'targets': targets}
+
+
+NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def to_canonical(path, name: str, tensor: torch.Tensor, spatial_dims: Sequence[str], channels: Sequence[str]) -> Tensor:
+    """One stored field `[C, T, *spatial]` as the canonical `Tensor(time, *spatial, [vector])`, values and dtype kept
+    (numpy-backed).
+
+    Raises:
+        CacheError: a dtype numpy cannot hold (bfloat16), naming `path` and the field.
+    """
+    if tensor.dtype not in NUMPY_FLOATS:
+        raise CacheError(f"{path}: field {name!r} has dtype {tensor.dtype}, expected float16, float32 or float64")
+    values = tensor.detach().cpu().numpy()
+    dims = [batch(time=values.shape[1]), spatial(**dict(zip(spatial_dims, values.shape[2:])))]
+    if channels:
+        return math.wrap(np.ascontiguousarray(np.moveaxis(values, 0, -1)), *dims, channel(vector=tuple(channels)))
+    return math.wrap(np.ascontiguousarray(values[0]), *dims)
+
+
+def from_canonical(values: Tensor) -> tuple[torch.Tensor, list[str]]:
+    """A canonical `Tensor(time, *spatial, [vector])` as the stored `[C, T, *spatial]` torch tensor (dtype kept) and its
+    channel names (`[]` for a scalar field)."""
+    spatial_names = values.shape.spatial.names
+    if values.shape.channel:
+        with math.precision(values.dtype.bits):
+            native = values.numpy(['vector', 'time', *spatial_names])
+        return torch.from_numpy(np.ascontiguousarray(native)), list(values.shape.get_item_names('vector'))
+    with math.precision(values.dtype.bits):
+        native = values.numpy(['time', *spatial_names])[None]
+    return torch.from_numpy(np.ascontiguousarray(native)), []

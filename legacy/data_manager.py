@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -13,7 +14,7 @@ from harness.atomic import atomic_path
 from harness.errors import CacheError
 
 logger = logging.getLogger(__name__)
-REQUIRED_METADATA = ('sim_index', 'n_frames', 'spatial_dims', 'field_channels')
+HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
 
 
 class DataManager:
@@ -23,10 +24,12 @@ class DataManager:
 
     Args:
         cache_dir: Folder of the `sim_XXXXXX.pt` files.
+        channels: Field name -> channel names, for fields whose channels the shape cannot name (see `validate_legacy`).
     """
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, channels: Mapping[str, Sequence[str]] | None = None):
         self.cache_dir = Path(cache_dir)
+        self.channels = {name: tuple(names) for name, names in (channels or {}).items()}
 
     def get_cached_path(self, sim_index: int) -> Path:
         return self.cache_dir / f"sim_{sim_index:06d}.pt"
@@ -58,6 +61,10 @@ class DataManager:
         return path
 
     def load_cache(self, sim_index: int, *, allow_any_float: bool = False) -> dict[str, Any]:
+        """Loads and validates one sim's cache (see `load`); returns the payload as stored."""
+        return self.load(sim_index, allow_any_float=allow_any_float)[0]
+
+    def load(self, sim_index: int, *, allow_any_float: bool = False) -> tuple[dict[str, Any], LegacyLayout]:
         """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run).
 
         Args:
@@ -65,7 +72,10 @@ class DataManager:
             allow_any_float: Accept every floating dtype (for migration); training caches must be float32.
 
         Raises:
-            CacheError: missing, unreadable or unsafe file, missing metadata, or a tensor that is not `[C, T, *spatial]`.
+            CacheError: missing, unreadable or unsafe file, or a tensor that is not `[C, T, *spatial]`.
+
+        Returns:
+            The payload as stored, and the layout read from its shapes.
         """
         path = self.get_cached_path(sim_index)
         if not path.is_file():
@@ -81,17 +91,42 @@ class DataManager:
                              f"({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
-        validate_legacy(path, data, allow_any_float=allow_any_float)
-        return data
+        return data, validate_legacy(path, data, allow_any_float=allow_any_float, channels=self.channels)
 
 
-def validate_legacy(path: Path, data: Any, *, allow_any_float: bool = False) -> None:
-    """Checks one loaded `.pt` payload against the legacy layout.
+SPATIAL = ('x', 'y', 'z')
+
+
+@dataclass(frozen=True)
+class LegacyLayout:
+    """What the tensors of one `.pt` file are, read from their shapes (our own metadata keys only confirm it).
+
+    Attributes:
+        n_frames: T of `[C, T, *spatial]`.
+        spatial_dims: `('x',)`, `('x', 'y')` or `('x', 'y', 'z')`, from the number of spatial axes.
+        resolution: Cells along each spatial dim.
+        channels: Field name -> `vector` item names, `()` for a scalar field.
+    """
+    n_frames: int
+    spatial_dims: tuple[str, ...]
+    resolution: tuple[int, ...]
+    channels: dict[str, tuple[str, ...]]
+
+
+def validate_legacy(path: Path, data: Any, *, allow_any_float: bool = False,
+                    channels: Mapping[str, Sequence[str]] | None = None) -> LegacyLayout:
+    """Checks one loaded `.pt` payload against the legacy layout and reads its layout from the tensors' shapes.
+
+    A field is `[C, T, *spatial]` with 1 to 3 spatial axes named x, y, z. Its channel names are, in this order: the
+    ones given in `channels`, the file's own `field_channels` metadata, the spatial names when C equals the spatial
+    rank, none (a scalar field) when C = 1; any other C must be named by the user. The metadata is free-form;
+    `n_frames`, `spatial_dims` and `field_channels`, where present, must agree with the tensors.
 
     Args:
         path: Named in errors.
         data: The loaded payload.
         allow_any_float: Accept every floating dtype, not only float32.
+        channels: Field name -> channel names, given by the user (`--channels FIELD=a,b,c`, `data.channels`).
 
     Raises:
         CacheError: naming `path`, what was found and what was expected.
@@ -100,23 +135,56 @@ def validate_legacy(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise CacheError(f"{path}: expected a dict with keys 'tensor_data' and 'metadata', found {found}")
     meta, tensors = data['metadata'], data['tensor_data']
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise CacheError(f"{path}: metadata lacks {missing} (expected keys {list(REQUIRED_METADATA)})")
-    expected_fields = sorted(meta['field_channels'])
-    if not isinstance(tensors, dict) or sorted(tensors) != expected_fields:
-        raise CacheError(f"{path}: tensor_data holds fields {sorted(tensors) if isinstance(tensors, dict) else tensors!r}, "
-                         f"expected {expected_fields}")
-    n_spatial = len(meta['spatial_dims'])
-    for name, t in tensors.items():
-        channels = max(1, len(meta['field_channels'][name]))
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 + n_spatial:
+    if not isinstance(meta, dict):
+        raise CacheError(f"{path}: metadata is a {type(meta).__name__}, expected a dict")
+    hints = meta.get('field_channels') if isinstance(meta.get('field_channels'), dict) else {}
+    if hints and isinstance(tensors, dict) and sorted(hints) != sorted(tensors):
+        raise CacheError(f"{path}: metadata field_channels names the fields {sorted(hints)}, tensor_data holds "
+                         f"{sorted(tensors)}")
+    if not isinstance(tensors, dict) or not tensors or not all(isinstance(k, str) for k in tensors):
+        found = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+        raise CacheError(f"{path}: tensor_data holds {found!r}, expected a dict of field name -> tensor [C, T, *spatial]")
+    shapes = {}
+    for name, t in sorted(tensors.items()):
+        if not isinstance(t, torch.Tensor) or not 3 <= t.ndim <= 5:
             found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise CacheError(f"{path}: field {name!r} has shape {found}, expected [C, T, {', '.join(meta['spatial_dims'])}] "
-                             f"({2 + n_spatial} dims)")
-        if t.shape[0] != channels or t.shape[1] != meta['n_frames']:
-            raise CacheError(f"{path}: field {name!r} has shape {tuple(t.shape)}, expected C={channels} channels first "
-                             f"and T={meta['n_frames']} frames second ([C, T, {', '.join(meta['spatial_dims'])}])")
+            raise CacheError(f"{path}: field {name!r} has shape {found}, expected [C, T, x[, y[, z]]] (3 to 5 dims)")
         if not (t.is_floating_point() if allow_any_float else t.dtype == torch.float32):
             raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected "
                              f"{'a floating dtype' if allow_any_float else 'torch.float32'}")
+        shapes[name] = tuple(t.shape)
+    first = min(shapes)
+    for name, shape in shapes.items():
+        if shape[1:] != shapes[first][1:]:
+            raise CacheError(f"{path}: field {name!r} has shape {shape}, field {first!r} {shapes[first]}; expected the "
+                             f"same frames and resolution [_, T, *spatial] for every field")
+    n_frames, resolution = shapes[first][1], shapes[first][2:]
+    spatial_dims = SPATIAL[:len(resolution)]
+    if 'n_frames' in meta and meta['n_frames'] != n_frames:
+        raise CacheError(f"{path}: metadata n_frames={meta['n_frames']!r}, the tensors hold T={n_frames} frames")
+    if 'spatial_dims' in meta and tuple(meta['spatial_dims'] or ()) != spatial_dims:
+        raise CacheError(f"{path}: metadata spatial_dims={meta['spatial_dims']!r}, the tensors have "
+                         f"{len(resolution)} spatial axes {list(spatial_dims)}")
+    named = {name: _channel_names(path, name, shapes[name][0], spatial_dims, (channels or {}).get(name, hints.get(name)),
+                                  'given' if name in (channels or {}) else 'metadata field_channels')
+             for name in shapes}
+    return LegacyLayout(n_frames, spatial_dims, resolution, named)
+
+
+def _channel_names(path: Path, name: str, count: int, spatial_dims: tuple[str, ...], given: Sequence[str] | None,
+                   source: str) -> tuple[str, ...]:
+    if given is not None:
+        given = tuple(given)
+        if given == () and count == 1:
+            return ()
+        if len(given) != count or len(set(given)) != count or not all(isinstance(c, str) and c for c in given):
+            raise CacheError(f"{path}: field {name!r} has C={count} channels, the {source} channel names are "
+                             f"{list(given)}; expected {count} distinct names (or none for a scalar field, C=1)")
+        return given
+    if count == len(spatial_dims):
+        return spatial_dims
+    if count == 1:
+        return ()
+    raise CacheError(f"{path}: field {name!r} has C={count} channels: only C={len(spatial_dims)} (one per spatial dim "
+                     f"{list(spatial_dims)}) or C=1 (a scalar field) are named from the shape; name them with "
+                     f"--channels {name}=a,b,... or the config key data.channels.{name}")

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
+from phiml.math import Tensor
 from torch.utils.data import DataLoader
 
 from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
-from .convert import convert_batch
+from .convert import convert_batch, from_canonical, to_canonical
 from .data_manager import DataManager
 from .dataset import build_window_dataset, plan_indices
 from .trainer import SyntheticTrainer
@@ -20,9 +21,11 @@ class LegacyPipeline(AbstractPipeline):
     name = 'legacy'
     file_suffix = '.pt'
 
+    channels: ClassVar[dict[str, tuple[str, ...]]] = {}  # names of channels the shape cannot name (see `configured`)
+
     def __init__(self, cache_dir: Path, rollout_steps: int):
         super().__init__(cache_dir, rollout_steps)
-        self.manager = DataManager(self.cache_dir)
+        self.manager = DataManager(self.cache_dir, self.channels)
         self.dataset = None
         self.keys: list[WindowKey] = []
         self.field_order: list[str] = []
@@ -37,32 +40,45 @@ class LegacyPipeline(AbstractPipeline):
         return self.manager.save_cache(sim, tensor_data, {**metadata, 'spatial_dims': list(spatial), 'field_channels': channels})
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
-        data = self.manager.load_cache(sim, allow_any_float=True)
-        meta = data['metadata']
-        spatial = tuple(meta['spatial_dims'])
-        fields = {name: FieldLayout(('channel', 'time', *spatial), tuple(t.shape), str(t.dtype).removeprefix('torch.'),
-                                    tuple(meta['field_channels'][name]))
+        data, layout = self.manager.load(sim, allow_any_float=True)
+        fields = {name: FieldLayout(('channel', 'time', *layout.spatial_dims), tuple(t.shape),
+                                    str(t.dtype).removeprefix('torch.'), layout.channels[name])
                   for name, t in data['tensor_data'].items()}
-        return fields, dict(meta)
+        return fields, dict(data['metadata'])
+
+    def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
+        data, layout = self.manager.load(sim, allow_any_float=True)
+        path = self.manager.get_cached_path(sim)
+        fields = {name: to_canonical(path, name, t, layout.spatial_dims, layout.channels[name])
+                  for name, t in data['tensor_data'].items()}
+        return fields, dict(data['metadata'])
+
+    def write_fields(self, sim: int, fields: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+        tensor_data, channels = {}, {}
+        for name, values in fields.items():
+            tensor_data[name], channels[name] = from_canonical(values)
+        spatial = next(iter(fields.values())).shape.spatial.names
+        return self.manager.save_cache(sim, tensor_data, {**metadata, 'spatial_dims': list(spatial),
+                                                          'field_channels': channels})
 
     def open(self, sims: Sequence[int]) -> None:
         if not sims:
             raise CacheError(f"{self.cache_dir}: no sims to open (expected at least one sim index)")
-        loaded = {sim: self.manager.load_cache(sim) for sim in sims}
+        loaded = {sim: self.manager.load(sim) for sim in sims}
         first_sim = sims[0]
-        reference = _signature(loaded[first_sim])
-        for sim, data in loaded.items():
-            if _signature(data) != reference:
-                raise CacheError(f"{self.manager.get_cached_path(sim)}: fields/shape {_signature(data)} differ from "
-                                 f"{self.manager.get_cached_path(first_sim).name} {reference}; one cache must hold sims "
-                                 f"of one resolution and one set of fields")
-        meta = loaded[first_sim]['metadata']
-        if meta['n_frames'] <= self.rollout_steps:
-            raise CacheError(f"{self.manager.get_cached_path(first_sim)}: {meta['n_frames']} frames per sim, but "
+        reference = _signature(*loaded[first_sim])
+        for sim, (data, layout) in loaded.items():
+            if _signature(data, layout) != reference:
+                raise CacheError(f"{self.manager.get_cached_path(sim)}: fields/shape/channels {_signature(data, layout)} "
+                                 f"differ from {self.manager.get_cached_path(first_sim).name} {reference}; one cache "
+                                 f"must hold sims of one resolution and one set of fields")
+        layout = loaded[first_sim][1]
+        if layout.n_frames <= self.rollout_steps:
+            raise CacheError(f"{self.manager.get_cached_path(first_sim)}: {layout.n_frames} frames per sim, but "
                              f"`rollout_steps` (={self.rollout_steps}) needs more than that")
-        self.field_channels = {k: list(v) for k, v in meta['field_channels'].items()}
-        self.spatial_dims = tuple(meta['spatial_dims'])
-        tensors = {sim: data['tensor_data'] for sim, data in loaded.items()}
+        self.field_channels = {k: list(v) for k, v in layout.channels.items()}
+        self.spatial_dims = layout.spatial_dims
+        tensors = {sim: data['tensor_data'] for sim, (data, _) in loaded.items()}
         self.dataset, self.keys, self.field_order = build_window_dataset(tensors, self.rollout_steps)
         self._index = {key: i for i, key in enumerate(self.keys)}
 
@@ -98,5 +114,5 @@ class LegacyPipeline(AbstractPipeline):
         return self.dataset
 
 
-def _signature(data: dict) -> tuple:
-    return tuple((name, tuple(t.shape)) for name, t in sorted(data['tensor_data'].items()))
+def _signature(data: dict, layout) -> tuple:
+    return tuple((name, tuple(t.shape), layout.channels[name]) for name, t in sorted(data['tensor_data'].items()))

@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
-from .data_manager import PhiMLDataManager
+from phiml.math import Tensor
+
+from .data_manager import PhiMLDataManager, validate_native
 from .dataset import PhiMLDataset
 from .trainer import PhiMLSyntheticTrainer
 
@@ -32,6 +34,15 @@ class NativePipeline(AbstractPipeline):
             items = shape.get_item_names('vector') if 'vector' in shape else None
             fields[name] = FieldLayout(shape.names, shape.sizes, f"{dtype.kind.__name__}{dtype.bits}", tuple(items or ()))
         return fields, dict(data['metadata'])
+
+    def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
+        data = self.manager.load_cache(sim, allow_any_float=True)
+        return {name: data[name] for name in data['metadata']['fields']}, dict(data['metadata'])
+
+    def write_fields(self, sim: int, fields: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+        data = {**fields, 'metadata': dict(metadata)}
+        validate_native(self.manager.get_cached_path(sim), data, allow_any_float=True)  # before anything is written
+        return self.manager.save_cache(sim, data)
 
     @classmethod
     def forget_read_caches(cls) -> None:

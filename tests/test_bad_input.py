@@ -92,7 +92,7 @@ def test_migrate_to_a_folder_that_cannot_be_written(cache_dirs, tmp_path, capsys
 
 @pytest.mark.parametrize('name', PIPELINE_IDS)
 def test_empty_cache_folder(tmp_path, tiny_config, name, capsys):
-    report = verify_cache(tmp_path, name)
+    report = verify_cache(tmp_path, PIPELINES[name])
     assert not report and report.folder_problem.startswith(f"{tmp_path}: empty cache folder (no sim_XXXXXX")
     with pytest.raises(CacheError) as info:
         PIPELINES[name](tmp_path, tiny_config.data.rollout_steps).open(tiny_config.train_sims)
@@ -128,7 +128,7 @@ def test_sims_of_different_resolutions(cache_dirs, tiny_config, tmp_path, name):
     message = _one_line(info.value)
     assert message.startswith(f"{folder / ('sim_000001' + suffix)}: fields/shape") and f"sim_000000{suffix}" in message
     assert 'one cache must hold sims of one resolution' in message
-    problem, = [p for p in verify_cache(folder, name).problems if p.kind == 'wrong-shape']
+    problem, = [p for p in verify_cache(folder, PIPELINES[name]).problems if p.kind == 'wrong-shape']
     assert problem.sim == 1 and "'velocity': 9 frames of 8x8 cells differ from" in problem.detail
     assert _snapshot(folder) == before
 
@@ -139,16 +139,20 @@ def test_migrate_sims_of_different_resolutions(cache_dirs, tmp_path, capsys):
     _shrink_sim_1(folder, 'legacy')
     before = _snapshot(folder)
     err = _migrate_fails(capsys, folder, tmp_path / 'npz')
-    assert err.startswith(f"{PROG}{folder / 'sim_000001.pt'}: fields/shape/dtype (('velocity', (2, 9, 8, 8), "
-                          f"'torch.float32'),) differ from sim_000000.pt")
+    assert err == (f"{PROG}{folder / 'sim_000001.pt'}: fields velocity (time=9, x=8, y=8, vector=2) float32 differ "
+                   f"from sim_000000.pt: velocity (time=9, x=16, y=16, vector=2) float32; one cache must hold sims of "
+                   f"one resolution and one set of fields\n")
     assert _snapshot(folder) == before and not (tmp_path / 'npz').exists()
 
 
 @pytest.mark.parametrize('layout, words', [
-    (lambda t: t.transpose(0, 1).contiguous(), 'has shape (9, 2, 16, 16), expected C=2 channels first and T=9 frames second ([C, T, x, y])'),
-    (lambda t: t[0].contiguous(), 'has shape (9, 16, 16), expected [C, T, x, y] (4 dims)'),
-    (lambda t: t[..., None].contiguous(), 'has shape (2, 9, 16, 16, 1), expected [C, T, x, y] (4 dims)'),
-], ids=['TCHW', 'THW', 'CTHW1'])
+    (lambda t: t.transpose(0, 1).contiguous(), 'metadata n_frames=9, the tensors hold T=2 frames'),
+    (lambda t: t[0].contiguous(), 'metadata n_frames=9, the tensors hold T=16 frames'),
+    (lambda t: t[..., None].contiguous(), "metadata spatial_dims=['x', 'y'], the tensors have 3 spatial axes ['x', 'y', 'z']"),
+    (lambda t: t[0:1].expand(5, -1, -1, -1).contiguous(),
+     "field 'velocity' has C=5 channels: only C=2 (one per spatial dim ['x', 'y']) or C=1 (a scalar field) are named "
+     "from the shape; name them with --channels velocity=a,b,... or the config key data.channels.velocity"),
+], ids=['TCHW', 'THW', 'CTHW1', 'C5'])
 def test_legacy_file_not_CTHW(cache_dirs, tmp_path, capsys, layout, words):
     folder = tmp_path / 'legacy'
     shutil.copytree(cache_dirs['legacy'], folder)
@@ -157,7 +161,12 @@ def test_legacy_file_not_CTHW(cache_dirs, tmp_path, capsys, layout, words):
     torch.save(data, folder / 'sim_000002.pt')
     before = _snapshot(folder)
     err = _migrate_fails(capsys, folder, tmp_path / 'npz')
-    assert err == f"{PROG}{folder / 'sim_000002.pt'}: field 'velocity' {words}\n"
+    if words.startswith('field'):  # no hint names these channels: our own field_channels key is dropped
+        data['metadata'].pop('field_channels')
+        torch.save(data, folder / 'sim_000002.pt')
+        before = _snapshot(folder)
+        err = _migrate_fails(capsys, folder, tmp_path / 'npz')
+    assert err == f"{PROG}{folder / 'sim_000002.pt'}: {words}\n"
     assert _snapshot(folder) == before and not (tmp_path / 'npz').exists()
 
 

@@ -54,14 +54,16 @@ def _broken_copy(cache_dirs, tmp_path, mutate):
 
 
 @pytest.mark.parametrize('mutate, words', [
-    (lambda d: d['tensor_data'].pop('velocity'), "tensor_data holds fields [], expected ['velocity']"),
-    (lambda d: d['metadata'].pop('n_frames'), "metadata lacks ['n_frames']"),
+    (lambda d: d['tensor_data'].pop('velocity'),
+     "metadata field_channels names the fields ['velocity'], tensor_data holds []"),
+    (lambda d: d['metadata'].update(n_frames=99), "metadata n_frames=99, the tensors hold T=9 frames"),
     (lambda d: d.pop('metadata'), "expected a dict with keys 'tensor_data' and 'metadata'"),
     (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'].transpose(0, 1).contiguous()),
-     "expected C=2 channels first"),
-    (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'][0]), "expected [C, T, x, y]"),
+     "metadata n_frames=9, the tensors hold T=2 frames"),
+    (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'][0]),
+     "metadata n_frames=9, the tensors hold T=16 frames"),
     (lambda d: d['tensor_data'].update(velocity=d['tensor_data']['velocity'].double()), "dtype torch.float64"),
-], ids=['missing-field', 'missing-metadata', 'no-metadata', 'time-first', 'no-channel', 'float64'])
+], ids=['missing-field', 'wrong-n-frames', 'no-metadata', 'time-first', 'no-channel', 'float64'])
 def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
     folder, path = _broken_copy(cache_dirs, tmp_path, mutate)
     pipeline = LegacyPipeline(folder, tiny_config.data.rollout_steps)

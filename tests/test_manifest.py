@@ -5,10 +5,9 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import CacheError
-from harness.cache.manifest import (KINDS, MANIFEST_NAME, FieldRecord, FileRecord, Manifest, cache_kind, config_digest,
-                              record_file, sha256_file, sims_on_disk)
+from harness.cache.manifest import MANIFEST_NAME, FieldRecord, FileRecord, Manifest, cache_kind, config_digest, record_file, sha256_file, sims_on_disk
 from built_caches import built  # noqa: F401  (fixture)
-from conftest import PIPELINE_IDS, TINY
+from conftest import KINDS, PIPELINE_IDS, TINY
 
 
 @pytest.mark.parametrize('name, dims, shape, items', [
@@ -52,7 +51,7 @@ OURS = '"writer": "phiml-migration-harness", '
 @pytest.mark.parametrize('content, words', [
     ('{"format_version": 1, "pipeline": "phiml", "files": {"sim', 'JSONDecodeError'),
     ('{' + OURS + '"format_version": 7, "pipeline": "phiml", "files": {}}', 'format_version 7, expected 1'),
-    ('{' + OURS + '"format_version": 1, "pipeline": "torch", "files": {}}', "pipeline 'torch'"),
+    ('{' + OURS + '"format_version": 1, "pipeline": 7, "files": {}}', "pipeline 7, expected the name of a pipeline"),
     ('{' + OURS + '"format_version": 1, "pipeline": "phiml", "files": {"a": {"name": "a"}}}', 'KeyError'),
     ('{' + OURS + '"format_version": 1, "pipeline": "phiml", "files": {}, "pending": "sim_000000.npz"}',
      "pending 'sim_000000.npz', expected a list of file names"),
@@ -97,9 +96,11 @@ def test_record_file_refuses_a_file_that_does_not_load(tmp_path):
         record_file(KINDS['phiml'], tmp_path, 0)
 
 
-def test_unknown_kind():
-    with pytest.raises(ValueError, match=r"`pipeline_kind` \(='torch'\) must be one of \['legacy', 'phiml'\]"):
+def test_a_kind_comes_from_a_pipeline_class():
+    with pytest.raises(TypeError, match=r"^`pipeline` \(='torch'\) must be a pipeline class or instance"):
         cache_kind('torch')
+    assert KINDS['phiml'].file_name(7) == 'sim_000007.npz' and KINDS['legacy'].sim_of('sim_000012.pt') == 12
+    assert KINDS['legacy'].sim_of('sim_12.pt') is None and KINDS['legacy'].sim_of('sim_000012.npz') is None
 
 
 def test_file_record_signature():

@@ -17,11 +17,15 @@ from harness.cache.build import verify_cache
 from harness.equivalence.diff import compare_tensors
 from harness.errors import CacheError
 from harness.cache.manifest import MANIFEST_NAME, Manifest, sha256_file
-from harness.cache.migrate import migrate_cache
 from harness.cli.migrate import main
-from legacy import DataManager
-from phiml_native import PhiMLDataManager
+from legacy import DataManager, LegacyPipeline
+from phiml_native import NativePipeline, PhiMLDataManager
 from built_caches import built  # noqa: F401  (fixture)
+
+
+def migrate_cache(legacy_dir, npz_dir, progress=None):
+    return harness.cache.migrate.migrate_cache(legacy_dir, npz_dir, progress, legacy_cls=LegacyPipeline,
+                                               native_cls=NativePipeline)
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +50,7 @@ def test_migrated_cache_equals_native_build(built, migrated, tiny_config):
         assert b['velocity'].shape == a['velocity'].shape and b['metadata'] == a['metadata']
         by_phiml = math.load(str(target / f'sim_{sim:06d}.npz'))  # still readable by phiml itself
         assert np.array_equal(by_phiml['velocity'].numpy('time,x,y,vector'), a['velocity'].numpy('time,x,y,vector'))
-    assert verify_cache(target, 'phiml', tiny_config)
+    assert verify_cache(target, NativePipeline, tiny_config)
     record = Manifest.load(target).files['sim_000002.npz']
     source = built / 'legacy' / 'sim_000002.pt'
     assert record.source == {'name': source.name, 'size': source.stat().st_size, 'sha256': sha256_file(source)}
@@ -79,7 +83,7 @@ def test_resume_converts_only_what_is_missing_or_bad(built, migrated, tiny_confi
     assert _snapshot(target)['sim_000003.npz'] == kept
     for sim in range(3):
         assert (target / f'sim_{sim:06d}.npz').read_bytes() == (migrated[0] / f'sim_{sim:06d}.npz').read_bytes()
-    assert verify_cache(target, 'phiml', tiny_config)
+    assert verify_cache(target, NativePipeline, tiny_config)
 
 
 def test_interrupted_migration_resumes(built, tiny_config, tmp_path, monkeypatch):
@@ -116,11 +120,12 @@ def test_changed_source_is_converted_again(built, tiny_config, tmp_path):
 
 def test_a_wrong_conversion_is_caught_and_removed(built, tmp_path, monkeypatch):
     """The read-back check compares with the source, not with the conversion: a swapped x/y is found."""
-    convert = harness.cache.migrate.to_native
+    write = NativePipeline.write_fields
 
-    def swapped(source_path, name, tensor, spatial_dims, channels):
-        return convert(source_path, name, tensor.transpose(2, 3), spatial_dims, channels)
-    monkeypatch.setattr(harness.cache.migrate, 'to_native', swapped)
+    def swapped(self, sim, fields, metadata):
+        return write(self, sim, {name: math.wrap(np.swapaxes(t.numpy(t.shape.names), 1, 2), t.shape)
+                                 for name, t in fields.items()}, metadata)
+    monkeypatch.setattr(NativePipeline, 'write_fields', swapped)
     with pytest.raises(CacheError) as info:
         migrate_cache(built / 'legacy', tmp_path / 'npz')
     assert f"{tmp_path / 'npz' / 'sim_000000.npz'}: does not match its source velocity: " in str(info.value)
@@ -135,8 +140,8 @@ def _legacy_file(folder, sim, fields, metadata):
 @pytest.mark.parametrize('change, words', [
     (lambda t, m: (t.to(torch.bfloat16), m), 'dtype torch.bfloat16, expected float16, float32 or float64'),
     (lambda t, m: (t, {**m, 'field_channels': {'velocity': ['u', 'v']}}),
-     "channels ['u', 'v']; the native cache holds vector fields with one channel per spatial dim ['x', 'y']"),
-    (lambda t, m: (t, {**m, 'spatial_dims': ['h', 'w']}), "spatial_dims ['h', 'w'], expected ['x', 'y']"),
+     "cannot be written to the 'phiml' cache: " + "{npz}: field 'velocity' has vector item names ('u', 'v'), expected ('x', 'y')"),
+    (lambda t, m: (t, {**m, 'spatial_dims': ['h', 'w']}), "metadata spatial_dims=['h', 'w'], the tensors have 2 spatial axes ['x', 'y']"),
     (lambda t, m: (t, {**m, 'fields': ['density']}), "metadata fields ['density'] differ from the stored fields"),
 ], ids=['bfloat16', 'channel-names', 'spatial-names', 'fields'])
 def test_unconvertible_source_refused(tmp_path, change, words):
@@ -146,7 +151,8 @@ def test_unconvertible_source_refused(tmp_path, change, words):
     _legacy_file(tmp_path / 'legacy', 0, {'velocity': tensor}, meta)
     with pytest.raises(CacheError) as info:
         migrate_cache(tmp_path / 'legacy', tmp_path / 'npz')
-    assert str(tmp_path / 'legacy' / 'sim_000000.pt') in str(info.value) and words in str(info.value)
+    words = words.format(npz=tmp_path / 'npz' / 'sim_000000.npz')
+    assert str(info.value).startswith(f"{tmp_path / 'legacy' / 'sim_000000.pt'}: ") and words in str(info.value)
     assert not (tmp_path / 'npz' / 'sim_000000.npz').exists()
 
 

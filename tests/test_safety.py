@@ -11,9 +11,9 @@ import pytest
 from harness.cache.build import build_cache, open_cache, verify_cache
 from harness.config import load_config
 from harness.errors import CacheError
-from harness.cache.manifest import KINDS, Manifest
+from harness.cache.manifest import Manifest
 from harness.data.simulate import simulate
-from conftest import PIPELINE_IDS, PIPELINES, TINY
+from conftest import KINDS, PIPELINES, PIPELINE_IDS, TINY
 
 pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='the builds are killed in forked children')
 KILLS = 20
@@ -80,13 +80,13 @@ def test_sigkill_at_random_moments(name, kill_setup):
         if trial % 2 == 0:  # odd trials kill the resumed build of the previous trial's remains
             folder = root / f'{name}-{trial}'
         _kill_after(_fork_build(name, folder, config, simulation), rng.uniform(0, 1.2 * full))
-        report = verify_cache(folder, name, config)
+        report = verify_cache(folder, PIPELINES[name], config)
         # writes are atomic: a killed build leaves whole files, recorded or not, never torn ones
         assert {p.kind for p in report.problems} <= {'missing', 'unrecorded'}, report.describe()
         for sim in config.all_sims:
             if sim not in report.bad_sims:  # everything that verifies is exactly what an uninterrupted build wrote
                 assert (folder / kind.file_name(sim)).read_bytes() == (reference / kind.file_name(sim)).read_bytes()
-                assert KINDS[name].load(folder, sim)['metadata']['sim_index'] == sim
+                assert KINDS[name].describe(folder, sim)[1]['sim_index'] == sim
         pipeline = PIPELINES[name](folder, config.data.rollout_steps)
         if report:
             open_cache(pipeline, config.all_sims, config)
@@ -119,7 +119,7 @@ def test_sigkill_at_the_worst_moments(name, function, found, kill_setup):
     pid = _fork_build(name, folder, config, simulation, kill_point=(function, 8 if function == 'os.replace' else 5))
     status = os.waitpid(pid, 0)[1]
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    report = verify_cache(folder, name, config)
+    report = verify_cache(folder, PIPELINES[name], config)
     assert [(p.sim, p.kind) for p in report.problems] == [(3, found)] + [(s, 'missing') for s in range(4, 8)]
     assert not any(p.foreign for p in report.problems)  # the landed, unrecorded file is pending: the harness's
     assert len(report.temp_files) == (1 if function == 'os.replace' else 0)

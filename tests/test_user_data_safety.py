@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-import harness.cache
-from harness.cache import build_cache, repair_cache, verify_cache
+import harness.cache.build
+from harness.cache.build import build_cache, repair_cache, verify_cache
+from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.errors import CacheError
-from harness.manifest import KINDS, MANIFEST_NAME, Manifest
 from built_caches import built  # noqa: F401  (fixture)
-from conftest import PIPELINE_IDS, PIPELINES
+from conftest import KINDS, PIPELINE_IDS, PIPELINES
 from user_data import tree_state, write_team_pt
 
 
@@ -22,7 +22,7 @@ def no_simulation(monkeypatch):
     """Fails the test if anything simulates."""
     def refuse(config, progress=None):
         raise AssertionError("simulate() was called")
-    monkeypatch.setattr(harness.cache, 'simulate', refuse)
+    monkeypatch.setattr(harness.cache.build, 'simulate', refuse)
 
 
 def _team_folder(folder, n=4, **kwargs):
@@ -36,7 +36,7 @@ def test_repair_refuses_a_teams_own_files(tiny_config, tmp_path, no_simulation, 
     folder = _team_folder(tmp_path / 'legacy', legacy_keys=legacy_keys)
     before = tree_state(folder)
     with pytest.raises(CacheError) as info:
-        repair_cache(folder, 'legacy', tiny_config)
+        repair_cache(folder, PIPELINES['legacy'], tiny_config)
     assert str(info.value) == (
         f"{folder / 'sim_000000.pt'}: not written by the harness (not recorded in {folder / MANIFEST_NAME}) (and 3 "
         f"more: sim_000001.pt, sim_000002.pt, sim_000003.pt); refusing to use or overwrite files the harness did not "
@@ -70,10 +70,10 @@ def test_a_teams_manifest_is_never_overwritten(tiny_config, tmp_path, no_simulat
     folder = _team_folder(tmp_path / 'legacy')
     (folder / MANIFEST_NAME).write_text(content)
     before = tree_state(folder)
-    report = verify_cache(folder, 'legacy', tiny_config)
+    report = verify_cache(folder, PIPELINES['legacy'], tiny_config)
     assert report.manifest_problem.startswith(f"{folder / MANIFEST_NAME}: not ")
     with pytest.raises(CacheError) as info:
-        repair_cache(folder, 'legacy', tiny_config)
+        repair_cache(folder, PIPELINES['legacy'], tiny_config)
     assert str(info.value).startswith(f"{folder / MANIFEST_NAME}: not ")
     assert str(info.value).endswith(f"; refusing to write into {folder}, nothing was changed")
     assert tree_state(folder) == before

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 from harness.atomic import leftover_temp_files
 from harness.config import ScenarioConfig
@@ -30,6 +30,7 @@ from harness.pipeline import AbstractPipeline
 from harness.data.simulate import Simulation, simulate
 
 logger = logging.getLogger(__name__)
+PipelineLike = Union[type[AbstractPipeline], AbstractPipeline, CacheKind]  # what names a pipeline's files
 PROBLEM_KINDS = ('missing', 'empty', 'truncated', 'size-mismatch', 'hash-mismatch', 'unreadable', 'wrong-shape',
                  'stale', 'unrecorded')
 
@@ -165,7 +166,7 @@ class BuildResult:
         return [sim for sim in self.after.sims if sim not in self.rebuilt]
 
 
-def verify_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig | None = None,
+def verify_cache(folder: Path, pipeline: PipelineLike, config: ScenarioConfig | None = None,
                  sims: Sequence[int] | None = None) -> CacheReport:
     """Checks every sim file of a cache folder against the manifest and, if given, the config.
 
@@ -175,14 +176,14 @@ def verify_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig | None
 
     Args:
         folder: Cache folder.
-        pipeline_kind: `'legacy'` or `'phiml'`.
+        pipeline: The pipeline (class or instance) whose files the folder holds.
         config: The scenario the cache must hold; also gives the sims to check.
         sims: Sims to check; default: `config.all_sims`, else every sim recorded or present.
 
     Returns:
         `CacheReport` naming every bad file and what is wrong with it.
     """
-    kind = cache_kind(pipeline_kind)
+    kind = cache_kind(pipeline)
     folder = Path(folder)
     report = CacheReport(folder, kind.name)
     if not folder.is_dir():
@@ -247,7 +248,7 @@ def _check_file(kind: CacheKind, folder: Path, sim: int, record: FileRecord | No
         return FileProblem(sim, name, 'empty', f"0 bytes{recorded}" if record else f"0 bytes, {whose}", foreign)
     if record is None:
         try:
-            fields, _ = kind.describe(kind.load(folder, sim, allow_any_float=True))
+            fields, _ = kind.describe(folder, sim)
         except CacheError as err:
             return FileProblem(sim, name, 'unreadable', f"{str(err).removeprefix(f'{path}: ')}; {whose}", foreign)
         signatures[sim] = FileRecord(name, sim, size, '', fields, {}).signature
@@ -341,7 +342,7 @@ def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequen
         CacheError: with `record`, the folder's manifest is not the harness's or belongs to the other pipeline, or a
             file to be written is there and not the harness's (nothing is overwritten).
     """
-    kind = cache_kind(pipeline.name)
+    kind = cache_kind(pipeline)
     folder = pipeline.cache_dir
     manifest = None
     if record:
@@ -406,13 +407,13 @@ def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: 
             not write (see `check_writable`), or the cache still does not verify afterwards.
         ValueError: `simulation` comes from another config.
     """
-    kind = cache_kind(pipeline.name)
+    kind = cache_kind(pipeline)
     folder = pipeline.cache_dir
     sims = list(config.all_sims if sims is None else sims)
-    check_writable(folder, kind.name, config, sims)  # before anything is created, removed or simulated
+    check_writable(folder, kind, config, sims)  # before anything is created, removed or simulated
     folder.mkdir(parents=True, exist_ok=True)
     removed = remove_leftovers(folder, kind)
-    before = verify_cache(folder, kind.name, config, sims)
+    before = verify_cache(folder, kind, config, sims)
     before_foreign = before.foreign_message()
     if before_foreign:  # appeared since the check
         raise CacheError(before_foreign)
@@ -426,12 +427,12 @@ def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: 
         logger.info("%s: %d of %d sims to write (%s)", folder, len(rebuilt), len(sims),
                     ', '.join(sorted({p.kind for p in before.problems})))
         write_cache(pipeline, simulation, rebuilt, progress, record=True)
-    after = verify_cache(folder, kind.name, config, sims)
+    after = verify_cache(folder, kind, config, sims)
     after.raise_if_failed()
     return BuildResult(before, rebuilt, after, removed)
 
 
-def check_writable(folder: Path, pipeline_kind: str, config: ScenarioConfig | None = None,
+def check_writable(folder: Path, pipeline: PipelineLike, config: ScenarioConfig | None = None,
                    sims: Sequence[int] | None = None) -> CacheReport:
     """Checks that `build_cache` may complete this folder: it writes only where it wrote before.
 
@@ -443,11 +444,11 @@ def check_writable(folder: Path, pipeline_kind: str, config: ScenarioConfig | No
             pipeline; or a sim file to be written is there but not recorded in the manifest (a user's file). Each names
             the file; nothing is changed.
     """
-    kind = cache_kind(pipeline_kind)
+    kind = cache_kind(pipeline)
     folder = Path(folder)
     if folder.is_symlink() and not folder.exists() or folder.exists() and not folder.is_dir():
         raise CacheError(f"{folder}: cache folder is not a folder")
-    report = verify_cache(folder, kind.name, config, sims)
+    report = verify_cache(folder, kind, config, sims)
     if not folder.exists():
         return report
     _manifest_for_writing(folder, kind)
@@ -457,12 +458,9 @@ def check_writable(folder: Path, pipeline_kind: str, config: ScenarioConfig | No
     return report
 
 
-def repair_cache(folder: Path, pipeline_kind: str, config: ScenarioConfig, simulation: Simulation | None = None,
-                 progress: Callable[[int], None] | None = None) -> BuildResult:
+def repair_cache(folder: Path, pipeline_cls: type[AbstractPipeline], config: ScenarioConfig,
+                 simulation: Simulation | None = None, progress: Callable[[int], None] | None = None) -> BuildResult:
     """`build_cache` for a folder given by path: rewrites the missing and bad sims of `config`, nothing else."""
-    from legacy import LegacyPipeline
-    from phiml_native import NativePipeline
-    pipeline_cls = {'legacy': LegacyPipeline, 'phiml': NativePipeline}[cache_kind(pipeline_kind).name]
     return build_cache(pipeline_cls(Path(folder), config.data.rollout_steps), config, simulation, progress=progress)
 
 
@@ -472,7 +470,7 @@ def open_cache(pipeline: AbstractPipeline, sims: Sequence[int], config: Scenario
     Raises:
         CacheError: naming every bad file (see `CacheReport.summary`), before anything is loaded.
     """
-    report = verify_cache(pipeline.cache_dir, pipeline.name, config, sims)
+    report = verify_cache(pipeline.cache_dir, pipeline, config, sims)
     report.raise_if_failed()
     pipeline.open(sims)
     return report

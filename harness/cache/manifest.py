@@ -21,38 +21,22 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from harness.atomic import atomic_path
 from harness.config import ScenarioConfig
 from harness.errors import CacheError
+from harness.pipeline import AbstractPipeline, FieldLayout
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = 'manifest.json'
 FORMAT_VERSION = 1
 WRITER = 'phiml-migration-harness'
-PIPELINE_KINDS = ('legacy', 'phiml')
-SPATIAL = ('x', 'y', 'z')
 
 
-@dataclass(frozen=True)
-class FieldRecord:
-    """One field of a sim file: dims in the file's layout, their sizes, the dtype name and the channel item names."""
-    dims: tuple[str, ...]
-    shape: tuple[int, ...]
-    dtype: str
-    item_names: tuple[str, ...] = ()
-
-    @property
-    def n_frames(self) -> int:
-        return self.shape[self.dims.index('time')]
-
-    @property
-    def resolution(self) -> list[int]:
-        """Cells along x[, y[, z]]."""
-        return [size for dim, size in zip(self.dims, self.shape) if dim in SPATIAL]
+FieldRecord = FieldLayout  # one field of a sim file, as the manifest records it
 
 
 @dataclass(frozen=True)
@@ -102,7 +86,7 @@ class Manifest:
     """The records of one cache folder.
 
     Attributes:
-        pipeline: `'legacy'` (`.pt` files) or `'phiml'` (`.npz` files).
+        pipeline: The `name` of the pipeline whose files the folder holds (`'legacy'`, `'phiml'`, ...).
         files: File name -> record.
         pending: Names of files being written and not recorded yet (the harness's, whatever their state).
     """
@@ -138,8 +122,8 @@ class Manifest:
                                  f"an earlier version of the harness wrote none: delete such a folder to rebuild it)")
             if values.get('format_version') != FORMAT_VERSION:
                 raise ValueError(f"format_version {values.get('format_version')!r}, expected {FORMAT_VERSION}")
-            if values.get('pipeline') not in PIPELINE_KINDS:
-                raise ValueError(f"pipeline {values.get('pipeline')!r}, expected one of {list(PIPELINE_KINDS)}")
+            if not isinstance(values.get('pipeline'), str):
+                raise ValueError(f"pipeline {values.get('pipeline')!r}, expected the name of a pipeline")
             files = {name: FileRecord.from_json(record) for name, record in values['files'].items()}
             pending = values.get('pending', [])
             if not isinstance(pending, list) or not all(isinstance(name, str) for name in pending):
@@ -187,21 +171,23 @@ def config_digest(config: ScenarioConfig) -> str:
 
 @dataclass(frozen=True)
 class CacheKind:
-    """How one pipeline's files are named, read and described.
+    """How one pipeline's files are named, read and described: learnt from the pipeline class itself.
 
     Attributes:
-        name: `'legacy'` or `'phiml'`.
-        suffix: File ending.
-        manager: Builds the pipeline's data manager for a folder.
-        describe: Loaded file contents -> (field records, metadata).
+        pipeline: The pipeline class (`name`, `file_suffix`, `file_name`, `describe_file`).
     """
-    name: str
-    suffix: str
-    manager: Callable[[Path], Any]
-    describe: Callable[[dict], tuple[dict[str, FieldRecord], dict]]
+    pipeline: type[AbstractPipeline]
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+    @property
+    def suffix(self) -> str:
+        return self.pipeline.file_suffix
 
     def file_name(self, sim: int) -> str:
-        return f"sim_{sim:06d}{self.suffix}"
+        return self.pipeline.file_name(sim)
 
     def sim_of(self, name: str) -> int | None:
         """The sim whose file is called `name`; None when `name` is not a sim file name of this kind."""
@@ -211,31 +197,13 @@ class CacheKind:
             return int(digits)
         return None
 
-    def load(self, folder: Path, sim: int, allow_any_float: bool = False) -> dict:
-        """Loads and validates one file with the pipeline's own safe reader.
+    def describe(self, folder: Path, sim: int) -> tuple[dict[str, FieldRecord], dict]:
+        """Reads one file with the pipeline's own safe reader and describes it.
 
         Raises:
             CacheError: naming the file and what is wrong with it.
         """
-        return self.manager(folder).load_cache(sim, allow_any_float=allow_any_float)
-
-
-def _describe_legacy(data: dict) -> tuple[dict[str, FieldRecord], dict]:
-    meta = data['metadata']
-    spatial = tuple(meta['spatial_dims'])
-    fields = {name: FieldRecord(('channel', 'time', *spatial), tuple(t.shape), str(t.dtype).removeprefix('torch.'),
-                                tuple(meta['field_channels'][name]))
-              for name, t in data['tensor_data'].items()}
-    return fields, dict(meta)
-
-
-def _describe_native(data: dict) -> tuple[dict[str, FieldRecord], dict]:
-    fields = {}
-    for name in data['metadata']['fields']:
-        shape = data[name].shape
-        items = shape.get_item_names('vector') if 'vector' in shape else None
-        fields[name] = FieldRecord(shape.names, shape.sizes, dtype_name(data[name].dtype), tuple(items or ()))
-    return fields, dict(data['metadata'])
+        return self.pipeline(Path(folder), 1).describe_file(sim)
 
 
 def dtype_name(dtype) -> str:
@@ -243,31 +211,18 @@ def dtype_name(dtype) -> str:
     return f"{dtype.kind.__name__}{dtype.bits}"
 
 
-def _legacy_manager(folder: Path):
-    from legacy.data_manager import DataManager
-    return DataManager(folder)
-
-
-def _native_manager(folder: Path):
-    from phiml_native.data_manager import PhiMLDataManager
-    return PhiMLDataManager(folder)
-
-
-KINDS = {
-    'legacy': CacheKind('legacy', '.pt', _legacy_manager, _describe_legacy),
-    'phiml': CacheKind('phiml', '.npz', _native_manager, _describe_native),
-}
-
-
-def cache_kind(pipeline_kind: str) -> CacheKind:
-    """The `CacheKind` named `pipeline_kind`.
+def cache_kind(pipeline: type[AbstractPipeline] | AbstractPipeline | CacheKind) -> CacheKind:
+    """The `CacheKind` of a pipeline class or instance.
 
     Raises:
-        ValueError: unknown name.
+        TypeError: `pipeline` is not a pipeline.
     """
-    if pipeline_kind not in KINDS:
-        raise ValueError(f"`pipeline_kind` (={pipeline_kind!r}) must be one of {list(KINDS)}")
-    return KINDS[pipeline_kind]
+    if isinstance(pipeline, CacheKind):
+        return pipeline
+    cls = pipeline if isinstance(pipeline, type) else type(pipeline)
+    if not issubclass(cls, AbstractPipeline):
+        raise TypeError(f"`pipeline` (={pipeline!r}) must be a pipeline class or instance (harness.pipeline.AbstractPipeline)")
+    return CacheKind(cls)
 
 
 def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
@@ -276,7 +231,7 @@ def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
 
 
 def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None = None,
-                source: dict[str, Any] | None = None, allow_any_float: bool = False) -> FileRecord:
+                source: dict[str, Any] | None = None) -> FileRecord:
     """Reads a freshly written sim file back with its pipeline's reader and describes it for the manifest.
 
     Raises:
@@ -284,7 +239,7 @@ def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None =
     """
     path = Path(folder) / kind.file_name(sim)
     size, sha = path.stat().st_size, sha256_file(path)
-    fields, metadata = kind.describe(kind.load(folder, sim, allow_any_float))
+    fields, metadata = kind.describe(folder, sim)
     return FileRecord(path.name, sim, size, sha, fields, metadata, digest, source)
 
 

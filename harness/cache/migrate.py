@@ -1,18 +1,16 @@
-"""Migration of a legacy `.pt` cache into the native `.npz` cache, without re-simulating.
+"""Migration of one pipeline's cache into another's without re-simulating: a legacy `.pt` cache into the native
+`.npz` cache (`python -m harness.migrate LEGACY_DIR NPZ_DIR`), or between any two pipelines.
 
-    python -m harness.migrate LEGACY_DIR NPZ_DIR
+Every source file is read by the source pipeline's own reader as canonical PhiML tensors (`read_fields`: dims `time`,
+x[, y[, z]], [`vector`]; values and dtype as stored) and written by the target pipeline (`write_fields`). The
+source's metadata is carried over unchanged except for the legacy layout keys `spatial_dims` and `field_channels`
+(the dims carry them); `fields` is added if absent, so a migrated file equals what the native pipeline writes from the
+same simulation. The dtype is kept (float16, float32 or float64); training needs float32.
 
-Every legacy file `sim_XXXXXX.pt` (`{'tensor_data': {field: [C, T, *spatial]}, 'metadata': {...}}`) becomes
-`sim_XXXXXX.npz` holding `{field: Tensor(time, *spatial, [vector]), 'metadata': {...}}`, written with
-`PhiMLDataManager.save_cache` (atomic, readable by `phiml.math.load`). Channel item names come from the legacy
-metadata's `field_channels`; `spatial_dims` and `field_channels` are dropped from the metadata (the dims carry them),
-`fields` is added if absent, so a migrated file equals what the native pipeline writes from the same simulation.
-The dtype is kept (float16, float32 or float64); training needs float32.
-
-Each converted file is read back with the native reader and compared with its source by `harness.diff` (bitwise,
-dims, dim types, item names, dtype, metadata) before it is recorded in `NPZ_DIR/manifest.json` together with the
-size and SHA-256 of its source. A rerun skips the files whose record and bytes still match, so an interrupted
-migration resumes. The source folder is only read.
+Each written file is read back with the target's reader and compared with its source: every field bitwise, with its
+dims, dim types, item names and dtype, and the metadata with its types, before it is recorded in the target's
+`manifest.json` together with the size and SHA-256 of its source. A rerun skips the files whose record and bytes still
+match, so an interrupted migration resumes. The source folder is only read.
 """
 from __future__ import annotations
 
@@ -21,20 +19,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping
 
-import numpy as np
-import torch
-from phiml import math
-from phiml.math import Tensor, batch, channel, spatial
+from phiml.math import Tensor
 
-from harness.equivalence.diff import Tolerance, compare_arrays
+from harness.cache.manifest import Manifest, cache_kind, dtype_name, record_file, sha256_file, sims_on_disk
+from harness.equivalence.diff import Tolerance, compare_tensors
 from harness.errors import CacheError
-from harness.cache.manifest import (KINDS, SPATIAL, Manifest, dtype_name, record_file, sha256_file, sims_on_disk)
+from harness.pipeline import AbstractPipeline
 
 logger = logging.getLogger(__name__)
 LAYOUT_KEYS = ('spatial_dims', 'field_channels')
-NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 @dataclass
@@ -60,16 +55,19 @@ class MigrationReport:
                 f"done) in {self.seconds:.2f} s; manifest: {Manifest.path(self.target_dir)}")
 
 
-def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], None] | None = None) -> MigrationReport:
-    """Converts every `sim_XXXXXX.pt` of `legacy_dir` into `npz_dir`, verifies each, records each in the manifest.
+def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], None] | None = None, *,
+                  legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline]) -> MigrationReport:
+    """Converts every cache file of `legacy_dir` into `npz_dir`, verifies each, records each in the manifest.
 
     All sources are read and checked first (layout, dtypes, one resolution and one set of fields), so a bad source
     stops the migration before anything is written.
 
     Args:
-        legacy_dir: Folder of the legacy cache; never written to.
-        npz_dir: Folder of the native cache; created if needed.
+        legacy_dir: Folder of the source cache; never written to.
+        npz_dir: Folder of the target cache; created if needed.
         progress: Called with 1 per file done.
+        legacy_cls: The source pipeline (reads `legacy_dir`).
+        native_cls: The target pipeline (writes `npz_dir`).
 
     Raises:
         CacheError: naming the file: missing or empty source folder, a source that does not load or is not
@@ -78,16 +76,17 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
     """
     start = time.perf_counter()
     legacy_dir, npz_dir = Path(legacy_dir), Path(npz_dir)
-    legacy, native = KINDS['legacy'], KINDS['phiml']
-    sims = _source_sims(legacy_dir, npz_dir)
-    signatures = {sim: _source_signature(legacy_dir, sim) for sim in sims}
+    source_pipe, target_pipe = legacy_cls(legacy_dir, 1), native_cls(npz_dir, 1)
+    legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
+    sims = _source_sims(legacy_dir, npz_dir, legacy)
+    signatures = {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims}
     first = sims[0]
     for sim in sims:
         if signatures[sim] != signatures[first]:
-            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields/shape/dtype {signatures[sim]} differ from "
-                             f"{legacy.file_name(first)} {signatures[first]}; one cache must hold sims of one "
+            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
+                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
                              f"resolution and one set of fields")
-    manifest = _target_manifest(npz_dir)
+    manifest = _target_manifest(npz_dir, native.name)
     report = MigrationReport(legacy_dir, npz_dir)
     for sim in sims:
         source_path = legacy_dir / legacy.file_name(sim)
@@ -96,8 +95,8 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
         if record is not None and record.source == source and _target_intact(npz_dir / record.name, record):
             report.skipped.append(sim)
         else:
-            _convert(legacy_dir, npz_dir, sim)
-            manifest.files[native.file_name(sim)] = record_file(native, npz_dir, sim, source=source, allow_any_float=True)
+            convert(source_pipe, target_pipe, sim)
+            manifest.files[native.file_name(sim)] = record_file(native, npz_dir, sim, source=source)
             manifest.save(npz_dir)
             report.converted.append(sim)
         if progress:
@@ -107,7 +106,7 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
     return report
 
 
-def _source_sims(legacy_dir: Path, npz_dir: Path) -> list[int]:
+def _source_sims(legacy_dir: Path, npz_dir: Path, legacy) -> list[int]:
     if not legacy_dir.is_dir():
         raise CacheError(f"{legacy_dir}: legacy cache folder {'is not a folder' if legacy_dir.exists() else 'does not exist'}")
     if npz_dir.exists() and npz_dir.resolve() == legacy_dir.resolve():
@@ -115,76 +114,36 @@ def _source_sims(legacy_dir: Path, npz_dir: Path) -> list[int]:
                          f"keep their manifest.json there)")
     if npz_dir.exists() and not npz_dir.is_dir():
         raise CacheError(f"{npz_dir}: exists and is not a folder (expected the folder of the native cache)")
-    sims = sims_on_disk(legacy_dir, KINDS['legacy'])
+    sims = sims_on_disk(legacy_dir, legacy)
     if not sims:
-        raise CacheError(f"{legacy_dir}: empty cache folder (no sim_XXXXXX.pt files to migrate)")
+        raise CacheError(f"{legacy_dir}: empty cache folder (no {legacy.file_name(0).replace('000000', 'XXXXXX')} files "
+                         f"to migrate)")
     if Manifest.path(legacy_dir).is_file():  # a cache built by the harness: its sources must verify first
         from harness.cache.build import verify_cache
-        verify_cache(legacy_dir, 'legacy', sims=sims).raise_if_failed()
+        verify_cache(legacy_dir, legacy, sims=sims).raise_if_failed()
     return sims
 
 
-def _source_signature(legacy_dir: Path, sim: int) -> tuple:
-    data = KINDS['legacy'].load(legacy_dir, sim, allow_any_float=True)
-    return tuple((name, tuple(t.shape), str(t.dtype)) for name, t in sorted(data['tensor_data'].items()))
+def _signature(fields: Mapping[str, Tensor]) -> str:
+    """`velocity (time=9, x=16, y=16, vector=2) float32; ...`: what must be equal for every sim of one cache."""
+    return '; '.join(f"{name} ({', '.join(f'{n}={k}' for n, k in zip(t.shape.names, t.shape.sizes))}) "
+                     f"{dtype_name(t.dtype)}" for name, t in sorted(fields.items()))
 
 
-def _target_manifest(npz_dir: Path) -> Manifest:
+def _target_manifest(npz_dir: Path, pipeline: str) -> Manifest:
     try:
         manifest = Manifest.load(npz_dir)
     except CacheError as err:
         logger.warning("%s; starting a new one, every file is converted again", err)
-        return Manifest('phiml')
-    if manifest is not None and manifest.pipeline != 'phiml':
+        return Manifest(pipeline)
+    if manifest is not None and manifest.pipeline != pipeline:
         raise CacheError(f"{Manifest.path(npz_dir)}: NPZ_DIR holds a {manifest.pipeline!r} cache, refusing to write the "
-                         f"native cache into it")
-    return manifest or Manifest('phiml')
+                         f"{pipeline!r} cache into it")
+    return manifest or Manifest(pipeline)
 
 
 def _target_intact(path: Path, record) -> bool:
     return path.is_file() and path.stat().st_size == record.size and sha256_file(path) == record.sha256
-
-
-def _convert(legacy_dir: Path, npz_dir: Path, sim: int) -> Path:
-    """Converts, writes and verifies one sim; a converted file that does not match its source is removed."""
-    source_path = legacy_dir / KINDS['legacy'].file_name(sim)
-    data = KINDS['legacy'].load(legacy_dir, sim, allow_any_float=True)
-    meta = data['metadata']
-    tensors = {name: to_native(source_path, name, t, meta['spatial_dims'], meta['field_channels'][name])
-               for name, t in data['tensor_data'].items()}
-    metadata = native_metadata(source_path, meta, sorted(tensors))
-    manager = KINDS['phiml'].manager(npz_dir)
-    path = manager.save_cache(sim, {**tensors, 'metadata': metadata})
-    try:
-        verify_converted(path, data, manager.load_cache(sim, allow_any_float=True), metadata)
-    except CacheError:
-        path.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def to_native(source_path: Path, name: str, tensor: torch.Tensor, spatial_dims: Sequence[str],
-              channels: Sequence[str]) -> Tensor:
-    """One legacy field `[C, T, *spatial]` as the native `Tensor(time, *spatial, [vector])`, values and dtype kept.
-
-    Raises:
-        CacheError: a dtype numpy cannot hold, spatial dims other than x[, y[, z]], or channels that are neither
-            one scalar channel nor one per spatial dim.
-    """
-    spatial_dims = tuple(spatial_dims)
-    if tensor.dtype not in NUMPY_FLOATS:
-        raise CacheError(f"{source_path}: field {name!r} has dtype {tensor.dtype}, expected float16, float32 or float64")
-    if spatial_dims != SPATIAL[:len(spatial_dims)]:
-        raise CacheError(f"{source_path}: metadata spatial_dims {list(spatial_dims)}, expected {list(SPATIAL[:len(spatial_dims)])}")
-    if channels and tuple(channels) != spatial_dims:
-        raise CacheError(f"{source_path}: field {name!r} has channels {list(channels)}; the native cache holds vector "
-                         f"fields with one channel per spatial dim {list(spatial_dims)} or scalar fields (C=1, no names)")
-    values = tensor.detach().cpu().numpy()
-    sizes = dict(zip(spatial_dims, values.shape[2:]))
-    dims = [batch(time=values.shape[1]), spatial(**sizes)]
-    if channels:
-        return math.wrap(np.ascontiguousarray(np.moveaxis(values, 0, -1)), *dims, channel(vector=tuple(channels)))
-    return math.wrap(np.ascontiguousarray(values[0]), *dims)
 
 
 def native_metadata(source_path: Path, meta: dict, fields: list[str]) -> dict[str, Any]:
@@ -199,33 +158,41 @@ def native_metadata(source_path: Path, meta: dict, fields: list[str]) -> dict[st
     return result
 
 
-def verify_converted(path: Path, source: dict, loaded: dict, metadata: dict) -> None:
-    """Compares a converted file, as read back, with its legacy source: every field bitwise, dims, item names, dtype.
+def convert(source: AbstractPipeline, target: AbstractPipeline, sim: int) -> Path:
+    """Converts, writes and verifies one sim; a written file that does not match its source is removed."""
+    fields, meta = source.read_fields(sim)
+    source_path = source.cache_file(sim)
+    metadata = native_metadata(source_path, meta, sorted(fields))
+    try:
+        path = target.write_fields(sim, fields, metadata)
+    except CacheError as err:
+        raise CacheError(f"{source_path}: cannot be written to the {target.name!r} cache: {err}") from None
+    try:
+        verify_converted(path, fields, *target.read_fields(sim), metadata)
+    except CacheError:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def verify_converted(path: Path, source: Mapping[str, Tensor], loaded: Mapping[str, Tensor], loaded_metadata: dict,
+                     metadata: dict) -> None:
+    """Compares a written file, as read back, with its source: every field bitwise with its dims, dim types, item
+    names and dtype, and the metadata with its types.
 
     Raises:
         CacheError: naming `path` and the first difference.
     """
-    spatial_dims = tuple(source['metadata']['spatial_dims'])
-    for name, original in source['tensor_data'].items():
-        channels = tuple(source['metadata']['field_channels'][name])
-        tensor = loaded[name]
-        expected = ('time', *spatial_dims) + (('vector',) if channels else ())
-        if tensor.shape.names != expected or tensor.shape.batch.names != ('time',) \
-                or tensor.shape.spatial.names != spatial_dims or tuple(tensor.shape.channel.names) != expected[len(spatial_dims) + 1:]:
-            raise CacheError(f"{path}: field {name!r} read back with dims {tensor.shape}, expected {expected} "
-                             f"(time batch, spatial, vector channel)")
-        if channels and tensor.shape.get_item_names('vector') != channels:
-            raise CacheError(f"{path}: field {name!r} read back with item names {tensor.shape.get_item_names('vector')}, "
-                             f"source channels {list(channels)}")
-        source_np = original.numpy()
-        with math.precision(tensor.dtype.bits):  # numpy(order) casts to the default precision otherwise
-            back = tensor.numpy(['vector', 'time', *spatial_dims]) if channels else tensor.numpy(['time', *spatial_dims])[None]
-        diff = compare_arrays(source_np, back, ('channel', 'time', *spatial_dims), Tolerance('identical'), name)
-        if not diff or back.dtype != source_np.dtype:
-            reason = diff.describe() if not diff else f"dtype {dtype_name(tensor.dtype)}, source {original.dtype}"
+    if sorted(loaded) != sorted(source):
+        raise CacheError(f"{path}: read back with fields {sorted(loaded)}, the source has {sorted(source)}")
+    for name, original in sorted(source.items()):
+        back = loaded[name]
+        diff = compare_tensors(original, back, Tolerance('identical'), name)
+        if not diff or back.dtype != original.dtype:
+            reason = diff.describe() if not diff else f"dtype {dtype_name(back.dtype)}, source {dtype_name(original.dtype)}"
             raise CacheError(f"{path}: does not match its source {reason} (legacy = source, native = converted)")
-    if _canonical(loaded['metadata']) != _canonical(metadata):
-        raise CacheError(f"{path}: metadata read back {loaded['metadata']} differs from the source's {metadata}")
+    if _canonical(loaded_metadata) != _canonical(metadata):
+        raise CacheError(f"{path}: metadata read back {loaded_metadata} differs from the source's {metadata}")
 
 
 def _canonical(value: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from harness.cache.migrate import migrate_cache
 from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.registry import default_pipelines
 
 PROG = 'python -m harness.migrate'
 
@@ -40,6 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.verbose)
     from tqdm import tqdm
     with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
-        report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update)
+        legacy_cls, native_cls = default_pipelines()
+        report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls, native_cls=native_cls)
     print(report.summary())
     return 0

@@ -50,6 +50,12 @@ class InjectedBug(AbstractPipeline):
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         return self.inner.describe_file(sim)
 
+    def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
+        return self.inner.read_fields(sim)
+
+    def write_fields(self, sim: int, fields: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+        return self.inner.write_fields(sim, fields, metadata)
+
     def open(self, sims: Sequence[int]) -> None:
         self.inner.open(sims)
 
