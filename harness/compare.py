@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import model
-from .cache import build_cache, verify_cache
+from .cache import CacheReport, build_cache, check_writable
 from .cli import OneLineParser, guarded, setup_logging
 from .config import ScenarioConfig, load_config
 from .diff import ToleranceMap
@@ -40,6 +43,9 @@ from .verdict import (Check, coverage_check, equivalence_check, selftest_check, 
 
 logger = logging.getLogger(__name__)
 PROG = 'python -m harness.compare'
+CACHE_FOLDERS = ('legacy', 'phiml')  # what --cache-dir holds, each with the harness's manifest.json
+TIMING_SCRATCH = re.compile(r'\.timing\.[a-z0-9_]{8}\.harness-tmp')  # the timed writes' folder (tempfile.mkdtemp)
+LEGACY_CACHE_HINT = "judging a cache of your own (`--legacy-cache DIR`) is not supported yet"
 QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
          'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
 
@@ -49,9 +55,11 @@ def make_parser() -> OneLineParser:
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
     parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
-    parser.add_argument('--cache-dir', type=Path, help="reuse the caches in this folder (default: <out>/cache, rebuilt "
-                        "as needed); they are verified against their manifests and a bad file is an error")
-    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir")
+    parser.add_argument('--cache-dir', type=Path, help="reuse the harness's caches in this folder (legacy/, phiml/; "
+                        "default: <out>/cache, rebuilt as needed); they are verified against their manifests and a bad "
+                        "file is an error; a folder of files the harness did not write is refused")
+    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir that the "
+                        "harness wrote (its manifest records them); never a file of anyone else")
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -83,9 +91,8 @@ def prepare_output(out: Path) -> None:
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / '.write-test'
-        probe.write_text('')
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out):  # a name of its own: never a user's file
+            pass
     except OSError as err:
         raise HarnessError(f"output folder {str(out)!r} cannot be written: {err.strerror or err}") from None
 
@@ -95,22 +102,30 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     Args:
-        cache_dir: A cache folder to reuse (verified; bad files are an error unless `repair`). Default: `out/cache`,
-            which is completed or repaired as needed.
+        cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
+            Default: `out/cache`, which is completed or repaired as needed.
         legacy_cls, native_cls: Pipeline classes (default: `LegacyPipeline`, `NativePipeline`); tests pass doubles.
-        repair: Rewrite the missing and bad files of `cache_dir`.
+        repair: Rewrite the missing and bad files of `cache_dir` that the harness wrote.
+
+    Raises:
+        CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
+            itself, or in the way in `legacy/` or `phiml/`), or (without `repair`) a cache there does not verify.
     """
     from legacy import LegacyPipeline
     from phiml_native import NativePipeline
     legacy_cls, native_cls = legacy_cls or LegacyPipeline, native_cls or NativePipeline
     out = Path(out)
-    prepare_output(out)
     strict_cache = cache_dir is not None and not repair
     cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
+    r = config.data.rollout_steps
+    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
+    _check_cache_root(cache_dir)
+    verified = {p.name: _check_cache(p, config, strict_cache) for p in (legacy, native)}
+    prepare_output(out)
     _seed_everything(config)
     durations = {}
     start = time.perf_counter()
-    r, cmp = config.data.rollout_steps, config.compare
+    cmp = config.compare
 
     def bar(total, desc):
         return tqdm(total=total, desc=desc, disable=not progress, leave=False, file=sys.stderr)
@@ -120,10 +135,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     durations['simulate_s'] = time.perf_counter() - start
     health = scan_simulation(simulation, config.health)
 
-    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
     t = time.perf_counter()
     with bar(2 * len(config.all_sims), 'write caches') as b:
-        caches = {p.name: _prepare_cache(p, config, simulation, strict_cache, b.update) for p in (legacy, native)}
+        caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update) for p in (legacy, native)}
     durations['write_s'] = time.perf_counter() - t
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
@@ -145,8 +159,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     network = model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=config.seed)
     t = time.perf_counter()
     with bar(cmp.timing_warmup + cmp.timing_repeats, 'time stages') as b:
+        scratch = Path(tempfile.mkdtemp(prefix='.timing.', suffix='.harness-tmp', dir=cache_dir))  # on the caches' disk
         timings = time_stages(legacy, native, simulation, plans[0], config.train_sims, network,
-                              config.trainer.learning_rate, cache_dir / 'timing', repeats=cmp.timing_repeats,
+                              config.trainer.learning_rate, scratch, repeats=cmp.timing_repeats,
                               warmup=cmp.timing_warmup, progress=b.update)
     durations['timing_s'] = time.perf_counter() - t
 
@@ -227,14 +242,60 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     return summary
 
 
-def _prepare_cache(pipeline, config: ScenarioConfig, simulation, strict: bool, progress) -> dict:
-    """Makes `pipeline`'s cache complete and verified; with `strict`, an existing cache must verify as it is."""
+def _check_cache_root(root: Path) -> None:
+    """Refuses a `--cache-dir` that holds anything but the harness's `legacy/` and `phiml/` caches (a team's flat
+    folder of files must not get simulated caches written beside them and a verdict on data it never read); removes
+    the timed writes' scratch folders of killed runs from a folder that holds a cache of the harness.
+
+    Raises:
+        CacheError: naming the folder and what is in it.
+    """
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise CacheError(f"{root}: the cache folder is not a folder")
+    scratch = [p for p in root.iterdir() if TIMING_SCRATCH.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    others = sorted(p.name for p in root.iterdir() if p not in scratch
+                    and not (p.name in CACHE_FOLDERS and p.is_dir() and not p.is_symlink()))
+    if others:
+        shown = ', '.join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else '')
+        raise CacheError(f"{root}: holds {shown}, which the harness did not write; --cache-dir takes a new or empty "
+                         f"folder, or one holding the harness's own caches (legacy/ and phiml/, each with the harness's "
+                         f"manifest.json); {LEGACY_CACHE_HINT}; nothing was changed")
+    if scratch and any(_has_harness_manifest(root / name) for name in CACHE_FOLDERS):
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        logger.info("%s: removed the scratch folders of killed runs: %s", root, ', '.join(p.name for p in scratch))
+
+
+def _has_harness_manifest(folder: Path) -> bool:
+    from .manifest import Manifest
+    try:
+        return folder.is_dir() and Manifest.load(folder) is not None
+    except CacheError:
+        return False
+
+
+def _check_cache(pipeline, config: ScenarioConfig, strict: bool) -> CacheReport | None:
+    """Checks `pipeline`'s cache folder before anything is simulated: the harness may complete it (it writes only
+    where it wrote before); with `strict`, an existing cache must verify as it is (returned, to be reused)."""
     folder = pipeline.cache_dir
+    try:
+        report = check_writable(folder, pipeline.name, config)
+    except CacheError as err:
+        raise CacheError(f"{err}; {LEGACY_CACHE_HINT}") from None
     if strict and folder.is_dir() and any(folder.iterdir()):
-        report = verify_cache(folder, pipeline.name, config)
         if not report:
             raise CacheError(f"{report.summary()}; rerun with --repair to rewrite just those files")
-        return {'folder': str(folder), 'rebuilt': [], 'reused': report.sims}
+        return report
+    return None
+
+
+def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress) -> dict:
+    """Makes `pipeline`'s cache complete and verified, or reuses the cache `verified` as it is."""
+    folder = pipeline.cache_dir
+    if verified is not None:
+        return {'folder': str(folder), 'rebuilt': [], 'reused': verified.sims}
     result = build_cache(pipeline, config, simulation, progress=progress)
     return {'folder': str(folder), 'rebuilt': result.rebuilt, 'reused': result.skipped}
 
