@@ -6,7 +6,10 @@ import contextlib
 import functools
 import logging
 import random
+import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +20,8 @@ from tqdm import tqdm
 
 from harness import model
 from harness.bench.timing import time_stages
-from harness.cache.build import build_cache, verify_cache
+from harness.cache.build import CacheReport, build_cache, check_writable
+from harness.cache.manifest import Manifest
 from harness.config import ScenarioConfig
 from harness.data.health import scan_simulation
 from harness.data.simulate import simulate
@@ -36,6 +40,8 @@ from harness.report.verdict import (Check, coverage_check, equivalence_check, se
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
+TIMING_SCRATCH = re.compile(r'\.timing\.[a-z0-9_]{8}\.harness-tmp')  # the timed writes' folder (tempfile.mkdtemp)
+LEGACY_CACHE_HINT = "judging a cache of your own (`--legacy-cache DIR`) is not supported yet"
 
 
 def prepare_output(out: Path) -> None:
@@ -46,9 +52,8 @@ def prepare_output(out: Path) -> None:
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / '.write-test'
-        probe.write_text('')
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out):  # a name of its own: never a user's file
+            pass
     except OSError as err:
         raise HarnessError(f"output folder {str(out)!r} cannot be written: {err.strerror or err}") from None
 
@@ -62,17 +67,24 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
 
     Args:
-        cache_dir: A cache folder to reuse (verified; bad files are an error unless `repair`). Default: `out/cache`,
-            which is completed or repaired as needed.
+        cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
+            Default: `out/cache`, which is completed or repaired as needed.
         legacy_cls, native_cls: The pipeline classes to judge (the reference and the candidate).
-        repair: Rewrite the missing and bad files of `cache_dir`.
+        repair: Rewrite the missing and bad files of `cache_dir` that the harness wrote.
+
+    Raises:
+        CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
+            itself, or in the way in `legacy/` or `phiml/`), or (without `repair`) a cache there does not verify.
     """
     out = Path(out)
-    prepare_output(out)
     strict_cache = cache_dir is not None and not repair
     cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
-    _seed_everything(config)
     r, cmp = config.data.rollout_steps, config.compare
+    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
+    _check_cache_root(cache_dir, (legacy, native))
+    verified = {p.name: _check_cache(p, config, strict_cache) for p in (legacy, native)}
+    prepare_output(out)
+    _seed_everything(config)
     durations = _Durations()
     bar = functools.partial(tqdm, disable=not progress, leave=False, file=sys.stderr)
 
@@ -80,9 +92,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         simulation = simulate(config, b.update)
     health = scan_simulation(simulation, config.health)
 
-    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
     with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
-        caches = {p.name: _prepare_cache(p, config, simulation, strict_cache, b.update) for p in (legacy, native)}
+        caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update) for p in (legacy, native)}
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
 
@@ -101,8 +112,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
 
     with durations('timing_s'), bar(total=cmp.timing_warmup + cmp.timing_repeats, desc='time stages') as b:
+        scratch = Path(tempfile.mkdtemp(prefix='.timing.', suffix='.harness-tmp', dir=cache_dir))  # on the caches' disk
         timings = time_stages(legacy, native, simulation, expected.plans[0], config.train_sims, network(),
-                              config.trainer.learning_rate, cache_dir / 'timing', repeats=cmp.timing_repeats,
+                              config.trainer.learning_rate, scratch, repeats=cmp.timing_repeats,
                               warmup=cmp.timing_warmup, progress=b.update)
 
     with durations('train_s'):
@@ -202,16 +214,61 @@ class _Durations(dict):
             self[key] = time.perf_counter() - started
 
 
-def _prepare_cache(pipeline, config: ScenarioConfig, simulation, strict: bool, progress) -> dict:
-    """Makes `pipeline`'s cache complete and verified; with `strict`, an existing cache must verify as it is."""
+def _check_cache_root(root: Path, pipelines) -> None:
+    """Refuses a `--cache-dir` that holds anything but the harness's caches (`legacy/`, `phiml/`): a team's flat folder
+    of files must not get simulated caches written beside them and a verdict on data it never read. Removes the timed
+    writes' scratch folders of killed runs from a folder that holds a cache of the harness.
+
+    Raises:
+        CacheError: naming the folder and what is in it.
+    """
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise CacheError(f"{root}: the cache folder is not a folder")
+    own = {p.cache_dir.name for p in pipelines}
+    scratch = [p for p in root.iterdir() if TIMING_SCRATCH.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    others = sorted(p.name for p in root.iterdir() if p not in scratch
+                    and not (p.name in own and p.is_dir() and not p.is_symlink()))
+    if others:
+        shown = ', '.join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else '')
+        raise CacheError(f"{root}: holds {shown}, which the harness did not write; --cache-dir takes a new or empty "
+                         f"folder, or one holding the harness's own caches ({'/ and '.join(sorted(own))}/, each with "
+                         f"the harness's manifest.json); {LEGACY_CACHE_HINT}; nothing was changed")
+    if scratch and any(_has_harness_manifest(p.cache_dir) for p in pipelines):
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        logger.info("%s: removed the scratch folders of killed runs: %s", root, ', '.join(p.name for p in scratch))
+
+
+def _has_harness_manifest(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and Manifest.load(folder) is not None
+    except CacheError:
+        return False
+
+
+def _check_cache(pipeline, config: ScenarioConfig, strict: bool) -> CacheReport | None:
+    """Checks `pipeline`'s cache folder before anything is simulated: the harness may complete it (it writes only
+    where it wrote before); with `strict`, an existing cache must verify as it is (returned, to be reused)."""
     folder = pipeline.cache_dir
+    try:
+        report = check_writable(folder, pipeline, config)
+    except CacheError as err:
+        raise CacheError(f"{err}; {LEGACY_CACHE_HINT}") from None
     if strict and folder.is_dir() and any(folder.iterdir()):
-        report = verify_cache(folder, pipeline, config)
         if not report:
             raise CacheError(f"{report.summary()}; rerun with --repair to rewrite just those files")
-        return {'folder': str(folder), 'rebuilt': [], 'reused': report.sims}
+        return report
+    return None
+
+
+def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress) -> dict:
+    """Makes `pipeline`'s cache complete and verified, or reuses the cache `verified` as it is."""
+    if verified is not None:
+        return {'folder': str(pipeline.cache_dir), 'rebuilt': [], 'reused': verified.sims}
     result = build_cache(pipeline, config, simulation, progress=progress)
-    return {'folder': str(folder), 'rebuilt': result.rebuilt, 'reused': result.skipped}
+    return {'folder': str(pipeline.cache_dir), 'rebuilt': result.rebuilt, 'reused': result.skipped}
 
 
 def _channels(simulation) -> int:

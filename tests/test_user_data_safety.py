@@ -108,3 +108,62 @@ def test_leftovers_in_a_folder_without_the_harness_manifest_stay(tiny_config, ti
     result = build_cache(PIPELINES['phiml'](folder, tiny_config.data.rollout_steps), tiny_config, tiny_sim)
     assert result.removed_temp_files == [] and result.rebuilt == tiny_config.all_sims
     assert (folder / '.sim_000001.npz.0a1b2c3d.harness-tmp.npz').read_bytes() == b'whose?'
+
+
+COMPARE_PROG = 'python -m harness.compare'
+NOT_YET = "judging a cache of your own (`--legacy-cache DIR`) is not supported yet"
+
+
+def _compare_fails(capsys, *argv) -> str:
+    """Runs the compare CLI in-process as its `__main__` does; asserts exit code 2 and one line on stderr."""
+    from harness.cli import compare
+    code = compare.main( ['burgers', '--quick', '--no-progress', *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == '', (code, out, err)
+    assert err.startswith(f"{COMPARE_PROG}: error: ") and err.count('\n') == 1, err
+    return err.removeprefix(f"{COMPARE_PROG}: error: ").removesuffix('\n')
+
+
+@pytest.mark.slow  # before the fix, --repair ran the whole quick comparison over the team's files
+@pytest.mark.parametrize('repair', [[], ['--repair']], ids=['verify', 'repair'])
+def test_compare_refuses_a_teams_cache_in_cache_dir(tmp_path, capsys, repair):
+    """`X/legacy/` holds a team's own 48x32 files: refused with the file named, with or without --repair."""
+    root = tmp_path / 'X'
+    _team_folder(root / 'legacy')
+    before = tree_state(root)
+    message = _compare_fails(capsys, '--cache-dir', root, '--out', tmp_path / 'report', *repair)
+    legacy = root / 'legacy'
+    assert message == (
+        f"{legacy / 'sim_000000.pt'}: not written by the harness (not recorded in {legacy / MANIFEST_NAME}) (and 3 "
+        f"more: sim_000001.pt, sim_000002.pt, sim_000003.pt); refusing to use or overwrite files the harness did not "
+        f"write, nothing was changed (--repair rewrites only the harness's own files); {NOT_YET}")
+    assert tree_state(root) == before  # no phiml/ written beside it, no file of the team touched
+    assert not (tmp_path / 'report').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('repair', [[], ['--repair']], ids=['verify', 'repair'])
+def test_compare_refuses_a_flat_folder_of_team_files(tmp_path, capsys, repair):
+    """`X/` itself holds the team's files: no simulated legacy/ and phiml/ are written into it, no GO for them."""
+    root = _team_folder(tmp_path / 'X')
+    (root / 'README.txt').write_text('ocean runs, 2024\n')
+    before = tree_state(root)
+    message = _compare_fails(capsys, '--cache-dir', root, '--out', tmp_path / 'report', *repair)
+    assert message == (
+        f"{root}: holds README.txt, sim_000000.pt, sim_000001.pt and 2 more, which the harness did not write; "
+        f"--cache-dir takes a new or empty folder, or one holding the harness's own caches (legacy/ and phiml/, each "
+        f"with the harness's manifest.json); {NOT_YET}; nothing was changed")
+    assert tree_state(root) == before
+    assert not (tmp_path / 'report').exists()
+
+
+@pytest.mark.slow
+def test_compare_refuses_a_teams_manifest_in_cache_dir(tmp_path, capsys):
+    phiml = tmp_path / 'X' / 'phiml'
+    phiml.mkdir(parents=True)
+    (phiml / MANIFEST_NAME).write_text('{"dataset": "ocean-2024"}')
+    before = tree_state(tmp_path / 'X')
+    message = _compare_fails(capsys, '--cache-dir', tmp_path / 'X', '--out', tmp_path / 'report', '--repair')
+    assert message.startswith(f"{phiml / MANIFEST_NAME}: not a cache manifest of the harness (writer None, ")
+    assert message.endswith(f"; refusing to write into {phiml}, nothing was changed; {NOT_YET}")
+    assert tree_state(tmp_path / 'X') == before

@@ -21,9 +21,11 @@ def make_parser() -> OneLineParser:
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
     parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
-    parser.add_argument('--cache-dir', type=Path, help="reuse the caches in this folder (default: <out>/cache, rebuilt "
-                        "as needed); they are verified against their manifests and a bad file is an error")
-    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir")
+    parser.add_argument('--cache-dir', type=Path, help="reuse the harness's caches in this folder (legacy/, phiml/; "
+                        "default: <out>/cache, rebuilt as needed); they are verified against their manifests and a bad "
+                        "file is an error; a folder of files the harness did not write is refused")
+    parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir that the "
+                        "harness wrote (its manifest records them); never a file of anyone else")
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
