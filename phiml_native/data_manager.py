@@ -5,7 +5,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from phiml import math
@@ -71,28 +71,20 @@ class PhiMLDataManager:
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
-                   out: Mapping[str, np.ndarray] | Callable[[str, tuple, np.dtype, int], np.ndarray | None] | None = None
-                   ) -> dict[str, Any]:
+                   out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
 
         Args:
             sim_index: Which sim.
-            mmap: Memory-map the arrays instead of reading them.
+            mmap: Memory-map the fields instead of reading them (read-only views into the file).
             allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
-            out: Arrays to read fields into (see `read_phiml_npz`): field name -> array, or a callable
-                `(field name, sizes, dtype, file offset of the data) -> array or None`, asked once per field; used
-                where it fits.
+            out: Field name -> array to read the field into, used where it fits (see `read_phiml_npz`).
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
         """
-        path = os.path.join(self._folder, _file_name(sim_index))  # a str: pathlib cost ~10 % of reading a small sim
-        if callable(out):
-            def members(member: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
-                is_field = member.startswith('root[') and member.endswith(']:0')
-                return out(member[5:-3], sizes, dtype, offset) if is_field else None
-        else:
-            members = {f'root[{name}]:0': array for name, array in (out or {}).items()} or None
+        path = os.path.join(self._folder, _file_name(sim_index))
+        members = {f'root[{name}]:0': array for name, array in out.items()} if out else None
         try:
             data = read_phiml_npz(path, mmap=mmap, out=members)
         except CacheError:

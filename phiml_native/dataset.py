@@ -76,38 +76,26 @@ class PhiMLDataset:
 
     def _load(self) -> None:
         """Reads each sim once, validated by the data manager, straight into its slot of `arrays` (one copy, page cache
-        -> dataset array, as `np.load` makes); the arrays are allocated while the first file is read, once its
-        structure has told the field sizes."""
+        -> dataset array, as `np.load` makes); the first sim, which tells the sizes, is copied into its slot."""
         first = self.sim_indices[0]
-
-        def allocate(name: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
-            if dtype != np.float32:
-                return None  # the data manager refuses the file
-            # placed for the copy from the page cache: at the data's file offset modulo 64 (phiml_native.aligned)
-            self.arrays[name] = empty_for_copy((len(self.sim_indices), *sizes), np.float32, offset)
-            return self.arrays[name][0]
-
         expected = None
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
-            data = self.data_manager.load_cache(sim, out=allocate if expected is None else slots)
+            data = self.data_manager.load_cache(sim, out=slots)
             fields = sorted(data['metadata']['fields'])
             signature = [(name, data[name].shape) for name in fields]
             if expected is None:
-                expected = signature
-                self.shapes = dict(signature)
-                self.arrays = {name: self.arrays.get(name) for name in fields}
                 if not fields:
                     raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
-                for name, shape in signature:
-                    if self.arrays[name] is None:
-                        self.arrays[name] = np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                expected = signature
+                self.shapes = dict(signature)
+                self.arrays = {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32) for name, shape in signature}
                 slots = {name: array[position] for name, array in self.arrays.items()}
             elif signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
                                  f"{self.data_manager.get_cached_path(first).name} {expected}; one cache must hold "
                                  f"sims of one resolution and one set of fields")
-            for name in fields:  # the reader filled the slot itself unless the file's layout did not allow it
+            for name in fields:  # the reader filled the slot itself unless the field is small or compact
                 values = data[name].numpy(self.shapes[name].names)
                 if not np.may_share_memory(values, slots[name]):
                     np.copyto(slots[name], values, casting='no')

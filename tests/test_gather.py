@@ -206,16 +206,3 @@ def test_batches_are_placed_at_their_tables_address_modulo_64(monkeypatch, table
         monkeypatch.setattr(gather, 'MIN_SHARE_BYTES', 4096 if len(rows) > 3 else 2 ** 30)
         batch = gather.take_rows(table, rows)
         assert (address(batch) - address(table)) % 64 == 0 and np.array_equal(batch, table[rows])
-
-
-def test_dataset_arrays_are_placed_for_the_copy_from_the_file(cache_dirs, tiny_config):
-    manager = PhiMLDataManager(cache_dirs['phiml'])
-    dataset = PhiMLDataset(manager, tiny_config.train_sims, tiny_config.data.rollout_steps)
-    path = manager.get_cached_path(tiny_config.train_sims[0])
-    offsets = []
-    manager.load_cache(tiny_config.train_sims[0], out=lambda name, sizes, dtype, offset: offsets.append(offset))
-    for name, array in dataset.arrays.items():
-        sim = array[0]
-        offset = offsets[dataset.field_names.index(name)]
-        assert path.read_bytes()[offset:offset + sim.nbytes] == sim.tobytes()  # the offset of this field's data
-        assert (address(array) - offset) % 64 == -(offset % 16) % 64  # 0, or 49-63: never 1-31 past it
