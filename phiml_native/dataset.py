@@ -34,8 +34,6 @@ from phiml.math import Shape
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .aligned import address, empty_for_copy
-from .gather import take_runs
 from .tensors import dense
 
 logger = logging.getLogger(__name__)
@@ -71,7 +69,8 @@ class PhiMLDataset:
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # field -> (array, frame-row view, address)
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
+        self._run = np.arange(1 + rollout_steps)
         self._batch_shapes: dict[tuple[str, int], _BatchShapes] = {}
 
     def _load(self) -> None:
@@ -187,8 +186,8 @@ class PhiMLDataset:
         initial, targets = {}, {}
         for name, array in self.arrays.items():
             shapes = self._shapes_for(name, count)
-            table, table_address = self._frame_rows(name, array)
-            windows = take_runs(table, rows, 1 + self.rollout_steps, table_address).reshape(shapes.windows)
+            table = self._frame_rows(name, array)
+            windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip').reshape(shapes.windows)
             initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
             targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
         if len(initial) == 1:
@@ -196,18 +195,17 @@ class PhiMLDataset:
             return {'initial_state': initial[name], 'targets': targets[name]}
         return {'initial_state': initial, 'targets': targets}
 
-    def _frame_rows(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
-        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced,
-        and its address (`aligned.address`, for placing batches)."""
+    def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
+        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
         cached = self._rows.get(name)
         if cached is None or cached[0] is not array:
             if array.shape[:2] != (len(self.sim_indices), self.n_frames) or array.dtype != np.float32:
                 raise ValueError(f"`arrays[{name!r}]` has shape {array.shape} and dtype {array.dtype}, expected "
                                  f"({len(self.sim_indices)}, {self.n_frames}, ...) float32")
             rows = np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1)
-            cached = (array, rows, address(rows))
+            cached = (array, rows)
             self._rows[name] = cached
-        return cached[1], cached[2]
+        return cached[1]
 
     def _shapes_for(self, name: str, count: int) -> _BatchShapes:
         """The shapes of a batch of `count` windows of field `name`, built once per batch size."""
