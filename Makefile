@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: compare test bench benchmarks clean
 
-$(VENV)/.installed: pyproject.toml setup.py phiml_native/_stream.c
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

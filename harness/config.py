@@ -20,6 +20,7 @@ CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
 PHYSICS = ('burgers',)
 MODEL_KINDS = ('u_net', 'conv_net')
+MEMORY_MODES = ('auto', 'load', 'map')  # how the native dataset holds the cache (data.memory)
 TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.equivalence.diff)
 QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
          'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
@@ -53,6 +54,9 @@ class DataConfig:
     n_val_sims: int = 2
     rollout_steps: int = 4
     batch_size: int = 16
+    memory: str = 'auto'         # native dataset: load | map (memory-map the cache files) | auto (load if it fits)
+    memory_budget: float = 0.5   # auto loads when the cache files take at most this fraction of the RAM
+    prefetch: bool = True        # native everyday iterator: build the next batch on a thread during the step
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,10 @@ def validate(config: ScenarioConfig) -> None:
                           f"(`sim.n_steps` + 1 = {sim.n_frames})")
     if data.batch_size < 1:
         raise ConfigError(f"`data.batch_size` (={data.batch_size}) must be >= 1")
+    if data.memory not in MEMORY_MODES:
+        raise ConfigError(f"`data.memory` (={data.memory!r}) must be one of {', '.join(MEMORY_MODES)}")
+    if not 0 < data.memory_budget <= 1:
+        raise ConfigError(f"`data.memory_budget` (={data.memory_budget}) must be a fraction of the RAM in (0, 1]")
     if config.model.kind not in MODEL_KINDS:
         raise ConfigError(f"`model.kind` (={config.model.kind!r}) must be one of {list(MODEL_KINDS)}")
     if config.model.levels < 1 or config.model.filters < 1:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from phiml import math
@@ -15,7 +17,6 @@ from phiml.math import Tensor
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import read_phiml_npz
-from .npz_write import write_phiml_npz
 from .tensors import dense, shape_of
 
 logger = logging.getLogger(__name__)
@@ -63,36 +64,34 @@ class PhiMLDataManager:
         return dense(native, shape_of(tuple(dims)), NUMPY)  # what math.wrap builds, without re-deriving the shape
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
-        """Writes `{field: Tensor, 'metadata': {...}}` atomically, member for member as `phiml.math.save` writes it
-        (`write_phiml_npz`); equal data gives equal bytes."""
+        """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`, then gives every zip member
+        the same timestamp (1980-01-01), so that equal data gives equal bytes (resumed and repeated builds compare
+        files byte for byte)."""
         path = self.get_cached_path(sim_index)
         with atomic_path(path, '.npz') as tmp:
-            write_phiml_npz(tmp, dict(data))
+            stamped = tmp.with_name(tmp.name.removesuffix('.tmp.npz') + '.stamped.tmp.npz')
+            try:
+                math.save(str(stamped), dict(data))
+                _copy_with_fixed_timestamps(stamped, tmp)
+            finally:
+                stamped.unlink(missing_ok=True)
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
-                   out: Mapping[str, np.ndarray] | Callable[[str, tuple, np.dtype, int], np.ndarray | None] | None = None
-                   ) -> dict[str, Any]:
+                   out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it.
 
         Args:
             sim_index: Which sim.
-            mmap: Memory-map the arrays instead of reading them.
+            mmap: Memory-map the fields instead of reading them (read-only views into the file).
             allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
-            out: Arrays to read fields into (see `read_phiml_npz`): field name -> array, or a callable
-                `(field name, sizes, dtype, file offset of the data) -> array or None`, asked once per field; used
-                where it fits.
+            out: Field name -> array to read the field into, used where it fits (see `read_phiml_npz`).
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
         """
-        path = os.path.join(self._folder, _file_name(sim_index))  # a str: pathlib cost ~10 % of reading a small sim
-        if callable(out):
-            def members(member: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
-                is_field = member.startswith('root[') and member.endswith(']:0')
-                return out(member[5:-3], sizes, dtype, offset) if is_field else None
-        else:
-            members = {f'root[{name}]:0': array for name, array in (out or {}).items()} or None
+        path = os.path.join(self._folder, _file_name(sim_index))
+        members = {f'root[{name}]:0': array for name, array in out.items()} if out else None
         try:
             data = read_phiml_npz(path, mmap=mmap, out=members)
         except CacheError:
@@ -101,6 +100,17 @@ class PhiMLDataManager:
             raise
         validate_native(path, data, allow_any_float=allow_any_float)
         return data
+
+
+def _copy_with_fixed_timestamps(source: Path, target: Path) -> None:
+    """Copies the zip `source` member by member (same names, order, bytes, compression) into `target`, each member
+    dated 1980-01-01 00:00 instead of the time of writing."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, 'w') as dst:
+        for info in src.infolist():
+            fixed = zipfile.ZipInfo(info.filename, (1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr, fixed.file_size = info.compress_type, info.external_attr, info.file_size
+            with src.open(info) as reader, dst.open(fixed, 'w') as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def _file_name(sim_index: int) -> str:

@@ -1,31 +1,24 @@
-"""The PhiML-native dataset: every sim read once into one array per field, each batch gathered with one copy per field.
+"""The PhiML-native dataset: sliding windows over the cached sims, each batch one `np.take` per field.
 
-The migration plan's sketch (`phiml_native.naive`) loads a whole sim file per sample and stacks samples one by one;
-that is 60-70x slower than the legacy path (`pytest --benchmark-only`). Here all sims of a field live in one C-contiguous array
-`(sim, time, *spatial, [vector])`, seen as a table of frame rows `(sim * n_frames + t, frame)`. A window `(sim, t0)` is
-the run of rows `r ... r + R` with `r = sim * n_frames + t0`: its initial state and its `R` targets, adjacent in memory.
-A batch is one gather per field of those runs into a fresh `(batch, 1 + R, *frame)` array; the initial states and
-the targets are two views of it, which `torch.from_numpy` and a cached PhiML shape wrap without another copy. The
-network then sees that very memory (`math.native_call` only permutes dims).
-
-One gather of whole windows beats two (initial rows, then target rows) by 15-40 % on a 2-core VM: each window's rows
-are read once, in order, and one array is allocated instead of two. Each window is one copy (`phiml_native.gather`,
-compiled; `np.take` where that is not built); batches of a few MB and more are shared out over the CPUs, and those of
-4 MiB and more are written with streaming stores (1.2-1.3x faster for 10.5 MB batches). The arrays are placed for the
-copy into them from the page cache, without which a copy could run 10x slower (`phiml_native.aligned`).
-
-What is deliberately avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch),
-`math.wrap` per batch (~50-100 µs of shape checks, more than the gather of a 32x32 batch), torch's `index_select`
-(slower than `np.take` here, and its OpenMP threads spin), and reused output buffers (a consumer holding a batch would
-see it overwritten).
+A field of one sim is a table of frame rows `(time, frame values)`; the window `(sim, t0)` is rows `t0 ... t0 + R`,
+adjacent in memory. Loaded (`memory='load'`), all sims of a field live in one array `(sim, time, ...)` and a batch is
+one `np.take` of its windows' rows into a fresh array; mapped (`'map'`), each sim's stored array is memory-mapped in
+its file and each window is copied from its map, so an epoch's anonymous memory does not grow with the dataset. The
+initial states and targets are two views of the gathered array, wrapped for torch without another copy.
+Avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch), `math.wrap` per batch
+(its shape checks cost more than a small gather) and reused output buffers (a consumer holding a batch would see it
+overwritten).
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
+import psutil
 import torch
 from phiml import math
 from phiml.backend import choose_backend
@@ -34,96 +27,112 @@ from phiml.math import Shape
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .aligned import address, empty_for_copy
-from .gather import take_runs
 from .tensors import dense
 
 logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
+MEMORY_MODES = ('auto', 'load', 'map')
 
 
 class PhiMLDataset:
     """Sliding windows over the cached sims, served as PhiML batches backed by torch.
 
     Attributes:
-        arrays: Field name -> float32 array `(sim, time, *spatial, [vector])`, sims in the order of `sim_indices`.
-            Batches are gathered from whatever array is stored here at the time.
+        memory: The mode that runs: `'load'` or `'map'` (`'auto'` resolved).
+        arrays: Loaded mode: field name -> float32 array `(sim, time, *spatial, [vector])`, sims in the order of
+            `sim_indices`. Batches are gathered from whatever array is stored here at the time (in mapped mode too,
+            for a field stored here).
+        maps: Mapped mode: field name -> one read-only array `(time, *spatial, [vector])` per sim, mapped in its file.
         shapes: Field name -> the PhiML shape of one sim's field `(time, *spatial, [vector])`.
 
     Args:
         data_manager: Where the `.npz` files are.
         sim_indices: Sims to serve, in order.
         rollout_steps: Target frames per window.
+        memory: `'load'`, `'map'`, or `'auto'`: load when the cache files fit `memory_budget`, map otherwise.
+        memory_budget: Fraction of the RAM the cache files may take for `'auto'` to load them.
+        prefetch: Default of `iterate_batches`: build the next batch on a thread while the caller uses this one.
     """
 
-    def __init__(self, data_manager: PhiMLDataManager, sim_indices: Sequence[int], rollout_steps: int):
+    def __init__(self, data_manager: PhiMLDataManager, sim_indices: Sequence[int], rollout_steps: int, *,
+                 memory: str = 'auto', memory_budget: float = 0.5, prefetch: bool = True):
         if not sim_indices:
             raise CacheError(f"{data_manager.cache_dir}: no sims to open (expected at least one sim index)")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"`memory` (={memory!r}) must be one of {MEMORY_MODES}")
         self.data_manager = data_manager
         self.sim_indices = list(sim_indices)
         self.rollout_steps = rollout_steps
+        self.prefetch = prefetch
+        self.memory = memory if memory != 'auto' else self._auto_mode(memory_budget)
         self.arrays: dict[str, np.ndarray] = {}
+        self.maps: dict[str, list[np.ndarray]] = {}
         self.shapes: dict[str, Shape] = {}
         self._load()
-        self.n_frames = next(iter(self.arrays.values())).shape[1]
+        self.n_frames = self.shapes[self.field_names[0]].get_size('time')
         if self.n_frames <= rollout_steps:
             raise CacheError(f"{data_manager.get_cached_path(self.sim_indices[0])}: {self.n_frames} frames per sim, "
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # field -> (array, frame-row view, address)
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
+        self._run = np.arange(1 + rollout_steps)
         self._batch_shapes: dict[tuple[str, int], _BatchShapes] = {}
 
+    def _auto_mode(self, budget: float) -> str:
+        cached = sum(os.path.getsize(self.data_manager.get_cached_path(sim)) for sim in self.sim_indices
+                     if os.path.isfile(self.data_manager.get_cached_path(sim)))
+        mode = 'load' if cached <= budget * psutil.virtual_memory().total else 'map'
+        logger.info("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
+        return mode
+
     def _load(self) -> None:
-        """Reads each sim once, validated by the data manager, straight into its slot of `arrays` (one copy, page cache
-        -> dataset array, as `np.load` makes); the arrays are allocated while the first file is read, once its
-        structure has told the field sizes."""
-        first = self.sim_indices[0]
-
-        def allocate(name: str, sizes: tuple, dtype: np.dtype, offset: int) -> np.ndarray | None:
-            if dtype != np.float32:
-                return None  # the data manager refuses the file
-            # placed for the copy from the page cache: at the data's file offset modulo 64 (phiml_native.aligned)
-            self.arrays[name] = empty_for_copy((len(self.sim_indices), *sizes), np.float32, offset)
-            return self.arrays[name][0]
-
-        expected = None
+        """Reads (or maps) each sim once, validated by the data manager. Loaded, each sim is read straight into its
+        slot of `arrays` (one copy, page cache -> dataset array); the first sim, which tells the sizes, is copied."""
+        first, expected, mapped = self.sim_indices[0], None, self.memory == 'map'
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
-            data = self.data_manager.load_cache(sim, out=allocate if expected is None else slots)
+            data = self.data_manager.load_cache(sim, mmap=mapped, out=slots)
             fields = sorted(data['metadata']['fields'])
             signature = [(name, data[name].shape) for name in fields]
             if expected is None:
-                expected = signature
-                self.shapes = dict(signature)
-                self.arrays = {name: self.arrays.get(name) for name in fields}
                 if not fields:
                     raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
-                for name, shape in signature:
-                    if self.arrays[name] is None:
-                        self.arrays[name] = np.empty((len(self.sim_indices), *shape.sizes), np.float32)
-                slots = {name: array[position] for name, array in self.arrays.items()}
+                expected, self.shapes = signature, dict(signature)
+                if mapped:
+                    self.maps = {name: [] for name in fields}
+                else:
+                    self.arrays = {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                                   for name, shape in signature}
+                    slots = {name: array[position] for name, array in self.arrays.items()}
             elif signature != expected:
                 raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
                                  f"{self.data_manager.get_cached_path(first).name} {expected}; one cache must hold "
                                  f"sims of one resolution and one set of fields")
-            for name in fields:  # the reader filled the slot itself unless the file's layout did not allow it
-                values = data[name].numpy(self.shapes[name].names)
-                if not np.may_share_memory(values, slots[name]):
+            for name in fields:
+                values = data[name].numpy(self.shapes[name].names)  # the stored array itself unless it is compact
+                if mapped:
+                    self.maps[name].append(values.reshape(self.shapes[name].get_size('time'), -1))
+                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless it is small
                     np.copyto(slots[name], values, casting='no')
 
     @property
     def field_names(self) -> list[str]:
-        return sorted(self.arrays)
+        return sorted(self.shapes)
 
     @property
     def windows_per_sim(self) -> int:
         return self.n_frames - self.rollout_steps
 
     @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame of all fields together."""
+        return sum(shape.without('time').volume * 4 for shape in self.shapes.values())
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of the data held for gathering (all fields, all sims)."""
-        return sum(array.nbytes for array in self.arrays.values())
+        """Bytes of the data gathered from (all fields, all sims), loaded or mapped."""
+        return self.frame_bytes * self.n_frames * len(self.sim_indices)
 
     def __len__(self) -> int:
         return len(self.sim_indices) * self.windows_per_sim
@@ -139,18 +148,22 @@ class PhiMLDataset:
         order = np.random.default_rng([seed, epoch]).permutation(len(keys))
         return [keys[i] for i in order]
 
-    def iterate_batches(self, batch_size: int, shuffle: bool = True, *, seed: int = 0, epoch: int = 0
-                        ) -> Iterator[dict]:
+    def iterate_batches(self, batch_size: int, shuffle: bool = True, *, seed: int = 0, epoch: int = 0,
+                        prefetch: bool | None = None) -> Iterator[dict]:
         """Yields `{'initial_state': Tensor(batch, *spatial, vector), 'targets': Tensor(batch, time, *spatial, vector)}`.
 
         Args:
             batch_size: Windows per batch; the last batch may be smaller.
             shuffle: Shuffle the windows with a generator seeded by `(seed, epoch)`.
+            prefetch: Build the next batch on a thread while the caller uses this one (default: `self.prefetch`);
+                the batches are the same either way.
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` (={batch_size}) must be >= 1")
-        keys = self.epoch_order(seed=seed, epoch=epoch, shuffle=shuffle)
-        return self._iterate_rows(self.rows_of(keys), range(0, len(keys), batch_size), batch_size)
+        rows = self.rows_of(self.epoch_order(seed=seed, epoch=epoch, shuffle=shuffle))
+        parts = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+        return _prefetched(self._gather_rows, parts) if (self.prefetch if prefetch is None else prefetch) else \
+            map(self._gather_rows, parts)
 
     def iterate_plan(self, plan: BatchPlan) -> Iterator[dict]:
         """One batch per batch of window keys in `plan` (all keys are looked up and checked before the first batch)."""
@@ -158,10 +171,6 @@ class PhiMLDataset:
         rows = self.rows_of(plan.keys())
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int) if sizes else []
         return (self._gather_rows(rows[start:start + size]) for start, size in zip(starts, sizes))
-
-    def _iterate_rows(self, rows: np.ndarray, starts: range, batch_size: int) -> Iterator[dict]:
-        for start in starts:
-            yield self._gather_rows(rows[start:start + batch_size])
 
     def gather(self, keys: Sequence[WindowKey]) -> dict:
         """The batch of the windows `keys`.
@@ -197,10 +206,16 @@ class PhiMLDataset:
         """
         count = len(rows)
         initial, targets = {}, {}
-        for name, array in self.arrays.items():
+        for name in self.field_names:
             shapes = self._shapes_for(name, count)
-            table, table_address = self._frame_rows(name, array)
-            windows = take_runs(table, rows, 1 + self.rollout_steps, table_address).reshape(shapes.windows)
+            if name in self.arrays:
+                table = self._frame_rows(name, self.arrays[name])
+                windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip').reshape(shapes.windows)
+            else:
+                windows = np.empty(shapes.windows, np.float32)
+                flat, sims, run = windows.reshape(count, len(self._run), -1), self.maps[name], len(self._run)
+                for i, (position, t0) in enumerate(zip(*divmod(rows, self.n_frames))):
+                    flat[i] = sims[position][t0:t0 + run]
             initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
             targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
         if len(initial) == 1:
@@ -208,18 +223,16 @@ class PhiMLDataset:
             return {'initial_state': initial[name], 'targets': targets[name]}
         return {'initial_state': initial, 'targets': targets}
 
-    def _frame_rows(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
-        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced,
-        and its address (`aligned.address`, for placing batches)."""
+    def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
+        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
         cached = self._rows.get(name)
         if cached is None or cached[0] is not array:
             if array.shape[:2] != (len(self.sim_indices), self.n_frames) or array.dtype != np.float32:
                 raise ValueError(f"`arrays[{name!r}]` has shape {array.shape} and dtype {array.dtype}, expected "
                                  f"({len(self.sim_indices)}, {self.n_frames}, ...) float32")
-            rows = np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1)
-            cached = (array, rows, address(rows))
+            cached = (array, np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1))
             self._rows[name] = cached
-        return cached[1], cached[2]
+        return cached[1]
 
     def _shapes_for(self, name: str, count: int) -> _BatchShapes:
         """The shapes of a batch of `count` windows of field `name`, built once per batch size."""
@@ -241,3 +254,14 @@ class _BatchShapes(NamedTuple):
     targets: Shape
     targets_sizes: tuple
     windows: tuple
+
+
+def _prefetched(build, parts: list) -> Iterator[dict]:
+    """`map(build, parts)`, each result built on a worker thread while the caller holds the one before. At most one
+    batch waits; the generator keeps no reference to a batch it has handed out."""
+    with ThreadPoolExecutor(1, thread_name_prefix='phiml-prefetch') as pool:
+        pending = pool.submit(build, parts[0]) if parts else None
+        for part in parts[1:] + [None]:
+            ready = [pending.result()]
+            pending = pool.submit(build, part) if part is not None else None
+            yield ready.pop()

@@ -10,5 +10,9 @@ from .dataset import PhiMLDataset
 
 
 def create_phiml(config: ScenarioConfig, sim_indices: Sequence[int], cache_dir: Path) -> PhiMLDataset:
-    """The native dataset (no DataLoader wrapper) over `sim_indices` of the cache in `cache_dir`."""
-    return PhiMLDataset(PhiMLDataManager(cache_dir), sim_indices, config.data.rollout_steps)
+    """The native dataset (no DataLoader wrapper) over `sim_indices` of the cache in `cache_dir`, loaded or mapped and
+    prefetching as `config.data` says."""
+    data = config.data
+    return PhiMLDataset(PhiMLDataManager(cache_dir), sim_indices, data.rollout_steps, memory=data.memory,
+                        memory_budget=data.memory_budget, prefetch=data.prefetch)
+

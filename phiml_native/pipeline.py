@@ -13,13 +13,18 @@ from .trainer import PhiMLSyntheticTrainer
 
 
 class NativePipeline(AbstractPipeline):
-    """`.npz` cache -> `PhiMLDataset` -> PhiML batches; `to_phiml` is the identity."""
+    """`.npz` cache -> `PhiMLDataset` -> PhiML batches; `to_phiml` is the identity.
+
+    Args:
+        memory, memory_budget: How the dataset holds the cache (see `PhiMLDataset`).
+    """
     name = 'phiml'
     file_suffix = '.npz'
 
-    def __init__(self, cache_dir: Path, rollout_steps: int):
+    def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
         super().__init__(cache_dir, rollout_steps)
         self.manager = PhiMLDataManager(self.cache_dir)
+        self.memory, self.memory_budget = memory, memory_budget
         self.dataset: PhiMLDataset | None = None
 
     def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
@@ -50,7 +55,8 @@ class NativePipeline(AbstractPipeline):
         clear_caches()
 
     def open(self, sims: Sequence[int]) -> None:
-        self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps)
+        self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps, memory=self.memory,
+                                    memory_budget=self.memory_budget)
 
     def window_keys(self) -> list[WindowKey]:
         return self._require_open().window_keys()

@@ -21,7 +21,7 @@ from harness.bench.scaling import bench_scaling, sized_config
 from harness.bench.stages import ColdReads
 from harness.bench.timing import middle_half, ratios
 from legacy import LegacyPipeline
-from phiml_native import NativePipeline, gather
+from phiml_native import NativePipeline
 
 STAGE_KEYS = {'legacy_s', 'native_s', 'speedup', 'repeats'}
 
@@ -148,13 +148,11 @@ def test_table_shows_ratios_and_misses():
     assert 'streaming gather not recorded' in table  # a bench.json from before the record
 
 
-@pytest.mark.parametrize('on, words', [(True, 'native batches of 8 MiB and more streamed'),
-                                       (False, 'taken with np.take (phiml_native._stream not built)')])
-def test_table_says_whether_native_batches_were_streamed(on, words):
+def test_table_says_how_native_batches_were_gathered():
     result = _result()
-    result['machine']['streaming_gather'] = {'on': on, 'min_batch_bytes': 8 * 2 ** 20}
+    result['machine']['gather'] = 'np.take of rows'
     result['targets'] = targets(result)
-    assert words in format_table(result).splitlines()[0]
+    assert 'native batches gathered with np.take of rows' in format_table(result).splitlines()[0]
 
 
 @pytest.mark.parametrize('argv, words', [
@@ -182,7 +180,8 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     written = json.loads((tmp_path / 'bench.json').read_text())
     assert set(written) == {'scenario', 'machine', 'method', 'bandwidth', 'stages', 'targets', 'wall_s'}
     assert set(written['machine']) == {'cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
-                                       'git_commit', 'date', 'argv'}
+                                       'git_commit', 'date', 'argv', 'gather'}
+    assert written['machine']['gather'] == "np.take of the windows' frame rows"
     assert set(written['stages']) == {'write', 'read', 'iterate', 'convert', 'step'}
     for figures in written['stages'].values():
         assert STAGE_KEYS <= set(figures)

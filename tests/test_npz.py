@@ -1,205 +1,258 @@
-"""The fast `.npz` reader: layouts parsed once and reused only for byte-identical structure, fallbacks, caches."""
-import shutil
+"""The native reader against stock `phiml.math.load`, over files written by stock `phiml.math.save`: for every file it
+accepts it returns exactly what `phiml.math.load` returns; anything else is refused with a `CacheError` naming it."""
+import contextlib
+import io
 import zipfile
 
 import numpy as np
 import pytest
 from phiml import math
-from phiml.math import batch, channel, spatial
+from phiml.math import Tensor, batch, channel, spatial
 
-import phiml_native.npz as npz
 from harness.errors import CacheError
 from phiml_native import PhiMLDataManager, read_phiml_npz
-from phiml_native.tensors import dense, shape_of
-from phiml_native.zipdir import read_directory
+from phiml_native import npz
 
 
-@pytest.fixture
-def parses(monkeypatch):
-    """Counts full parses of a file layout; starts with empty caches."""
-    npz.clear_caches()
-    calls = []
-    original = npz.parse_layout
-
-    def counting(*args):
-        calls.append(args[0])
-        return original(*args)
-
-    monkeypatch.setattr(npz, 'parse_layout', counting)
-    yield calls
-    npz.clear_caches()
+def _velocity(*spatial_sizes, frames=3, seed=0):
+    names = 'xyz'[:len(spatial_sizes)]
+    values = np.random.default_rng(seed).normal(size=(frames, *spatial_sizes, len(names))).astype(np.float32)
+    return math.wrap(values, batch('time'), spatial(','.join(names)), channel(vector=','.join(names)))
 
 
-def _same(a, b):
-    assert a.shape == b.shape and a.shape.names == b.shape.names
-    assert np.array_equal(a.numpy(a.shape.names), b.numpy(a.shape.names))
+def _scalar(*spatial_sizes, frames=3, dtype=np.float32, seed=1):
+    names = 'xyz'[:len(spatial_sizes)]
+    values = np.random.default_rng(seed).normal(size=(frames, *spatial_sizes)).astype(dtype)
+    return math.wrap(values, batch('time'), spatial(','.join(names)))
 
 
-def test_every_sim_equals_phiml_load_and_one_layout_serves_all(cache_dirs, tiny_config, parses):
-    manager = PhiMLDataManager(cache_dirs['phiml'])
-    for sim in tiny_config.all_sims:
-        path = manager.get_cached_path(sim)
-        ours, theirs = read_phiml_npz(path), math.load(str(path))
-        _same(ours['velocity'], theirs['velocity'])
-        assert ours['metadata'] == theirs['metadata'] and ours['metadata']['sim_index'] == sim
-    assert len(parses) == 1  # the other sims differ only in data, timestamps and CRCs
+_META = {'scenario': 'burgers', 'sim_index': 3, 'seed': 42, 'resolution': [4, 5], 'dt': 0.01, 'n_frames': 3,
+         'fields': ['velocity'], 'flag': True}
+
+CORPUS = {
+    'cache-file-2d': lambda: {'velocity': _velocity(4, 5), 'metadata': dict(_META)},
+    'vector-1d': lambda: {'velocity': _velocity(7), 'metadata': {'n_frames': 3}},
+    'vector-3d-non-square': lambda: {'velocity': _velocity(2, 3, 4), 'metadata': {'resolution': (2, 3, 4)}},
+    'scalar-2d-non-square': lambda: {'density': _scalar(6, 2), 'metadata': {'fields': ['density']}},
+    'two-fields': lambda: {'density': _scalar(4, 4), 'velocity': _velocity(4, 4), 'metadata': dict(_META)},
+    'bare-tensor': lambda: _velocity(3, 2),
+    'compact-zeros': lambda: {'velocity': math.zeros(batch(time=3), spatial(x=4, y=5), channel(vector='x,y')),
+                              'metadata': dict(_META)},
+    'expanded-vector': lambda: {'velocity': math.expand(_scalar(4, 5), channel(vector='x,y')), 'metadata': dict(_META)},
+    'expanded-time': lambda: {'velocity': math.expand(_velocity(4, 5, frames=1).time[0], batch(time=3))},
+    'native-order-differs': lambda: {'v': math.wrap(np.arange(12.).reshape(4, 3), channel('c'), spatial('x'))},
+    'list-names': lambda: {'v': math.wrap(np.arange(3.), spatial('x')) + math.wrap(np.ones((3, 4)), spatial('x'),
+                                                                               channel('c'))},
+    'ints-and-float64': lambda: {'i32': _scalar(3, frames=2, dtype=np.int32), 'f64': _scalar(3, dtype=np.float64),
+                                 'metadata': {'count': 7, 'big': 2 ** 40, 'ratio': 0.5, 'yes': False}},
+    'numpy-values': lambda: {'metadata': {'f32': np.float32(1.5), 'i16': np.int16(-3), 'array': np.arange(4),
+                                          'matrix': np.ones((2, 3), np.float32)}},
+    'strings-none-nested': lambda: {'v': _scalar(2), 'metadata': {
+        'note': None, 'name': 'ünïcode', 'empty': [], 'nested': {'a': {'b': [1, 'two', None, (3.0, 'four')]}},
+        'tuple': (1, 2), 'missing-word': '__missing__', 'bytes': b'raw'}},
+    'layout': lambda: {'v': _scalar(2), 'names': math.layout(['a', 'b'], channel('c'))},
+    'no-tensors': lambda: {'metadata': {'only': 'strings'}},
+}
 
 
-def test_changed_structure_of_same_size_is_parsed_again(cache_dirs, tmp_path, parses):
-    path = tmp_path / 'sim.npz'
-    shutil.copy(PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0), path)
-    assert read_phiml_npz(path)['velocity'].shape.sizes == (9, 16, 16, 2)
-    data = bytearray(path.read_bytes())
-    at = data.index(b"'shape': (9, 16, 16, 2)")
-    data[at:at + 23] = b"'shape': (9, 16, 32, 1)"  # same size and byte count: only a header byte differs
-    path.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match=r"tensor 'root\[velocity\]' does not match its spec"):
-        read_phiml_npz(path)  # a stale layout would have served the old shape
-    assert len(parses) == 2
+def _save(tmp_path, name):
+    path = tmp_path / f'{name}.npz'
+    math.save(str(path), CORPUS[name]())
+    return path
 
 
-def test_changed_metadata_text_is_seen(tmp_path, parses):
-    values = math.wrap(np.arange(24, dtype=np.float32).reshape(2, 3, 4), batch('time'), spatial('x'), channel('c'))
-    for name in ('aaaa', 'bbbb'):
-        math.save(str(tmp_path / f'{name}.npz'), {'v': values, 'metadata': {'scenario': name}})
-    assert (tmp_path / 'aaaa.npz').stat().st_size == (tmp_path / 'bbbb.npz').stat().st_size
-    assert read_phiml_npz(tmp_path / 'aaaa.npz')['metadata'] == {'scenario': 'aaaa'}
-    assert read_phiml_npz(tmp_path / 'bbbb.npz')['metadata'] == {'scenario': 'bbbb'}
-    assert len(parses) == 2
+def _append(path, member, content: bytes):
+    with zipfile.ZipFile(path, 'a') as zf:
+        zf.writestr(member, content)
 
 
-def test_compressed_archive_read_through_zipfile(cache_dirs, tmp_path):
-    source = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(1)
+def assert_same_as_stock(ours, theirs, where='root'):
+    """Field by field: type, shape (names, dim types, item names, sizes), native dims, dtype, values bitwise,
+    and for plain values their value and Python type."""
+    __tracebackhide__ = True
+    assert type(ours) is type(theirs), f"{where}: {type(ours).__name__} != {type(theirs).__name__}"
+    if isinstance(theirs, Tensor):
+        assert ours.shape == theirs.shape and ours.shape.names == theirs.shape.names, f"{where}: {ours.shape} != {theirs.shape}"
+        assert [d.dim_type for d in ours.shape] == [d.dim_type for d in theirs.shape], f"{where}: dim types"
+        assert ours.shape.item_names == theirs.shape.item_names, f"{where}: item names"
+        if hasattr(theirs, '_obj'):  # a layout: a tree of plain values with a shape
+            assert_same_as_stock(ours._obj, theirs._obj, f'{where}._obj')
+            return
+        assert ours.dtype == theirs.dtype, f"{where}: dtype {ours.dtype} != {theirs.dtype}"
+        assert ours.backend == theirs.backend, f"{where}: backend"
+        if hasattr(theirs, '_names'):  # which dims are stored (a compact tensor stores fewer than its shape has)
+            assert type(ours._names) is type(theirs._names) and tuple(ours._names) == tuple(theirs._names), where
+            assert_same_as_stock(ours._native, theirs._native, f'{where}._native')
+        else:
+            assert_same_as_stock(ours.numpy(theirs.shape.names), theirs.numpy(theirs.shape.names), f'{where}.values')
+    elif isinstance(theirs, np.ndarray):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, f"{where}: {ours.dtype}{ours.shape}"
+        assert ours.tobytes() == theirs.tobytes(), f"{where}: values differ"
+    elif isinstance(theirs, dict):
+        assert list(ours) == list(theirs), f"{where}: keys {list(ours)} != {list(theirs)}"
+        for key in theirs:
+            assert_same_as_stock(ours[key], theirs[key], f'{where}[{key!r}]')
+    elif isinstance(theirs, (list, tuple)):
+        assert len(ours) == len(theirs), f"{where}: length"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same_as_stock(a, b, f'{where}[{i}]')
+    else:
+        assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
+
+
+@pytest.mark.parametrize('name', sorted(CORPUS))
+@pytest.mark.parametrize('mmap', [False, True], ids=['read', 'mapped'])
+def test_reads_what_phiml_load_reads(tmp_path, name, mmap):
+    path = _save(tmp_path, name)
+    assert_same_as_stock(read_phiml_npz(path, mmap=mmap), math.load(str(path)))
+
+
+@pytest.mark.parametrize('member, content', [
+    ('README', b'written by hand, not an array'),
+    ('README.txt', b'x' * 10000),
+    ('extra.npy', None),  # an .npy array member
+], ids=['readme', 'large-text', 'extra-array'])
+def test_extra_member_after_the_arrays_accepted_as_stock_does(tmp_path, member, content):
+    path = _save(tmp_path, 'cache-file-2d')
+    if content is None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.arange(3))
+        content = buffer.getvalue()
+    _append(path, member, content)
+    assert_same_as_stock(read_phiml_npz(path), math.load(str(path)))
+
+
+def test_compressed_archive_read_as_stock_reads_it(tmp_path):
+    source = _save(tmp_path, 'cache-file-2d')
     target = tmp_path / 'compressed.npz'
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
-    with open(target, 'rb') as fp:
-        assert read_directory(fp) is None
-    ours, theirs = read_phiml_npz(target), math.load(str(source))
-    _same(ours['velocity'], theirs['velocity'])
-    assert ours['metadata'] == theirs['metadata']
+    assert_same_as_stock(read_phiml_npz(target), math.load(str(target)))
 
 
-def test_directory_matches_zipfile(cache_dirs):
-    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0)
-    with open(path, 'rb') as fp:
-        directory = read_directory(fp)
-    with zipfile.ZipFile(path) as zf:
-        expected = [(i.filename, i.header_offset, i.compress_type, i.file_size) for i in zf.infolist()]
-    assert [entry[:4] for entry in directory.entries] == expected
-    assert directory.file_size == path.stat().st_size
-
-
-def test_mmap_views_large_arrays_and_copies_small_ones(cache_dirs):
-    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(2)
-    data = read_phiml_npz(path, mmap=True)
-    velocity = data['velocity'].numpy(data['velocity'].shape.names)
-    assert not velocity.flags.writeable and not velocity.flags.owndata  # a view into the mapped file
-    assert isinstance(data['metadata']['n_frames'], int)
-    _same(data['velocity'], read_phiml_npz(path)['velocity'])
-
-
-def test_crafted_pickle_refused_even_with_a_known_layout(cache_dirs, tmp_path, parses):
-    good = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0)
-    read_phiml_npz(good)
-    path = tmp_path / 'sim.npz'
-    data = bytearray(good.read_bytes())
-    at = data.index(b'numpy._core.multiarray')  # the tree pickle's one global, renamed to a forbidden one, same size
-    data[at:at + 22] = b'os\npopen\n' + b' ' * 13
-    path.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match='refused to unpickle|not a readable'):
-        read_phiml_npz(path)
-    assert len(parses) == 2
-
-
-def test_truncated_member_refused(cache_dirs, tmp_path):
-    data = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0).read_bytes()
-    path = tmp_path / 'sim.npz'
-    path.write_bytes(data[:3000] + data[-2000:])
-    with pytest.raises(CacheError, match=str(path)):
-        read_phiml_npz(path)
-
-
-def test_clear_caches_forgets_layouts(cache_dirs, parses):
-    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(0)
-    read_phiml_npz(path)
-    read_phiml_npz(path)
-    npz.clear_caches()
-    read_phiml_npz(path)
-    assert len(parses) == 2
-
-
-def test_dense_is_what_math_wrap_builds():
-    import torch
-    native = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
-    shape = shape_of((('batch', 'batch', 2), ('x', 'spatial', 3), ('vector', 'channel', ('x', 'y'))))
-    ours, theirs = dense(native, shape), math.wrap(native, batch('batch'), spatial('x'), channel(vector='x,y'))
-    assert type(ours) is type(theirs) and ours.shape == theirs.shape and ours.shape.names == theirs.shape.names
-    assert ours.backend == theirs.backend and ours.native(ours.shape.names) is native
-    with pytest.raises(ValueError, match=r'sizes \(2, 3, 2\) does not fit'):
-        dense(native, shape_of((('batch', 'batch', 3), ('x', 'spatial', 3), ('vector', 'channel', ('x', 'y')))))
-
-
-
-def test_out_may_be_a_callable_asked_once_per_large_member(cache_dirs, parses):
-    path = PhiMLDataManager(cache_dirs['phiml']).get_cached_path(1)
-    asked, target = [], np.empty((9, 16, 16, 2), np.float32)
-
-    def allocate(name, shape, dtype, offset):
-        asked.append((name, shape, dtype, offset))
-        return target
-
-    data = read_phiml_npz(path, out=allocate)
-    assert [ask[:3] for ask in asked] == [('root[velocity]:0', (9, 16, 16, 2), np.dtype('float32'))]
-    assert np.shares_memory(data['velocity'].numpy('time,x,y,vector'), target)
-    offset = asked[0][3]  # where the member's data lies in the file: for placing the array (phiml_native.aligned)
-    assert path.read_bytes()[offset:offset + target.nbytes] == target.tobytes()
-    _same(data['velocity'], read_phiml_npz(path)['velocity'])
-    assert PhiMLDataManager(cache_dirs['phiml']).load_cache(1, out=lambda *args: None)['metadata'] == data['metadata']
-
-
-def test_structure_read_with_two_reads_then_only_the_regions(cache_dirs, monkeypatch, parses):
-    """A first file's structure comes from one read of its tail and one of its head; a file of a known layout from its
-    structural regions; the field's data from one `readinto` either way."""
-    calls = []
-
-    class Counting:
-        def __init__(self, fp):
-            self.fp = fp
-
-        def __getattr__(self, name):
-            attribute = getattr(self.fp, name)
-            if name in ('read', 'readinto'):
-                return lambda *args: calls.append(name) or attribute(*args)
-            return attribute
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.fp.__exit__(*exc)
-
-    monkeypatch.setattr(npz, 'open', lambda *args, **kwargs: Counting(open(*args, **kwargs)), raising=False)
+def test_every_cache_sim_equals_phiml_load(cache_dirs, tiny_config):
     manager = PhiMLDataManager(cache_dirs['phiml'])
-    read_phiml_npz(manager.get_cached_path(0))
-    assert calls == ['read', 'read', 'readinto'] and len(parses) == 1
-    calls.clear()
-    read_phiml_npz(manager.get_cached_path(1))
-    assert calls.count('read') <= 2 and calls.count('readinto') == 1 and len(parses) == 1
+    for sim in tiny_config.all_sims:
+        path = manager.get_cached_path(sim)
+        assert_same_as_stock(read_phiml_npz(path), math.load(str(path)))
 
 
-def test_reads_into_arrays_through_short_reads():
-    """An unbuffered `readinto` is one system call, which may return less than asked (at most ~2 GiB on Linux)."""
-    import io
-    from phiml_native.npz_layout import _read_into
+def test_mapped_arrays_are_read_only_views_of_the_file(tmp_path):
+    path = tmp_path / 'large.npz'
+    math.save(str(path), {'velocity': _velocity(32, 32), 'metadata': dict(_META)})
+    assert_same_as_stock(read_phiml_npz(path, mmap=True), math.load(str(path)))
+    velocity = read_phiml_npz(path, mmap=True)['velocity']._native
+    assert not velocity.flags.writeable and not velocity.flags.owndata
+    assert read_phiml_npz(path)['velocity']._native.flags.writeable
 
-    class Trickle(io.BytesIO):
-        def readinto(self, buffer):
-            return super().readinto(memoryview(buffer)[:1000])
 
-    data = np.arange(3000, dtype=np.float32)
-    target = np.zeros_like(data)
-    assert _read_into(Trickle(b'xx' + data.tobytes()), 2, memoryview(target).cast('B')) == data.nbytes
-    assert np.array_equal(target, data)
-    assert _read_into(Trickle(b'xx' + data.tobytes()[:100]), 2, memoryview(target).cast('B')) == 100  # file ends early
+def test_reads_into_the_arrays_offered(tmp_path):
+    path = tmp_path / 'large.npz'
+    math.save(str(path), {'velocity': _velocity(32, 32), 'metadata': dict(_META)})
+    target = np.empty((3, 32, 32, 2), np.float32)
+    data = read_phiml_npz(path, out={'root[velocity]:0': target, 'root[other]:0': np.empty(1)})
+    assert data['velocity']._native is target
+    assert_same_as_stock(data, math.load(str(path)))
+    ignored = read_phiml_npz(path, out={'root[velocity]:0': np.empty((3, 32, 32, 2), np.float64)})  # does not fit
+    assert_same_as_stock(ignored, math.load(str(path)))
+
+
+def test_one_read_per_large_array(tmp_path, monkeypatch):
+    path = _save(tmp_path, 'cache-file-2d')
+    calls = []
+    original = npz._read_into
+    monkeypatch.setattr(npz, '_read_into', lambda *args: calls.append(args[1]) or original(*args))
+    read_phiml_npz(path)
+    assert len(calls) == 0  # a 3x4x5x2 field is small: read with its neighbours
+    math.save(str(path), {'velocity': _velocity(64, 64), 'metadata': dict(_META)})
+    read_phiml_npz(path)
+    assert len(calls) == 1
+
+
+class _Payload:
+    """Unpickling this creates `marker`: proof that code from the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def _with_members(source, target, **members):
+    """`source` rewritten by `np.savez` (as `phiml.math.save` writes) with some members replaced."""
+    with np.load(source, allow_pickle=True) as original:
+        arrays = {name: original[name] for name in original.files}
+    arrays.update(members)
+    np.savez(target, **arrays)
+    return target
+
+
+@pytest.mark.parametrize('member, words', [
+    ('tree', "refused to unpickle member 'tree.npy': global 'io.open' is not allowed"),
+    ('specs', "refused to unpickle member 'specs.npy': global 'io.open' is not allowed"),
+    ('root[metadata][seed]:0', "array member 'root[metadata][seed]:0.npy' holds Python objects, expected numbers"),
+    ('extra', "array member 'extra.npy' holds Python objects, expected numbers"),
+], ids=['tree', 'specs', 'array-member', 'extra-member'])
+def test_crafted_pickle_refused_and_never_run(tmp_path, member, words):
+    marker = tmp_path / 'pwned'
+    source = _save(tmp_path, 'cache-file-2d')
+    payload = np.asarray({'tree': _Payload(marker)} if member == 'tree' else [_Payload(marker)], dtype=object)
+    path = _with_members(source, tmp_path / 'crafted.npz', **{member: payload})
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(path) in str(info.value) and words in str(info.value)
+    assert not marker.exists()
+    with contextlib.suppress(Exception):  # the payload is live: stock loading runs it (and may fail afterwards)
+        math.load(str(path))
+    assert marker.exists()
+
+
+def test_specs_naming_phiml_classes_refused(tmp_path):
+    """`phiml.math.save` pickles the classes of a non-uniform stack's parts: stock loading imports them."""
+    path = tmp_path / 'stack.npz'
+    math.save(str(path), {'s': math.stack([math.ones(spatial(x=2)), math.zeros(spatial(x=3))], channel('c'))})
+    with pytest.raises(CacheError, match="member 'specs.npy': global 'phiml.math._tensors.Dense' is not allowed"):
+        read_phiml_npz(path)
+
+
+def test_member_inserted_before_the_arrays_refused(tmp_path):
+    """Stock `phiml.math.load` hands members to tensors by position: a member before the arrays shifts them all."""
+    source = _save(tmp_path, 'cache-file-2d')
+    path = tmp_path / 'shifted.npz'
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, 'w') as dst:
+        for info in src.infolist():
+            if info.filename == 'root[velocity]:0.npy':
+                dst.writestr('README', b'hello')
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CacheError, match=r"member 'README' .* tensor 'root\[velocity\]'"):
+        read_phiml_npz(path)
+
+
+@pytest.mark.parametrize('damage, words', [
+    (lambda data: b'garbage', 'not a readable .npz file'),
+    (lambda data: b'JUNK' + data, 'not a zip archive'),
+    (lambda data: data[:len(data) // 2], 'not a readable .npz file'),
+    (lambda data: data[:3000] + data[-2000:], ''),
+], ids=['garbage', 'prefixed', 'truncated', 'middle-cut'])
+def test_damaged_files_refused(tmp_path, damage, words):
+    path = _save(tmp_path, 'cache-file-2d')
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CacheError, match=str(path)) as info:
+        read_phiml_npz(path)
+    assert words in str(info.value)
+
+
+def test_missing_meta_member_refused(tmp_path):
+    path = tmp_path / 'plain.npz'
+    np.savez(path, a=np.arange(3))
+    with pytest.raises(CacheError, match="not a phiml.math.save file \\(member 'tree' missing\\)"):
+        read_phiml_npz(path)
+
+
+def test_results_do_not_share_mutable_state(tmp_path):
+    path = _save(tmp_path, 'cache-file-2d')
+    first = read_phiml_npz(path)
+    first['metadata']['fields'].append('changed')
+    assert read_phiml_npz(path)['metadata']['fields'] == ['velocity']

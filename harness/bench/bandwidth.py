@@ -32,9 +32,7 @@ class Bandwidth:
 
     A copy this large is streamed past the cache (glibc's `memcpy` switches to non-temporal stores), so each byte
     crosses the memory bus twice; a gather's row copies are not, and also read each destination line before writing
-    it: on a 2-core AMD EPYC VM, `np.take` of rows of 8 KB to 8 MB ran at 54-65 % of the streamed copy's speed. The
-    native dataset streams batches of 4 MiB and more itself (`phiml_native.gather`), on two threads where it can, so
-    its ratio to this floor may fall below 1 there.
+    it, so a gather's ratio to this floor is usually above 1.
     """
     bytes_per_s: float
     numpy_bytes_per_s: float

@@ -3,8 +3,8 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
 
 `run_bench(config)` returns the content of `bench.json` (the compare report shows the same figures):
 
-- `scenario`, `machine` (cpu, cores, torch threads, package versions, whether large native batches were streamed:
-  `streaming_gather`), `config` (resolved), `wall_s`.
+- `scenario`, `machine` (cpu, cores, torch threads, package versions, how native batches are gathered: `gather`),
+  `config` (resolved), `wall_s`.
 - `method`: repetitions, warm-up, statistic (median), interleaving, what "cold" means, how memory is measured.
 - `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements, medians
   of the samples taken between the timed repetitions of the whole run (each floor uses the samples of its own
@@ -184,14 +184,15 @@ def format_table(result: dict) -> str:
 
 
 def streaming_note(machine: dict) -> str:
-    """How the native batches of the run recorded in `machine` were gathered, in words."""
+    """How the native batches of the run recorded in `machine` were gathered, in words (also for the records of
+    bench runs from before the compiled gather was removed: `streaming_gather`)."""
+    if 'gather' in machine:
+        return f"native batches gathered with {machine['gather']}"
     streaming = machine.get('streaming_gather')
     if streaming is None:
         return 'streaming gather not recorded'
-    if not streaming['on']:
-        return ('native batches copied without streaming stores (none on this CPU)' if streaming.get('compiled') else
-                'native batches taken with np.take (phiml_native._stream not built)')
-    return f"native batches of {streaming['min_batch_bytes'] / 2 ** 20:g} MiB and more streamed"
+    return f"native batches of {streaming['min_batch_bytes'] / 2 ** 20:g} MiB and more streamed" if streaming['on'] \
+        else 'native batches taken with np.take'
 
 
 def _spread(target: dict) -> str:
@@ -211,8 +212,10 @@ def _baseline(stage: str, figures: dict) -> str:
 
 def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
     info = provenance(config, argv)
-    return {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
-                                       'git_commit', 'date', 'argv')}
+    machine = {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
+                                          'git_commit', 'date', 'argv')}
+    machine['gather'] = 'np.take of the windows\' frame rows'
+    return machine
 
 
 def _method(repeats: int, warmup: int) -> dict:

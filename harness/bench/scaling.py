@@ -126,7 +126,7 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
-    frame_bytes = sum(array[0, 0].nbytes for array in pipelines['native'].dataset.arrays.values())
+    frame_bytes = pipelines['native'].dataset.frame_bytes
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
     bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)

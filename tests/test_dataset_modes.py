@@ -1,0 +1,92 @@
+"""The native dataset's modes: loaded and memory-mapped give bitwise-identical batches, `auto` follows the budget, and
+prefetching gives the same batches without holding any it has handed out."""
+import weakref
+
+import numpy as np
+import pytest
+
+from harness import model
+from harness.config import load_config
+from harness.plan import make_plan
+from phiml_native import PhiMLDataManager, PhiMLDataset, PhiMLSyntheticTrainer, create_phiml
+
+
+def _dataset(cache_dirs, config, **kwargs):
+    return PhiMLDataset(PhiMLDataManager(cache_dirs['phiml']), config.train_sims, config.data.rollout_steps, **kwargs)
+
+
+def _natives(batch):
+    return [batch[part].native(batch[part].shape.names) for part in ('initial_state', 'targets')]
+
+
+def _assert_identical(a, b):
+    for x, y in zip(_natives(a), _natives(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype and x.numpy().tobytes() == y.numpy().tobytes()
+    assert [a[p].shape for p in a] == [b[p].shape for p in b]
+
+
+def test_mapped_and_loaded_batches_are_bitwise_identical(cache_dirs, tiny_config):
+    loaded, mapped = (_dataset(cache_dirs, tiny_config, memory=mode) for mode in ('load', 'map'))
+    assert (loaded.memory, mapped.memory) == ('load', 'map')
+    assert not mapped.arrays and loaded.maps == {} and loaded.nbytes == mapped.nbytes == loaded.arrays['velocity'].nbytes
+    for view in mapped.maps['velocity']:  # views into the files, not copies
+        assert not view.flags.writeable and not view.flags.owndata
+    plan = make_plan(loaded.window_keys(), 4, seed=3, epoch=1)
+    for a, b in zip(loaded.iterate_plan(plan), mapped.iterate_plan(plan), strict=True):
+        _assert_identical(a, b)
+    for a, b in zip(loaded.iterate_batches(5, seed=2), mapped.iterate_batches(5, seed=2), strict=True):
+        _assert_identical(a, b)
+
+
+def test_auto_loads_what_fits_the_budget_and_maps_the_rest(cache_dirs, tiny_config, monkeypatch):
+    assert _dataset(cache_dirs, tiny_config).memory == 'load'  # a tiny cache fits half the RAM
+    assert _dataset(cache_dirs, tiny_config, memory_budget=1e-12).memory == 'map'
+    with pytest.raises(ValueError, match="`memory` \\(='disk'\\) must be one of"):
+        _dataset(cache_dirs, tiny_config, memory='disk')
+
+
+def test_config_chooses_the_mode(cache_dirs, tiny_config):
+    import dataclasses
+    config = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, memory='map', prefetch=False))
+    dataset = create_phiml(config, config.train_sims, cache_dirs['phiml'])
+    assert dataset.memory == 'map' and dataset.prefetch is False
+    assert load_config('burgers', []).data.memory == 'auto'
+
+
+def test_a_bug_wrapper_replacing_arrays_is_served_in_mapped_mode_too(cache_dirs, tiny_config):
+    mapped = _dataset(cache_dirs, tiny_config, memory='map')
+    before = mapped.gather(mapped.window_keys()[:3])
+    mapped.arrays['velocity'] = np.stack(mapped.maps['velocity']).reshape(len(mapped.sim_indices), mapped.n_frames,
+                                                                            *mapped.shapes['velocity'].sizes[1:]) * 2
+    after = mapped.gather(mapped.window_keys()[:3])
+    assert np.array_equal(_natives(after)[1].numpy(), 2 * _natives(before)[1].numpy())
+
+
+@pytest.mark.parametrize('memory', ['load', 'map'])
+def test_prefetch_gives_the_same_batches(cache_dirs, tiny_config, memory):
+    dataset = _dataset(cache_dirs, tiny_config, memory=memory)
+    plain = list(dataset.iterate_batches(4, seed=5, epoch=2, prefetch=False))
+    ahead = list(dataset.iterate_batches(4, seed=5, epoch=2, prefetch=True))
+    assert len(plain) == len(ahead) == 6
+    for a, b in zip(plain, ahead):
+        _assert_identical(a, b)
+
+
+def test_prefetch_holds_no_batch_it_has_handed_out(cache_dirs, tiny_config):
+    batches = _dataset(cache_dirs, tiny_config).iterate_batches(4, seed=0, prefetch=True)
+    for _ in range(5):
+        batch = next(batches)
+        refs = [weakref.ref(native) for native in _natives(batch)]
+        del batch
+        assert [ref() for ref in refs] == [None, None]  # only the next batch, being built, is referenced
+    batches.close()  # the worker thread ends with the iterator
+
+
+def test_trainer_losses_equal_with_and_without_prefetch(cache_dirs, tiny_config):
+    losses = []
+    for prefetch in (False, True):
+        net = model.make_network(tiny_config.model, 2, 2, seed=1)
+        dataset = _dataset(cache_dirs, tiny_config, prefetch=prefetch)
+        trainer = PhiMLSyntheticTrainer(net, model.make_optimizer(net, tiny_config.trainer.learning_rate), 4, seed=0)
+        losses.append(trainer.train(dataset, num_epochs=2))
+    assert losses[0] == losses[1] and len(losses[0]) == 12
