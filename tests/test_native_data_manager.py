@@ -62,7 +62,8 @@ def _rewrite(cache_dirs, tmp_path, mutate):
 @pytest.mark.parametrize('mutate, words', [
     (lambda d: {'metadata': d['metadata']}, "field 'velocity' listed in metadata is missing"),
     (lambda d: {'velocity': d['velocity']}, "expected a dict with 'metadata'"),
-    (lambda d: {**d, 'metadata': {k: v for k, v in d['metadata'].items() if k != 'n_frames'}}, "metadata lacks ['n_frames']"),
+    (lambda d: {**d, 'metadata': {k: v for k, v in d['metadata'].items() if k != 'fields'}}, "metadata lacks ['fields']"),
+    (lambda d: {**d, 'metadata': {**d['metadata'], 'n_frames': 4}}, "has 9 frames, metadata says n_frames=4"),
     (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'time', spatial('time'))}, "has dims"),
     (lambda d: {**d, 'velocity': d['velocity'].time[0]}, "has dims"),
     (lambda d: {**d, 'velocity': math.wrap(np.swapaxes(d['velocity'].numpy('time,x,y,vector'), 0, 1),
@@ -70,7 +71,7 @@ def _rewrite(cache_dirs, tmp_path, mutate):
     (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'vector', channel(vector='y,x'))}, "vector item names"),
     (lambda d: {**d, 'velocity': math.wrap(d['velocity'].numpy('time,x,y,vector').astype(np.float64), d['velocity'].shape)},
      "dtype float64, expected float32"),
-], ids=['missing-field', 'no-metadata', 'missing-metadata', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
+], ids=['missing-field', 'no-metadata', 'missing-metadata', 'wrong-n-frames', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
         'float64'])
 def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
     folder, path = _rewrite(cache_dirs, tmp_path, mutate)

@@ -99,9 +99,9 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
         return _count(a, b, plan, where)
     diffs = compare_batches(a[first], b[first], tolerance, plan.batches[first])
     structural = [d for d in diffs if d.structure_errors]
-    if structural:
+    layout = _layout(a[first], b[first])  # before the structure: a transposed non-square grid also changes its shape
+    if structural and not layout:
         return _structure(a[first], b[first], structural, where)
-    layout = _layout(a[first], b[first])
     if layout:
         return Diagnosis('layout', f"layout error: the values match after {layout}", **where)
     keys = [k for batch in b for k in frames.identify(batch)]
@@ -172,7 +172,8 @@ def _layout(a: dict, b: dict) -> str | None:
     """The axis permutation / vector swap that makes `b` equal to `a`, in words; None if there is none."""
     for name, x in flatten_batch(a):
         y = dict(flatten_batch(b)).get(name)
-        if y is None or x.shape != y.shape:
+        if y is None or x.shape.names != y.shape.names or sorted(x.shape.sizes) != sorted(y.shape.sizes) \
+                or x.shape.item_names != y.shape.item_names or x.dtype != y.dtype:
             return None
         names = list(x.shape.names)
         xa, ya = x.numpy(names), y.numpy(names)
@@ -236,7 +237,8 @@ def _affine(a: dict, b: dict) -> tuple[float, float] | None:
     xs, ys = [], []
     for name, x in flatten_batch(a):
         y = dict(flatten_batch(b)).get(name)
-        if y is None or x.shape != y.shape:
+        if y is None or x.shape.names != y.shape.names or sorted(x.shape.sizes) != sorted(y.shape.sizes) \
+                or x.shape.item_names != y.shape.item_names or x.dtype != y.dtype:
             return None
         xs.append(x.numpy(x.shape.names).ravel().astype(np.float64))
         ys.append(y.numpy(x.shape.names).ravel().astype(np.float64))
