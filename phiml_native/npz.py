@@ -101,7 +101,7 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap:
         local = _LOCAL.unpack_from(head)
         skip = _LOCAL.size + local[10] + local[11]
         if local[0] != zipfile.stringFileHeader or info.flag_bits & 0x1 or \
-                head[_LOCAL.size:_LOCAL.size + local[10]] != _encoded(info.orig_filename, info.flag_bits & 0x800):
+                head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode('utf-8' if info.flag_bits & 0x800 else 'cp437'):
             raise _Refused(f"member {name!r}: its local header does not match the zip directory (or it is encrypted)")
         content, start = head[skip:], info.header_offset + skip
     if content[:6] != npy_format.MAGIC_PREFIX:  # not an .npy: np.load gives its bytes
@@ -139,11 +139,6 @@ def _read(fp, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise EOFError(f"the file ends {size - len(data)} bytes early")
     return data
-
-
-@functools.lru_cache(maxsize=1024)
-def _encoded(name: str, utf8: int) -> bytes:
-    return name.encode('utf-8' if utf8 else 'cp437')
 
 
 @functools.lru_cache(maxsize=256)
