@@ -11,13 +11,11 @@ from typing import Any, Mapping
 
 import numpy as np
 from phiml import math
-from phiml.backend import NUMPY
 from phiml.math import Tensor
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import read_phiml_npz
-from .tensors import dense, shape_of
 
 logger = logging.getLogger(__name__)
 REQUIRED_METADATA = ('fields',)  # which entries are fields; `n_frames`, where present, must agree
@@ -52,16 +50,14 @@ class PhiMLDataManager:
             raise ValueError(f"field {field_name!r} has no `time` dim (dims {values.shape.names}); expected a trajectory")
         spatial_names = values.shape.spatial.names
         order = ['time', *spatial_names]
-        dims = [('time', 'batch', values.shape.get_size('time')), *((n, 'spatial', values.shape.get_size(n)) for n in spatial_names)]
+        dims = [math.batch(time=values.shape.get_size('time')), values.shape.spatial]
         if values.shape.channel:
-            items = values.shape.channel.item_names[0] or spatial_names
             order.append(values.shape.channel.name)
-            dims.append(('vector', 'channel', tuple(items)))
+            dims.append(math.channel(vector=values.shape.channel.item_names[0] or spatial_names))
         extra = values.shape.without(order)
         if extra:
             raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")
-        native = np.ascontiguousarray(values.numpy(order), dtype=np.float32)
-        return dense(native, shape_of(tuple(dims)), NUMPY)  # what math.wrap builds, without re-deriving the shape
+        return math.wrap(np.ascontiguousarray(values.numpy(order), dtype=np.float32), *dims)
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
         """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`, then gives every zip member
