@@ -85,8 +85,9 @@ def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(CacheError, match='sim_000003.npz: cache file missing'):
         manager.load_cache(3)
     (tmp_path / 'sim_000003.npz').write_bytes(b'garbage')
-    with pytest.raises(CacheError, match='not a readable .npz file'):
+    with pytest.raises(CacheError) as info:
         manager.load_cache(3)
+    assert str(info.value) == f"{tmp_path / 'sim_000003.npz'}: not a readable .npz file (File is not a zip file)"
 
 
 def test_crafted_pickle_not_executed(cache_dirs, tmp_path):
@@ -109,8 +110,9 @@ def test_truncated_file(cache_dirs, tmp_path):
     path = tmp_path / 'sim_000000.npz'
     data = (cache_dirs['phiml'] / 'sim_000000.npz').read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    with pytest.raises(CacheError, match=str(path)):
+    with pytest.raises(CacheError) as info:
         PhiMLDataManager(tmp_path).load_cache(0)
+    assert str(info.value) == f"{path}: not a readable .npz file (File is not a zip file)"
 
 
 class _Payload:

@@ -113,8 +113,9 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
                              **where)
         offset = _window_offset(keys, planned)
         if offset:
+            moved = next(i for i, (k, p) in enumerate(zip(keys, planned)) if k != p)
             return Diagnosis('time offset', f"off-by-one in time: every window is shifted by {offset:+d} frame(s) in t0 "
-                             f"(e.g. planned {planned[0]}, delivered {keys[0]})", **where)
+                             f"(e.g. planned {planned[moved]}, delivered {keys[moved]})", **where)
         missing, extra = sorted(set(planned) - set(keys)), sorted(set(keys) - set(planned))
         return Diagnosis('different windows', f"different windows: {len(missing)} missing, {len(extra)} extra",
                          details=[f"missing: {', '.join(map(str, missing[:10]))}", f"extra: {', '.join(map(str, extra[:10]))}"],
@@ -207,11 +208,17 @@ def _layout(a: dict, b: dict) -> str | None:
 
 
 def _window_offset(keys: Sequence[WindowKey], planned: Sequence[WindowKey]) -> int | None:
-    """The one t0 offset shared by every moved window of the same sim (windows at a sim's end may stay put)."""
+    """The one t0 offset shared by every moved window of the same sim. A window may stay put only where its shifted
+    window does not exist (at a sim's end); one window swapped for another is not a shift of every window."""
     if not all(k.sim == p.sim for k, p in zip(keys, planned)):
         return None
     offsets = {k.t0 - p.t0 for k, p in zip(keys, planned) if k != p}
-    return offsets.pop() if len(offsets) == 1 else None
+    if len(offsets) != 1:
+        return None
+    offset, existing = offsets.pop(), set(planned)
+    if any(WindowKey(p.sim, p.t0 + offset) in existing for k, p in zip(keys, planned) if k == p):
+        return None
+    return offset
 
 
 def _target_offset(batch: dict, frames: FrameIndex) -> int | None:
