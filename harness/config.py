@@ -20,10 +20,12 @@ CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
 PHYSICS = ('burgers',)
 MODEL_KINDS = ('u_net', 'conv_net')
-TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.equivalence.diff)
+TIERS = ('identical', 'equal', 'close')
+PIPELINES = ('legacy', 'phiml')  # `data.pipeline`
+DEVICES = ('auto', 'cpu', 'cuda')  # `trainer.device`  # how equal batch values must be (see harness.equivalence.diff)
 QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
          'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
-"""The overrides of `--quick`: a tiny scenario for smoke tests."""
+"""The overrides of `--quick` for a 2-D scenario; `quick_overrides` adapts them to any scenario."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class DataConfig:
     n_val_sims: int = 2
     rollout_steps: int = 4
     batch_size: int = 16
+    pipeline: str = 'legacy'         # what `python -m harness.train` trains on: legacy | phiml (flip after a GO)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     epochs: int = 3
     torch_threads: int = 2
+    device: str = 'auto'             # `python -m harness.train`: auto (cuda if available) | cpu | cuda
 
 
 @dataclass  # not frozen: OmegaConf would create dict entries of a frozen type read-only and refuse to merge them
@@ -112,6 +116,7 @@ class ScenarioConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    quick: List[str] = field(default_factory=list)  # extra overrides of `--quick`, after the generic ones
 
     @property
     def train_sims(self) -> list[int]:
@@ -150,11 +155,21 @@ def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
     return load_config_file(path, overrides)
 
 
+def quick_overrides(scenario: str) -> list[str]:
+    """The overrides of `--quick` for `scenario`: `QUICK` with 16 cells along each of its spatial dims, then the
+    scenario's own `quick:` list (e.g. a coarser 3-D grid or fewer steps)."""
+    base = load_config(scenario)
+    dims = len(base.sim.resolution)
+    generic = [item for item in QUICK if not item.startswith('sim.resolution=')]
+    return [f"sim.resolution=[{','.join(['16'] * dims)}]", *generic, *base.quick]
+
+
 def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
     """Like `load_config` for a YAML file anywhere on disk."""
     for item in overrides:
         if '=' not in item or item.startswith('='):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.epochs=3)")
+    overrides = plan_spelling(overrides)
     try:
         schema = _schema()
         from_file = OmegaConf.load(path)
@@ -166,6 +181,25 @@ def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfi
         raise ConfigError(f"{path}: not a valid YAML config ({_one_line(err)})") from None
     validate(config)
     return config
+
+
+def plan_spelling(overrides: Sequence[str]) -> list[str]:
+    """The overrides with the migration plan's `use_phiml_data=true|false` spelt `data.pipeline=phiml|legacy`.
+
+    Raises:
+        ConfigError: `use_phiml_data` is not `true` or `false`.
+    """
+    result = []
+    for item in overrides:
+        key, _, value = item.partition('=')
+        if key.strip() == 'use_phiml_data':
+            flag = value.strip().lower()
+            if flag not in ('true', 'false'):
+                raise ConfigError(f"`use_phiml_data` (={value!r}) must be true or false (the same as "
+                                  f"data.pipeline=phiml or data.pipeline=legacy)")
+            item = f"data.pipeline={'phiml' if flag == 'true' else 'legacy'}"
+        result.append(item)
+    return result
 
 
 def config_from_dict(values: dict) -> ScenarioConfig:
@@ -251,6 +285,10 @@ def validate(config: ScenarioConfig) -> None:
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
         raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
                           f"(={cmp.timing_warmup}) >= 0")
+    if data.pipeline not in PIPELINES:
+        raise ConfigError(f"`data.pipeline` (={data.pipeline!r}) must be one of {list(PIPELINES)}")
+    if config.trainer.device not in DEVICES:
+        raise ConfigError(f"`trainer.device` (={config.trainer.device!r}) must be one of {list(DEVICES)}")
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
     _positive(config.health.max_abs_value, 'health.max_abs_value')

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
 from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.config import load_config, quick_overrides
 from harness.run import run_compare
 
 PROG = 'python -m harness.compare'
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *args.overrides])
     out = args.out or Path('reports') / config.name
     overrides = [*(['--quick'] if args.quick else []), *args.overrides]
     legacy_cls, native_cls = default_pipelines()

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
 from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.config import load_config, quick_overrides
 from harness.selftest.run import run_selftest
 
 PROG = 'python -m harness.selftest'
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *args.overrides])
     result = run_selftest(config, *default_pipelines())
     print(result.table())
     bad = [r.bug for r in result.rows if not r.ok]
