@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,7 +19,8 @@ from harness.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
-PHYSICS = ('burgers',)
+PHYSICS = ('burgers', 'smoke')
+ADVECTIONS = ('auto', 'semi_lagrangian', 'rusanov')  # `sim.advection` of burgers
 MODEL_KINDS = ('u_net', 'conv_net')
 TIERS = ('identical', 'equal', 'close')
 PIPELINES = ('legacy', 'phiml')  # `data.pipeline`
@@ -37,6 +39,12 @@ class SimConfig:
     n_steps: int = 40
     noise_scale: float = 0.3
     noise_smoothness: float = 2.0
+    noise_amplitude: float = 1.0     # the initial velocity is this times the unit-variance noise
+    advection: str = 'auto'          # burgers: semi_lagrangian (2-D, 3-D) | rusanov (1-D); auto picks by dims
+    buoyancy: float = 1.0            # smoke: upward acceleration per unit density
+    inflow_rate: float = 1.0         # smoke: density added per unit time inside the inflow sphere
+    inflow_radius: float = 0.08      # smoke: in units of the domain size
+    inflow_center: List[float] = field(default_factory=lambda: [0.5, 0.15])  # smoke: x, y in units of the domain size
 
     @property
     def n_frames(self) -> int:
@@ -47,6 +55,14 @@ class SimConfig:
     def spatial_dims(self) -> tuple[str, ...]:
         """Names of the spatial dims, `('x', 'y')` for 2-D."""
         return SPATIAL_NAMES[:len(self.resolution)]
+
+    @property
+    def burgers_advection(self) -> str:
+        """The advection scheme of a burgers run: `advection`, or for `auto` semi-Lagrangian in 2-D and 3-D and the
+        conservative Rusanov flux in 1-D (torch's `grid_sample`, behind semi-Lagrangian sampling, has no 1-D mode)."""
+        if self.advection != 'auto':
+            return self.advection
+        return 'rusanov' if len(self.resolution) == 1 else 'semi_lagrangian'
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,17 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class SanityConfig:
+    """The physics sanity check (`harness.data.physics`): laws the simulation, and what each pipeline serves, must obey."""
+    enabled: bool = True
+    energy_rtol: float = 1.0e-4      # burgers: largest relative increase of the kinetic energy from one frame to the next
+    momentum_rtol: float = 0.4       # burgers: mean-velocity budget residual, relative to the run's largest |<u div u>|
+    momentum_atol: float = 1.0e-3    # burgers: the same, absolute (velocity per unit time; 1-D: the mean is conserved)
+    max_divergence: float = 1.0e-3   # smoke: largest |div v| (per unit time)
+    mass_rtol: float = 1.0e-3        # smoke: per-step mass change minus the inflow, relative to the inflow per step
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -116,6 +143,7 @@ class ScenarioConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
     quick: List[str] = field(default_factory=list)  # extra overrides of `--quick`, after the generic ones
 
     @property
@@ -153,6 +181,30 @@ def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
     if not path.is_file():
         raise ConfigError(f"unknown scenario {scenario!r}: expected one of {available_scenarios()}")
     return load_config_file(path, overrides)
+
+
+def default_flip(scenario: str) -> dict | None:
+    """The one-line change of `harness/configs/<scenario>.yaml` that makes the native pipeline the training default.
+
+    Returns:
+        `{'file', 'line', 'before', 'after', 'current', 'command'}` (`line` counts from 1; `command` is a `sed` that
+        makes exactly that change), or None when the scenario has no YAML file or no `data.pipeline` line.
+    """
+    path = CONFIG_DIR / f'{scenario}.yaml'
+    if not path.is_file():
+        return None
+    section = None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line[:1].strip() and not line.startswith('#'):
+            section = line.split(':', 1)[0]
+        match = re.match(r'^\s+pipeline: (\w+)', line)
+        if section == 'data' and match:
+            current = match.group(1)
+            after = line.replace(f"pipeline: {current}", "pipeline: phiml", 1)  # what `command` does
+            return {'file': f"harness/configs/{scenario}.yaml", 'line': number, 'before': line, 'after': after,
+                    'current': current,
+                    'command': f"sed -i '{number}s/pipeline: {current}/pipeline: phiml/' harness/configs/{scenario}.yaml"}
+    return None
 
 
 def quick_overrides(scenario: str) -> list[str]:
@@ -246,6 +298,24 @@ def validate(config: ScenarioConfig) -> None:
     _positive(sim.dt, 'sim.dt')
     _positive(sim.noise_scale, 'sim.noise_scale')
     _positive(sim.noise_smoothness, 'sim.noise_smoothness')
+    if sim.advection not in ADVECTIONS:
+        raise ConfigError(f"`sim.advection` (={sim.advection!r}) must be one of {list(ADVECTIONS)}")
+    if sim.advection == 'semi_lagrangian' and len(sim.resolution) == 1:
+        raise ConfigError("`sim.advection` (='semi_lagrangian') needs 2 or 3 spatial dims: torch's grid_sample has no "
+                          "1-D mode; use rusanov (or auto) for `sim.resolution` with one entry")
+    if sim.advection == 'rusanov' and len(sim.resolution) != 1:
+        raise ConfigError(f"`sim.advection` (='rusanov') is the 1-D conservative flux; `sim.resolution` "
+                          f"(={list(sim.resolution)}) has {len(sim.resolution)} entries: use semi_lagrangian (or auto)")
+    if config.physics == 'smoke':
+        if len(sim.resolution) != 2:
+            raise ConfigError(f"`sim.resolution` (={list(sim.resolution)}) must have 2 entries (x, y) for "
+                              f"physics='smoke'")
+        if len(sim.inflow_center) != 2 or not all(0 < c < 1 for c in sim.inflow_center):
+            raise ConfigError(f"`sim.inflow_center` (={list(sim.inflow_center)}) must be 2 fractions of the domain "
+                              f"size in (0, 1)")
+        _positive(sim.inflow_radius, 'sim.inflow_radius')
+        _positive(sim.inflow_rate, 'sim.inflow_rate')
+    _positive(sim.noise_amplitude, 'sim.noise_amplitude')
     if sim.viscosity < 0:
         raise ConfigError(f"`sim.viscosity` (={sim.viscosity}) must be >= 0")
     if sim.n_steps < 1:
@@ -292,6 +362,9 @@ def validate(config: ScenarioConfig) -> None:
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
     _positive(config.health.max_abs_value, 'health.max_abs_value')
+    for name in ('energy_rtol', 'momentum_rtol', 'momentum_atol', 'max_divergence', 'mass_rtol'):
+        if getattr(config.sanity, name) < 0:
+            raise ConfigError(f"`sanity.{name}` (={getattr(config.sanity, name)}) must be >= 0")
 
 
 def _finite(node, prefix: str = '') -> None:

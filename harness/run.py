@@ -20,6 +20,7 @@ from harness.equivalence.diff import ToleranceMap
 from harness.equivalence.batches import compare_pipelines
 from harness.errors import CacheError, HarnessError
 from harness.data.health import scan_simulation
+from harness.data.physics import check_physics
 from harness.equivalence.identify import FrameIndex
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.training import ensemble, train_both
@@ -33,6 +34,7 @@ from harness.data.simulate import simulate
 from harness.bench.timing import time_stages
 from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check, training_check,
                       verdict, window_keys_check)
+from harness.report.verdict import physics_check
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +178,12 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         'provenance': {**provenance(config), 'overrides': list(overrides)},
         'durations': durations,
     }
+    # --- physics sanity (issue 17): the simulation and what each pipeline serves ---
+    if config.sanity.enabled:
+        physics = check_physics(simulation, {legacy.name: legacy, native.name: native})
+        checks.append(physics_check(physics))
+        summary.update(verdict=verdict(checks), checks=[c.to_dict() for c in checks], physics=physics.to_dict())
+    # --- end physics sanity ---
     worst_frame = None
     if equivalence.worst is not None:
         plot_worst_frame(*equivalence.worst, out / 'worst_frame.png')

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
 from harness.cli.registry import default_pipelines
-from harness.config import load_config, quick_overrides
+from harness.config import default_flip, load_config, quick_overrides
 from harness.run import run_compare
 
 PROG = 'python -m harness.compare'
@@ -50,4 +50,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if not check['passed']:
             print(f"  FAILED {check['name']}: {check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
+    flip = default_flip(config.name) if summary['verdict'] == 'go' else None
+    if flip and flip['current'] != 'phiml':
+        print(f"to train on the native pipeline by default ({flip['file']} line {flip['line']}): {flip['command']}")
     return 0 if summary['verdict'] == 'go' else 1

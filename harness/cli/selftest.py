@@ -37,6 +37,7 @@ def _main(argv: Sequence[str] | None) -> int:
     result = run_selftest(config, *default_pipelines())
     print(result.table())
     bad = [r.bug for r in result.rows if not r.ok]
-    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs"
+    skipped = f" ({len(result.skipped)} more not applicable here)" if result.skipped else ''
+    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs{skipped}"
           + (f"; wrong for: {', '.join(bad)}" if bad else ", all caught and diagnosed; clean pipeline passes"))
     return 0 if result else 1
