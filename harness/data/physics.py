@@ -134,7 +134,7 @@ def _simulated(simulation, sim: int) -> dict[str, np.ndarray]:
 def _array(values) -> np.ndarray:
     """(time, *spatial, [vector]) as float64."""
     order = ['time', *values.shape.spatial.names] + (['vector'] if 'vector' in values.shape else [])
-    return values.numpy(order).astype(np.float64)
+    return np.ascontiguousarray(values.numpy(order), dtype=np.float64)  # one memory order: bitwise equal sums
 
 
 def served_trajectories(pipeline: AbstractPipeline, sims: Sequence[int], n_frames: int) -> dict[int, dict[str, np.ndarray]]:
@@ -153,7 +153,7 @@ def served_trajectories(pipeline: AbstractPipeline, sims: Sequence[int], n_frame
             spatial = list(first.shape.spatial.names) + (['vector'] if 'vector' in first.shape else [])
             frames = first.numpy(['batch', *spatial]).astype(np.float64)
             tail = rest.numpy(['batch', 'time', *spatial])[-1].astype(np.float64)
-            fields[name or _single_field_name(pipeline)] = np.concatenate([frames, tail])
+            fields[name or _single_field_name(pipeline)] = np.ascontiguousarray(np.concatenate([frames, tail]))
         result[sim] = fields
     return result
 

@@ -137,12 +137,17 @@ def _smoke(config: ScenarioConfig, progress, math, batch) -> tuple[dict[str, Any
         math.seed(config.seed)
         density_noise = Noise(batch(sim=n), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
         density = CenteredGrid(density_noise, ZERO_GRADIENT, bounds=bounds, **resolution)
-        density = density.with_values(.1 * abs(density.values))  # some smoke already in the box, different per sim
+        values = .1 * abs(density.values)  # some smoke already in the box, different per sim
+        order = math.concat_shapes(values.shape.only('sim'), values.shape.spatial)
+        density = density.with_values(math.wrap(values.native(order.names), order))
         velocity_noise = Noise(batch(sim=n), channel(vector='x,y'), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
         velocity = StaggeredGrid(velocity_noise, 0, bounds=bounds, **resolution) * sim.noise_amplitude
     velocity, pressure = fluid.make_incompressible(velocity, (), solve)
     center = math.tensor([c * size for c in sim.inflow_center], channel(vector='x,y'))
     inflow = resample(Sphere(center=center, radius=sim.inflow_radius * size), to=density, soft=True)
+    # the initial density exactly as `step` returns densities (native dims sim, x, y; Noise samples x, y, sim), or
+    # jit_compile traces `step` twice (each trace with the pressure solve costs seconds)
+    density = density + 0 * inflow
     cell_volume = float(math.prod(density.dx, 'vector'))
     buoyancy = math.tensor([0., sim.buoyancy], channel(vector='x,y'))
 
