@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
 from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.config import default_flip, load_config, quick_overrides
 from harness.errors import ConfigError
 from harness.run import run_compare
 
@@ -55,7 +55,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError(f"--legacy-cache (={str(args.legacy_cache)!r}) judges an existing cache and writes nothing "
                           f"into it: --cache-dir and --repair (for the harness's simulated caches) do not apply")
     overrides = [*channel_overrides(args.channels), *args.overrides]
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *overrides])
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *overrides])
     out = args.out or Path('reports') / config.name
     legacy_cls, native_cls = default_pipelines()
     summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config), native_cls=native_cls,
@@ -67,6 +67,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if not check['passed']:
             print(f"  FAILED {check['name']}: {check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
+    flip = default_flip(config.name) if summary['verdict'] == 'go' else None
+    if flip and flip['current'] != 'phiml':
+        print(f"to train on the native pipeline by default ({flip['file']} line {flip['line']}): {flip['command']}")
     return 0 if summary['verdict'] == 'go' else 1
 
 

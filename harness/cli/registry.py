@@ -15,6 +15,11 @@ def default_pipelines() -> tuple[type[AbstractPipeline], type[AbstractPipeline]]
     return load_pipeline(DEFAULTS['legacy'], 'legacy'), load_pipeline(DEFAULTS['native'], 'native')
 
 
+def pipeline_class(kind: str) -> type[AbstractPipeline]:
+    """The built-in pipeline class that `data.pipeline` (`'legacy'` or `'phiml'`) names."""
+    return load_pipeline(DEFAULTS['native' if kind == 'phiml' else 'legacy'], f"data.pipeline={kind}")
+
+
 def create_dataset(config: ScenarioConfig, sim_indices: Sequence[int], cache_dir: Path, *, use_phiml_data: bool,
                    seed: int = 0, epoch: int = 0):
     """The training data source behind the migration plan's `use_phiml_data` switch: the native `PhiMLDataset`

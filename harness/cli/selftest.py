@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
 from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.config import load_config, quick_overrides
 from harness.selftest.run import run_selftest
 
 PROG = 'python -m harness.selftest'
@@ -33,10 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *args.overrides])
     result = run_selftest(config, *default_pipelines())
     print(result.table())
     bad = [r.bug for r in result.rows if not r.ok]
-    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs"
+    skipped = f" ({len(result.skipped)} more not applicable here)" if result.skipped else ''
+    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs{skipped}"
           + (f"; wrong for: {', '.join(bad)}" if bad else ", all caught and diagnosed; clean pipeline passes"))
     return 0 if result else 1

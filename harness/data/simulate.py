@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -24,11 +25,13 @@ class Simulation:
     Attributes:
         config: The scenario that produced them.
         fields: Field name -> PhiFlow `CenteredGrid` with dims (sim, time, *spatial, [vector]), float32, torch backend
-            (as simulated; read from an existing cache, the stored dtype on numpy).
+            (as simulated; read from an existing cache, in the stored dtype).
+        constants: What the physics sanity check needs besides the fields, e.g. smoke's `inflow_mass_per_step`.
         stored_metadata: For trajectories read from an existing cache, each sim's metadata as stored there.
     """
     config: ScenarioConfig
     fields: dict[str, Any]
+    constants: dict[str, float] = field(default_factory=dict)
     stored_metadata: list[dict[str, Any]] | None = None
 
     @property
@@ -66,8 +69,10 @@ def simulate(config: ScenarioConfig, progress: Callable[[int], None] | None = No
     from phi.torch import flow  # noqa: F401  (selects the torch backend)
     from phi import math
     from phiml.math import batch
-    fields = _SIMULATORS[config.physics](config, progress, math, batch)
-    return Simulation(config, fields)
+    with warnings.catch_warnings():  # torch's notes on its sparse CSR support, from the pressure solve
+        warnings.filterwarnings('ignore', message='Sparse (CSR tensor support|invariant checks)', category=UserWarning)
+        fields, constants = _SIMULATORS[config.physics](config, progress, math, batch)
+    return Simulation(config, fields, constants)
 
 
 def _burgers(config: ScenarioConfig, progress, math, batch) -> dict[str, Any]:
@@ -83,8 +88,9 @@ def _burgers(config: ScenarioConfig, progress, math, batch) -> dict[str, Any]:
         noise = Noise(batch(sim=n), channel(vector=','.join(dims)), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
         velocity = CenteredGrid(noise, extrapolation.PERIODIC, bounds=bounds, **resolution)
 
-    # torch's grid_sample has no 1-D mode, so semi-Lagrangian advection fails in 1-D; use finite differences there.
-    advection = advect.semi_lagrangian if len(dims) > 1 else advect.finite_difference
+    # torch's grid_sample has no 1-D mode, so semi-Lagrangian advection fails in 1-D: there the conservative Rusanov
+    # flux (exact mean-velocity conservation, no energy gain) advects instead
+    advection = _rusanov_advect if sim.burgers_advection == 'rusanov' else advect.semi_lagrangian
 
     @jit_compile
     def step(v):
@@ -100,10 +106,101 @@ def _burgers(config: ScenarioConfig, progress, math, batch) -> dict[str, Any]:
     from phi.field import stack
     trajectory = stack(frames, batch('time'))
     logger.info("simulated %d sims x %d frames of %s", n, sim.n_frames, resolution)
-    return {'velocity': trajectory}
+    return {'velocity': trajectory}, {}
 
 
-_SIMULATORS = {'burgers': _burgers}
+def _rusanov_advect(u, velocity, dt):
+    """One explicit step of 1-D Burgers advection in conservative form, `u_t + (u^2 / 2)_x = 0`, with the Rusanov
+    (local Lax-Friedrichs) flux on the periodic grid: the mean is conserved to rounding and energy never grows."""
+    from phiml import math
+    values = u.values.vector['x']
+    right = math.shift(values, (1,), padding=u.extrapolation, stack_dim=None)[0]  # u_{i+1}
+    flux_right = .25 * (values ** 2 + right ** 2) - .5 * math.maximum(abs(values), abs(right)) * (right - values)
+    flux_left = math.shift(flux_right, (-1,), padding=u.extrapolation, stack_dim=None)[0]  # F_{i-1/2}
+    updated = values - dt / u.dx.vector['x'] * (flux_right - flux_left)
+    return u.with_values(math.expand(updated, u.values.shape.only('vector')))
+
+
+def _smoke(config: ScenarioConfig, progress, math, batch) -> tuple[dict[str, Any], dict[str, float]]:
+    """A buoyant smoke plume in a closed box: density rises from a spherical inflow, velocity incompressible.
+
+    Density moves by a conservative upwind flux through the staggered faces (no flux through the walls), so its mass
+    grows by exactly the inflow; velocity by semi-Lagrangian advection, buoyancy, then a pressure solve. Both are stored
+    at the cell centres (a staggered grid does not survive `phiml.math.load` in phiml 1.16.1). Under `jit_compile` a
+    failed solve raises nothing: the divergence is checked after every `DIVERGENCE_CHUNK` steps.
+    """
+    from phi.flow import (Box, CenteredGrid, Noise, Solve, Sphere, StaggeredGrid, ZERO_GRADIENT, advect, fluid,
+                          jit_compile, resample)
+    from phi import field as phi_field
+    from phiml.math import channel
+    sim = config.sim
+    n, size = len(config.all_sims), sim.domain_size
+    bounds = Box(x=size, y=size)
+    resolution = dict(zip(sim.spatial_dims, sim.resolution))
+    solve = Solve('CG', 1e-5, 1e-5, rank_deficiency=0)
+    with _restored_global_rng():
+        math.seed(config.seed)
+        density_noise = Noise(batch(sim=n), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
+        density = CenteredGrid(density_noise, ZERO_GRADIENT, bounds=bounds, **resolution)
+        values = .1 * abs(density.values)  # some smoke already in the box, different per sim
+        order = math.concat_shapes(values.shape.only('sim'), values.shape.spatial)
+        density = density.with_values(math.wrap(values.native(order.names), order))
+        velocity_noise = Noise(batch(sim=n), channel(vector='x,y'), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
+        velocity = StaggeredGrid(velocity_noise, 0, bounds=bounds, **resolution) * sim.noise_amplitude
+    velocity, pressure = fluid.make_incompressible(velocity, (), solve)
+    center = math.tensor([c * size for c in sim.inflow_center], channel(vector='x,y'))
+    inflow = resample(Sphere(center=center, radius=sim.inflow_radius * size), to=density, soft=True)
+    # the initial density exactly as `step` returns densities (native dims sim, x, y; Noise samples x, y, sim), or
+    # jit_compile traces `step` twice (each trace with the pressure solve costs seconds)
+    density = density + 0 * inflow
+    cell_volume = float(math.prod(density.dx, 'vector'))
+    buoyancy = math.tensor([0., sim.buoyancy], channel(vector='x,y'))
+
+    @jit_compile
+    def step(v, rho, p):
+        rho = _upwind_advect(rho, v, sim.dt, math) + sim.inflow_rate * sim.dt * inflow
+        v = advect.semi_lagrangian(v, v, sim.dt) + resample(rho * buoyancy, to=v) * sim.dt
+        v, p = fluid.make_incompressible(v, (), Solve('CG', 1e-5, 1e-5, x0=p, rank_deficiency=0))
+        return v, rho, p
+
+    densities, velocities = [density], [velocity.at_centers()]
+    for i in range(sim.n_steps):
+        velocity, density, pressure = step(velocity, density, pressure)
+        densities.append(density)
+        velocities.append(velocity.at_centers())
+        if (i + 1) % DIVERGENCE_CHUNK == 0 or i + 1 == sim.n_steps:
+            worst = float(math.max(abs(phi_field.divergence(velocity).values), dim=math.shape(velocity.values).non_channel))
+            if not worst <= config.sanity.max_divergence:
+                logger.warning("smoke: max |div v| = %.3g after step %d exceeds `sanity.max_divergence` (=%g): the "
+                               "pressure solve failed (it raises nothing under jit_compile)", worst, i + 1,
+                               config.sanity.max_divergence)
+        if progress:
+            progress(1)
+    from phi.field import stack
+    fields = {'density': stack(densities, batch('time')), 'velocity': stack(velocities, batch('time'))}
+    inflow_mass = float(math.sum(sim.inflow_rate * sim.dt * inflow.values, dim=inflow.values.shape.spatial)) * cell_volume
+    logger.info("simulated %d smoke sims x %d frames of %s", n, sim.n_frames, resolution)
+    return fields, {'inflow_mass_per_step': inflow_mass, 'cell_volume': cell_volume}
+
+
+DIVERGENCE_CHUNK = 10
+
+
+def _upwind_advect(rho, velocity, dt, math):
+    """Density moved by first-order upwind fluxes through the faces of `velocity` (a staggered grid with closed
+    walls: the wall faces carry no flux), so the total mass is conserved to rounding."""
+    values, change = rho.values, 0
+    for dim in rho.shape.spatial.names:
+        faces = velocity.values[{'~vector': dim}]  # the interior faces along `dim`
+        faces = math.pad(faces, {dim: (1, 1)}, 0)  # and the walls, through which nothing flows
+        padded = math.pad(values, {dim: (1, 1)}, 1)  # any value: it meets only the zero wall faces
+        lower, upper = padded[{dim: slice(0, -1)}], padded[{dim: slice(1, None)}]
+        flux = math.where(faces > 0, faces * lower, faces * upper)
+        change = change + (flux[{dim: slice(1, None)}] - flux[{dim: slice(0, -1)}]) / rho.dx.vector[dim]
+    return rho.with_values(values - dt * change)
+
+
+_SIMULATORS = {'burgers': _burgers, 'smoke': _smoke}
 
 
 class _restored_global_rng:
