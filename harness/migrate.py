@@ -12,10 +12,19 @@ The dtype is kept (float16, float32 or float64); training needs float32.
 Each converted file is read back with the native reader and compared with its source by `harness.diff` (bitwise,
 dims, dim types, item names, dtype, metadata) before it is recorded in `NPZ_DIR/manifest.json` together with the
 size and SHA-256 of its source. A rerun skips the files whose record and bytes still match, so an interrupted
-migration resumes. The source folder is only read.
+migration resumes and removes the temporary files of writes killed in NPZ_DIR. The source folder is only read.
+
+NPZ_DIR must be new, empty, or a folder an earlier migration wrote: a file there that migrate's manifest does not
+record (a team's own `sim_000000.npz` or `manifest.json`, a native cache built from a simulation, anything else)
+is refused with its name and nothing is changed.
+
+The data health scan of `harness.health` runs on every converted file (NaN/Inf, constant or repeated frames,
+|value| beyond `HealthConfig.max_abs_value`): each finding is logged as one warning line and recorded with the
+file in the manifest; the conversion stays faithful (values are never changed).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -29,14 +38,18 @@ import torch
 from phiml import math
 from phiml.math import Tensor, batch, channel, spatial
 
+from .atomic import temp_name_of
 from .cli import OneLineParser, guarded, setup_logging
+from .config import HealthConfig
 from .diff import Tolerance, compare_arrays
 from .errors import CacheError
-from .manifest import (KINDS, SPATIAL, Manifest, dtype_name, record_file, sha256_file, sims_on_disk)
+from .health import scan_tensors
+from .manifest import (KINDS, MANIFEST_NAME, SPATIAL, Manifest, dtype_name, record_file, sha256_file, sims_on_disk)
 
 logger = logging.getLogger(__name__)
 LAYOUT_KEYS = ('spatial_dims', 'field_channels')
 NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+NOT_MIGRATES = "NPZ_DIR must be a new or empty folder, or one that an earlier migrate wrote; nothing was changed"
 
 
 @dataclass
@@ -48,21 +61,29 @@ class MigrationReport:
         target_dir: The native folder.
         converted: Sims converted and verified in this run.
         skipped: Sims whose converted file already verified against its record and source.
+        health: Findings of the data health scan, `{'sim', 'frame', 'field', 'check', 'detail'}` each, of every
+            migrated file (converted now or before).
+        removed_temp_files: Leftovers of killed writes removed from the target.
         seconds: Wall time.
     """
     source_dir: Path
     target_dir: Path
     converted: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
+        findings = (f"; {len(self.health)} data health findings (logged, and recorded in the manifest)"
+                    if self.health else '; data health scan: no findings')
         return (f"migrated {len(self.converted) + len(self.skipped)} legacy cache files from {self.source_dir} to "
                 f"{self.target_dir} ({len(self.converted)} converted and verified bitwise, {len(self.skipped)} already "
-                f"done) in {self.seconds:.2f} s; manifest: {Manifest.path(self.target_dir)}")
+                f"done) in {self.seconds:.2f} s{findings}; manifest: {Manifest.path(self.target_dir)}")
 
 
-def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], None] | None = None) -> MigrationReport:
+def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], None] | None = None,
+                  health: HealthConfig = HealthConfig()) -> MigrationReport:
     """Converts every `sim_XXXXXX.pt` of `legacy_dir` into `npz_dir`, verifies each, records each in the manifest.
 
     All sources are read and checked first (layout, dtypes, one resolution and one set of fields), so a bad source
@@ -70,18 +91,21 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
 
     Args:
         legacy_dir: Folder of the legacy cache; never written to.
-        npz_dir: Folder of the native cache; created if needed.
+        npz_dir: Folder of the native cache; created if needed. New, empty or written by an earlier migration.
         progress: Called with 1 per file done.
+        health: Thresholds of the data health scan of each converted file (findings are reported, not refused).
 
     Raises:
         CacheError: naming the file: missing or empty source folder, a source that does not load or is not
-            `[C, T, *spatial]`, sims of different shapes, a converted file that does not match its source.
-        OSError: `npz_dir` cannot be written.
+            `[C, T, *spatial]`, sims of different shapes, a converted file that does not match its source, a file in
+            `npz_dir` that migrate did not write (nothing is changed then).
+        OSError: `npz_dir` cannot be written (naming the folder).
     """
     start = time.perf_counter()
     legacy_dir, npz_dir = Path(legacy_dir), Path(npz_dir)
     legacy, native = KINDS['legacy'], KINDS['phiml']
     sims = _source_sims(legacy_dir, npz_dir)
+    manifest, leftovers = _target_manifest(npz_dir)
     signatures = {sim: _source_signature(legacy_dir, sim) for sim in sims}
     first = sims[0]
     for sim in sims:
@@ -89,24 +113,48 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
             raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields/shape/dtype {signatures[sim]} differ from "
                              f"{legacy.file_name(first)} {signatures[first]}; one cache must hold sims of one "
                              f"resolution and one set of fields")
-    manifest = _target_manifest(npz_dir)
     report = MigrationReport(legacy_dir, npz_dir)
+    for path in leftovers:  # the folder is migrate's (its manifest says so): these are its own killed writes
+        path.unlink(missing_ok=True)
+        report.removed_temp_files.append(path.name)
+    if leftovers:
+        logger.info("%s: removed %d leftover temporary files of killed writes", npz_dir, len(leftovers))
+    sources, todo = {}, []
     for sim in sims:
         source_path = legacy_dir / legacy.file_name(sim)
-        source = {'name': source_path.name, 'size': source_path.stat().st_size, 'sha256': sha256_file(source_path)}
+        sources[sim] = {'name': source_path.name, 'size': source_path.stat().st_size, 'sha256': sha256_file(source_path)}
         record = manifest.files.get(native.file_name(sim))
-        if record is not None and record.source == source and _target_intact(npz_dir / record.name, record):
+        if record is not None and record.source == sources[sim] and _target_intact(npz_dir / record.name, record):
             report.skipped.append(sim)
+            _report_health(report, legacy_dir / legacy.file_name(sim), record.health or [])
+            if progress:
+                progress(1)
         else:
-            _convert(legacy_dir, npz_dir, sim)
-            manifest.files[native.file_name(sim)] = record_file(native, npz_dir, sim, source=source, allow_any_float=True)
-            manifest.save(npz_dir)
-            report.converted.append(sim)
+            todo.append(sim)
+    if todo:  # listed first: a file that lands but is killed before its record is still known to be migrate's
+        manifest.pending |= {native.file_name(sim) for sim in todo}
+        manifest.save(npz_dir)
+    for sim in todo:
+        findings = _convert(legacy_dir, npz_dir, sim, health)
+        record = record_file(native, npz_dir, sim, source=sources[sim], allow_any_float=True)
+        manifest.files[record.name] = dataclasses.replace(record, health=findings)
+        manifest.pending.discard(record.name)
+        manifest.save(npz_dir)
+        report.converted.append(sim)
+        _report_health(report, legacy_dir / legacy.file_name(sim), findings)
         if progress:
             progress(1)
+    report.converted.sort()
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())
     return report
+
+
+def _report_health(report: MigrationReport, source_path: Path, findings: list[dict[str, Any]]) -> None:
+    for finding in findings:
+        logger.warning("%s: data health: sim %d frame %d %r: %s (%s)", source_path, finding['sim'], finding['frame'],
+                       finding['field'], finding['check'], finding['detail'])
+        report.health.append(finding)
 
 
 def _source_sims(legacy_dir: Path, npz_dir: Path) -> list[int]:
@@ -131,24 +179,55 @@ def _source_signature(legacy_dir: Path, sim: int) -> tuple:
     return tuple((name, tuple(t.shape), str(t.dtype)) for name, t in sorted(data['tensor_data'].items()))
 
 
-def _target_manifest(npz_dir: Path) -> Manifest:
+def _target_manifest(npz_dir: Path) -> tuple[Manifest, list[Path]]:
+    """NPZ_DIR's manifest (a new one for a new or empty folder) and the leftovers of migrate's killed writes there.
+
+    Raises:
+        CacheError: NPZ_DIR holds a manifest that is not the harness's, not a migration's, or a file the manifest
+            does not record: migrate writes only where it wrote before.
+    """
+    if not npz_dir.exists():
+        return Manifest('phiml'), []
     try:
         manifest = Manifest.load(npz_dir)
     except CacheError as err:
-        logger.warning("%s; starting a new one, every file is converted again", err)
-        return Manifest('phiml')
+        raise CacheError(f"{err}; refusing to write into {npz_dir}, {NOT_MIGRATES}") from None
     if manifest is not None and manifest.pipeline != 'phiml':
         raise CacheError(f"{Manifest.path(npz_dir)}: NPZ_DIR holds a {manifest.pipeline!r} cache, refusing to write the "
-                         f"native cache into it")
-    return manifest or Manifest('phiml')
+                         f"native cache into it; {NOT_MIGRATES}")
+    built = sorted(name for name, record in (manifest.files if manifest else {}).items() if record.source is None)
+    if built:
+        raise CacheError(f"{Manifest.path(npz_dir)}: records a native cache the harness built from a simulation "
+                         f"({built[0]} has no source), not a migration; {NOT_MIGRATES}")
+    leftovers, foreign = [], []
+    for path in sorted(npz_dir.iterdir()):
+        final = temp_name_of(path)
+        ours_by_name = path.is_file() and not path.is_symlink() and final is not None \
+            and (final == MANIFEST_NAME or KINDS['phiml'].sim_of(final) is not None)
+        if manifest is not None and (path.name == MANIFEST_NAME or manifest.owns(path.name)):
+            continue
+        if ours_by_name:  # a killed write's leftover: migrate's to remove only where its manifest is
+            if manifest is not None:
+                leftovers.append(path)
+            continue
+        foreign.append(path.name)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more: {', '.join(foreign[1:4])})" if len(foreign) > 1 else ''
+        raise CacheError(f"{npz_dir / foreign[0]}: not written by harness.migrate (not recorded in "
+                         f"{Manifest.path(npz_dir)}){more}; {NOT_MIGRATES}")
+    return manifest or Manifest('phiml'), leftovers
 
 
 def _target_intact(path: Path, record) -> bool:
     return path.is_file() and path.stat().st_size == record.size and sha256_file(path) == record.sha256
 
 
-def _convert(legacy_dir: Path, npz_dir: Path, sim: int) -> Path:
-    """Converts, writes and verifies one sim; a converted file that does not match its source is removed."""
+def _convert(legacy_dir: Path, npz_dir: Path, sim: int, health: HealthConfig) -> list[dict[str, Any]]:
+    """Converts, writes and verifies one sim; a converted file that does not match its source is removed.
+
+    Returns:
+        The findings of the data health scan of the converted fields (`harness.health`), as plain dicts.
+    """
     source_path = legacy_dir / KINDS['legacy'].file_name(sim)
     data = KINDS['legacy'].load(legacy_dir, sim, allow_any_float=True)
     meta = data['metadata']
@@ -162,7 +241,8 @@ def _convert(legacy_dir: Path, npz_dir: Path, sim: int) -> Path:
     except CacheError:
         path.unlink(missing_ok=True)
         raise
-    return path
+    scan = scan_tensors({name: math.expand(t, batch(sim=1)) for name, t in tensors.items()}, health, [sim])
+    return [{'sim': r.sim, 'frame': r.frame, 'field': r.field, 'check': r.check, 'detail': r.detail} for r in scan.rows]
 
 
 def to_native(source_path: Path, name: str, tensor: torch.Tensor, spatial_dims: Sequence[str],
