@@ -28,6 +28,7 @@ from .equivalence import compare_pipelines
 from .errors import CacheError, HarnessError
 from .health import scan_simulation
 from .identify import FrameIndex
+from .manifest import Manifest
 from .diagnose import diagnose_epoch
 from .parity import ensemble, train_both
 from .selftest import run_selftest
@@ -269,7 +270,6 @@ def _check_cache_root(root: Path) -> None:
 
 
 def _has_harness_manifest(folder: Path) -> bool:
-    from .manifest import Manifest
     try:
         return folder.is_dir() and Manifest.load(folder) is not None
     except CacheError:

@@ -168,10 +168,18 @@ def _source_sims(legacy_dir: Path, npz_dir: Path) -> list[int]:
     sims = sims_on_disk(legacy_dir, KINDS['legacy'])
     if not sims:
         raise CacheError(f"{legacy_dir}: empty cache folder (no sim_XXXXXX.pt files to migrate)")
-    if Manifest.path(legacy_dir).is_file():  # a cache built by the harness: its sources must verify first
+    if _harness_manifest(legacy_dir):  # a cache built by the harness: its sources must verify first
         from .cache import verify_cache
         verify_cache(legacy_dir, 'legacy', sims=sims).raise_if_failed()
     return sims
+
+
+def _harness_manifest(folder: Path) -> bool:
+    """Whether `folder` has a manifest the harness wrote (a team's own `manifest.json` is just one of its files)."""
+    try:
+        return Manifest.load(folder) is not None
+    except CacheError:
+        return False
 
 
 def _source_signature(legacy_dir: Path, sim: int) -> tuple:

@@ -314,3 +314,13 @@ def test_read_only_npz_dir_is_named(tmp_path, capsys, monkeypatch, how):
         target.chmod(0o755)
     assert message == f"cannot use {str(target)!r}: Permission denied"
     assert tree_state(source, target) == before
+
+
+def test_a_teams_legacy_folder_with_its_own_manifest_migrates(tmp_path):
+    """The team's manifest.json in LEGACY_DIR is one of its files: read past, never verified against, never written."""
+    source = _team_folder(tmp_path / 'team-legacy')
+    (source / MANIFEST_NAME).write_text('{"dataset": "ocean-2024", "runs": 4}')
+    before = tree_state(source)
+    assert _migrate(source, tmp_path / 'npz') == 0
+    assert verify_cache(tmp_path / 'npz', 'phiml').sims == [0, 1, 2, 3]
+    assert tree_state(source) == before
