@@ -52,6 +52,8 @@ class FileRecord:
         metadata: The metadata stored in the file.
         config_digest: `config_digest` of the scenario that produced it; `None` when unknown (migrated files).
         source: For migrated files, `{'name', 'size', 'sha256'}` of the legacy file it was converted from.
+        health: For migrated files, the findings of the data health scan (`{'sim', 'frame', 'field', 'check',
+            'detail'}` each; `[]` when healthy); None when not scanned (caches built from a scanned simulation).
     """
     name: str
     sim: int
@@ -61,6 +63,7 @@ class FileRecord:
     metadata: dict[str, Any]
     config_digest: str | None = None
     source: dict[str, Any] | None = None
+    health: list[dict[str, Any]] | None = None
 
     @property
     def signature(self) -> tuple:
@@ -71,14 +74,15 @@ class FileRecord:
         fields = {name: {'dims': list(f.dims), 'shape': list(f.shape), 'dtype': f.dtype, 'item_names': list(f.item_names)}
                   for name, f in self.fields.items()}
         return {'name': self.name, 'sim': self.sim, 'size': self.size, 'sha256': self.sha256, 'fields': fields,
-                'metadata': self.metadata, 'config_digest': self.config_digest, 'source': self.source}
+                'metadata': self.metadata, 'config_digest': self.config_digest, 'source': self.source,
+                'health': self.health}
 
     @staticmethod
     def from_json(values: dict[str, Any]) -> 'FileRecord':
         fields = {name: FieldRecord(tuple(f['dims']), tuple(f['shape']), f['dtype'], tuple(f['item_names']))
                   for name, f in values['fields'].items()}
         return FileRecord(values['name'], int(values['sim']), int(values['size']), values['sha256'], fields,
-                          values['metadata'], values.get('config_digest'), values.get('source'))
+                          values['metadata'], values.get('config_digest'), values.get('source'), values.get('health'))
 
 
 @dataclass
