@@ -106,6 +106,14 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class PipelinesConfig:
+    """The pipeline classes judged, as `MODULE:CLASS` (`harness.pipeline.load_pipeline`); `--legacy` / `--native`
+    override them."""
+    legacy: str = 'legacy:LegacyPipeline'        # the reference
+    native: str = 'phiml_native:NativePipeline'  # the candidate: the self-test injects its bugs into this one
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -116,6 +124,7 @@ class ScenarioConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
 
     @property
     def train_sims(self) -> list[int]:

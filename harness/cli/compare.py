@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
-from harness.cli.registry import default_pipelines
+from harness.cli.registry import add_pipeline_flags, configure_pipelines, pipeline_argv, report_folder
 from harness.config import QUICK, load_config
 from harness.run import run_compare
 
@@ -20,12 +20,14 @@ def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
-    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
+    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/; with other pipelines "
+                        "reports/<scenario>-<legacy name>-vs-<native name>/)")
     parser.add_argument('--cache-dir', type=Path, help="reuse the harness's caches in this folder (legacy/, phiml/; "
                         "default: <out>/cache, rebuilt as needed); they are verified against their manifests and a bad "
                         "file is an error; a folder of files the harness did not write is refused")
     parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir that the "
                         "harness wrote (its manifest records them); never a file of anyone else")
+    add_pipeline_flags(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -41,9 +43,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
     config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
-    out = args.out or Path('reports') / config.name
-    overrides = [*(['--quick'] if args.quick else []), *args.overrides]
-    legacy_cls, native_cls = default_pipelines()
+    config, (legacy_cls, native_cls) = configure_pipelines(config, args.legacy, args.native)
+    out = args.out or report_folder(config, (legacy_cls, native_cls))
+    overrides = [*(['--quick'] if args.quick else []), *pipeline_argv(args.legacy, args.native), *args.overrides]
     summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls, native_cls=native_cls,
                           progress=not args.no_progress, overrides=overrides, repair=args.repair)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
