@@ -42,15 +42,17 @@ class MigrationReport:
         converted: Sims converted and verified in this run.
         skipped: Sims whose converted file already verified against its record and source.
         seconds: Wall time.
+        source: The `name` of the source pipeline.
     """
     source_dir: Path
     target_dir: Path
     converted: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = 'legacy'
 
     def summary(self) -> str:
-        return (f"migrated {len(self.converted) + len(self.skipped)} legacy cache files from {self.source_dir} to "
+        return (f"migrated {len(self.converted) + len(self.skipped)} {self.source} cache files from {self.source_dir} to "
                 f"{self.target_dir} ({len(self.converted)} converted and verified bitwise, {len(self.skipped)} already "
                 f"done) in {self.seconds:.2f} s; manifest: {Manifest.path(self.target_dir)}")
 
@@ -87,7 +89,7 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
                              f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
                              f"resolution and one set of fields")
     manifest = _target_manifest(npz_dir, native.name)
-    report = MigrationReport(legacy_dir, npz_dir)
+    report = MigrationReport(legacy_dir, npz_dir, source=legacy.name)
     for sim in sims:
         source_path = legacy_dir / legacy.file_name(sim)
         source = {'name': source_path.name, 'size': source_path.stat().st_size, 'sha256': sha256_file(source_path)}
