@@ -138,6 +138,14 @@ class SanityConfig:
 
 
 @dataclass(frozen=True)
+class PipelinesConfig:
+    """The pipeline classes judged, as `MODULE:CLASS` (`harness.pipeline.load_pipeline`); `--legacy` / `--native`
+    override them."""
+    legacy: str = 'legacy:LegacyPipeline'        # the reference
+    native: str = 'phiml_native:NativePipeline'  # the candidate: the self-test injects its bugs into this one
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -150,6 +158,7 @@ class ScenarioConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     sanity: SanityConfig = field(default_factory=SanityConfig)
     quick: List[str] = field(default_factory=list)  # extra overrides of `--quick`, after the generic ones
+    pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
 
     @property
     def train_sims(self) -> list[int]:

@@ -106,7 +106,7 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
                        ','.join(map(str, sims)), str(rollout_steps), str(batch_size), str(seed), str(torch_threads),
                        str(result)]
             worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore', 'PYTHONPATH': _import_path()})
             workers[label] = (worker, result)
         try:
             return {label: _result(label, worker, result, timeout_s) for label, (worker, result) in workers.items()}
@@ -115,6 +115,12 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
                 if worker.poll() is None:
                     worker.kill()
                     worker.communicate()
+
+
+def _import_path() -> str:
+    """This process's `sys.path` as `PYTHONPATH`: a worker imports the pipeline class from where this process did (a
+    team's module importable here, e.g. from the working folder, is importable there)."""
+    return os.pathsep.join(str(Path(entry).resolve()) if entry else os.getcwd() for entry in sys.path)
 
 
 def _result(label: str, worker: subprocess.Popen, result: Path, timeout_s: float) -> dict:

@@ -24,7 +24,7 @@ from harness.bench.memory import measure_peaks
 from harness.pipeline import AbstractPipeline, drain
 from harness.plan import make_plan
 from harness.data.simulate import simulate
-from harness.bench.stages import time_cold_reads, write_npy
+from harness.bench.stages import frame_bytes as batch_frame_bytes, time_cold_reads, write_npy
 from harness.bench.timing import ratios
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
-    frame_bytes = pipelines['native'].dataset.frame_bytes
+    frame_bytes = batch_frame_bytes(next(pipelines['native'].batches(plan)))
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
     bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)

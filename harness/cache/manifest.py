@@ -195,11 +195,7 @@ class CacheKind:
 
     def sim_of(self, name: str) -> int | None:
         """The sim whose file is called `name`; None when `name` is not a sim file name of this kind."""
-        digits = name[4:-len(self.suffix)]
-        if name.startswith('sim_') and name.endswith(self.suffix) and digits.isdigit() \
-                and name == self.file_name(int(digits)):
-            return int(digits)
-        return None
+        return self.pipeline.sim_of_file(name)
 
     def describe(self, folder: Path, sim: int) -> tuple[dict[str, FieldRecord], dict]:
         """Reads one file with the pipeline's own safe reader and describes it.
@@ -230,8 +226,8 @@ def cache_kind(pipeline: type[AbstractPipeline] | AbstractPipeline | CacheKind) 
 
 
 def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
-    """The sims whose files (`sim_XXXXXX<suffix>`) are in `folder`, sorted."""
-    return sorted(sim for path in folder.glob(f"sim_*{kind.suffix}") if (sim := kind.sim_of(path.name)) is not None)
+    """The sims whose files (`sim_XXXXXX<suffix>`, or the pipeline's own `file_name`s) are in `folder`, sorted."""
+    return sorted(sim for path in folder.glob(f"*{kind.suffix}") if (sim := kind.sim_of(path.name)) is not None)
 
 
 def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None = None,

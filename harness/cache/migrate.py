@@ -61,6 +61,7 @@ class MigrationReport:
             migrated file (converted now or before).
         removed_temp_files: Leftovers of killed writes removed from the target.
         seconds: Wall time.
+        source: The `name` of the source pipeline.
     """
     source_dir: Path
     target_dir: Path
@@ -69,11 +70,12 @@ class MigrationReport:
     health: list[dict[str, Any]] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = 'legacy'
 
     def summary(self) -> str:
         findings = (f"; {len(self.health)} data health findings (logged, and recorded in the manifest)"
                     if self.health else '; data health scan: no findings')
-        return (f"migrated {len(self.converted) + len(self.skipped)} legacy cache files from {self.source_dir} to "
+        return (f"migrated {len(self.converted) + len(self.skipped)} {self.source} cache files from {self.source_dir} to "
                 f"{self.target_dir} ({len(self.converted)} converted and verified bitwise, {len(self.skipped)} already "
                 f"done) in {self.seconds:.2f} s{findings}; manifest: {Manifest.path(self.target_dir)}")
 
@@ -113,7 +115,7 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
             raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
                              f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
                              f"resolution and one set of fields")
-    report = MigrationReport(legacy_dir, npz_dir)
+    report = MigrationReport(legacy_dir, npz_dir, source=legacy.name)
     for path in leftovers:  # the folder is migrate's (its manifest says so): these are its own killed writes
         path.unlink(missing_ok=True)
         report.removed_temp_files.append(path.name)
@@ -259,7 +261,10 @@ def convert(source: AbstractPipeline, target: AbstractPipeline, sim: int,
     except CacheError as err:
         raise CacheError(f"{source_path}: cannot be written to the {target.name!r} cache: {err}") from None
     try:
-        verify_converted(path, fields, *target.read_fields(sim), metadata)
+        loaded, loaded_metadata = target.read_fields(sim)
+        # a legacy target adds its layout hints to what it stores (as a legacy source's are dropped above)
+        loaded_metadata = {k: v for k, v in loaded_metadata.items() if k not in LAYOUT_KEYS or k in metadata}
+        verify_converted(path, fields, loaded, loaded_metadata, metadata)
     except CacheError:
         path.unlink(missing_ok=True)
         raise

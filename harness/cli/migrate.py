@@ -1,5 +1,5 @@
 """`python -m harness.migrate LEGACY_DIR NPZ_DIR`: convert a legacy `.pt` cache into the native `.npz` cache without
-re-simulating (see `harness.cache.migrate`).
+re-simulating (see `harness.cache.migrate`); `--legacy` / `--native MODULE:CLASS` name other source / target pipelines.
 
 Exit code: 0 after a migration, 2 with one line on stderr for bad input.
 """
@@ -11,7 +11,8 @@ from typing import Sequence
 
 from harness.cache.migrate import migrate_cache
 from harness.cli.common import OneLineParser, guarded, setup_logging
-from harness.cli.registry import default_pipelines
+from harness.cli.registry import DEFAULTS
+from harness.pipeline import load_pipeline
 
 PROG = 'python -m harness.migrate'
 
@@ -21,8 +22,14 @@ def make_parser() -> OneLineParser:
                            description="Convert a legacy .pt cache into the native .npz cache without re-simulating; "
                                        "every file is verified bitwise against its source, LEGACY_DIR is only read, "
                                        "and a rerun resumes.")
-    parser.add_argument('legacy_dir', type=Path, metavar='LEGACY_DIR', help="folder of sim_XXXXXX.pt files")
-    parser.add_argument('npz_dir', type=Path, metavar='NPZ_DIR', help="folder for sim_XXXXXX.npz files and manifest.json")
+    parser.add_argument('legacy_dir', type=Path, metavar='LEGACY_DIR', help="folder of the source cache (sim_XXXXXX.pt "
+                        "files of the default --legacy)")
+    parser.add_argument('npz_dir', type=Path, metavar='NPZ_DIR', help="folder for the target cache and its manifest.json "
+                        "(sim_XXXXXX.npz files of the default --native)")
+    parser.add_argument('--legacy', metavar='MODULE:CLASS', default=DEFAULTS['legacy'],
+                        help=f"the source pipeline, which reads LEGACY_DIR (default {DEFAULTS['legacy']})")
+    parser.add_argument('--native', metavar='MODULE:CLASS', default=DEFAULTS['native'],
+                        help=f"the target pipeline, which writes NPZ_DIR (default {DEFAULTS['native']})")
     parser.add_argument('--no-progress', action='store_true', help="no progress bar")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what is done")
     return parser
@@ -39,9 +46,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as done:  # usage error (one line already on stderr) or --help
         return int(done.code or 0)
     setup_logging(args.verbose)
+    legacy_cls, native_cls = load_pipeline(args.legacy, '--legacy'), load_pipeline(args.native, '--native')
     from tqdm import tqdm
     with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
-        legacy_cls, native_cls = default_pipelines()
         report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls, native_cls=native_cls)
     print(report.summary())
     return 0
