@@ -37,6 +37,9 @@ def test_every_image_loads_and_the_verdict_is_at_the_top(report):
     assert view.screenshot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and view.screenshot.stat().st_size > 10_000
     assert sorted(p.name for p in out.glob('.probe-*')) == []  # the probe copy is gone
     assert json.loads((out / 'summary.json').read_text())['verdict'] == summary['verdict']
+    html = (out / 'index.html').read_text()
+    assert ('<h2 id="flip">Flip the default</h2>' in html) == (summary['verdict'] == 'go')  # the report's last section
+    assert html.rstrip().endswith('harness/configs/burgers1d.yaml</code></p>\n</body></html>') == (summary['verdict'] == 'go')
 
 
 def test_a_missing_image_and_a_hidden_verdict_are_seen(tmp_path, report):

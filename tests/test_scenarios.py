@@ -90,3 +90,21 @@ def test_selftest_passes_in_every_scenario(scenario_caches):
         assert rows['vector components swapped'].kind == 'layout'
         assert 'vector components reversed' in rows['vector components swapped'].diagnosis
     assert rows['data normalised twice'].kind == 'value transform'
+
+
+def test_the_flip_is_one_line_that_makes_phiml_the_default(tmp_path):
+    import subprocess
+    from harness.config import CONFIG_DIR, default_flip, load_config_file
+    flip = default_flip('smoke')
+    lines = (CONFIG_DIR / 'smoke.yaml').read_text().splitlines()
+    assert flip['file'] == 'harness/configs/smoke.yaml' and flip['current'] == 'legacy'
+    assert lines[flip['line'] - 1] == flip['before'] and flip['before'].startswith('  pipeline: legacy ')
+    copy = tmp_path / 'harness' / 'configs' / 'smoke.yaml'
+    copy.parent.mkdir(parents=True)
+    copy.write_text((CONFIG_DIR / 'smoke.yaml').read_text())
+    subprocess.run(flip['command'], shell=True, cwd=tmp_path, check=True)
+    changed = copy.read_text().splitlines()
+    assert [i for i, (a, b) in enumerate(zip(lines, changed)) if a != b] == [flip['line'] - 1]
+    assert changed[flip['line'] - 1] == flip['after'] and len(changed) == len(lines)
+    assert load_config_file(copy).data.pipeline == 'phiml'
+    assert default_flip('nosuch') is None
