@@ -25,13 +25,13 @@ from phiml.backend import choose_backend
 from phiml.math._tensors import Dense  # math.wrap's class: built here with a shape made once per batch size
 from phiml.math import Shape
 
+from harness.config import MEMORY_MODES
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
 
 logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
-MEMORY_MODES = ('auto', 'load', 'map')
 
 
 class PhiMLDataset:

@@ -153,15 +153,9 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
 
 
 def _read_into(fp, offset: int, view: memoryview) -> int:
-    """Reads from `offset` until `view` is full or the file ends (one `readinto` unless the OS returns less)."""
+    """Reads from `offset` into `view` (a buffered file's `readinto` fills it unless the file ends first)."""
     fp.seek(offset)
-    done = 0
-    while done < len(view):
-        count = fp.readinto(view[done:])
-        if not count:
-            break
-        done += count
-    return done
+    return fp.readinto(view)
 
 
 def _mapped(fp, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:
