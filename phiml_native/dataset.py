@@ -83,7 +83,7 @@ class PhiMLDataset:
         cached = sum(os.path.getsize(self.data_manager.get_cached_path(sim)) for sim in self.sim_indices
                      if os.path.isfile(self.data_manager.get_cached_path(sim)))
         mode = 'load' if cached <= budget * psutil.virtual_memory().total else 'map'
-        logger.info("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
+        logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
         return mode
 
     def _load(self) -> None:
