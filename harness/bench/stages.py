@@ -49,9 +49,10 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
 
     Returns:
         Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
-        against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`; `iterate` adds `floor_s`,
-        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`, `bandwidth_bytes_per_s`; `convert` adds per-batch figures
-        and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
+        against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`, `native_vs_step` (the cold open
+        over one native train step); `iterate` adds `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
+        `bandwidth_bytes_per_s`, `loading_share` (native loading per batch / (that + a native train step));
+        `convert` adds per-batch figures and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
     """
     sims = config.train_sims
     rollout = config.data.rollout_steps
@@ -117,6 +118,12 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
                              per_repetition={'native_vs_step': ratios([c / len(plan) for c in timings['convert'].native],
                                                                       timings['step'].native)})
     result['step'].update(batch_size=len(plan.batches[0]), rollout_steps=rollout)
+    loading = result['iterate']['native_s'] / len(plan)
+    result['iterate']['loading_share'] = loading / (loading + result['step']['native_s'])
+    result['iterate']['per_repetition']['loading_share'] = [
+        it / len(plan) / (it / len(plan) + step) for it, step in zip(timings['iterate'].native, timings['step'].native)]
+    result['step']['per_repetition'] = {'speedup': ratios(timings['step'].legacy, timings['step'].native)}
+    result['read']['native_vs_step'] = result['read']['native_s'] / result['step']['native_s']
     return result
 
 
