@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('harness', 'legacy', 'phiml_native')
 CONTRACT = {'harness.pipeline', 'harness.config', 'harness.errors', 'harness.plan', 'harness.model', 'harness.atomic',
             'harness.provenance'}
-WINGS = ('harness.cache', 'harness.equivalence', 'harness.selftest', 'harness.bench', 'harness.report')
+WINGS = ('harness.cache', 'harness.equivalence', 'harness.selftest', 'harness.bench', 'harness.report', 'harness.scale')
 REGISTRY = 'harness.cli.registry'
 
 

@@ -79,13 +79,7 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
     source_pipe, target_pipe = legacy_cls(legacy_dir, 1), native_cls(npz_dir, 1)
     legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
     sims = _source_sims(legacy_dir, npz_dir, legacy)
-    signatures = {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims}
-    first = sims[0]
-    for sim in sims:
-        if signatures[sim] != signatures[first]:
-            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
-                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
-                             f"resolution and one set of fields")
+    check_signatures(legacy_dir, legacy, {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims})
     manifest = _target_manifest(npz_dir, native.name)
     report = MigrationReport(legacy_dir, npz_dir)
     for sim in sims:
@@ -122,6 +116,20 @@ def _source_sims(legacy_dir: Path, npz_dir: Path, legacy) -> list[int]:
         from harness.cache.build import verify_cache
         verify_cache(legacy_dir, legacy, sims=sims).raise_if_failed()
     return sims
+
+
+def check_signatures(legacy_dir: Path, legacy, signatures: Mapping[int, str]) -> None:
+    """Refuses sources of different shapes (`signatures`: sim -> `_signature` of its fields), naming the first.
+
+    Raises:
+        CacheError: naming the file whose fields differ from the first sim's.
+    """
+    first = min(signatures)
+    for sim in sorted(signatures):
+        if signatures[sim] != signatures[first]:
+            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
+                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
+                             f"resolution and one set of fields")
 
 
 def _signature(fields: Mapping[str, Tensor]) -> str:

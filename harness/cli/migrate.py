@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from harness.cache.migrate import migrate_cache
-from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import default_pipelines
+from harness.scale import open_executor
+from harness.scale.migrate import migrate_cache
 
 PROG = 'python -m harness.migrate'
 
@@ -23,6 +24,7 @@ def make_parser() -> OneLineParser:
                                        "and a rerun resumes.")
     parser.add_argument('legacy_dir', type=Path, metavar='LEGACY_DIR', help="folder of sim_XXXXXX.pt files")
     parser.add_argument('npz_dir', type=Path, metavar='NPZ_DIR', help="folder for sim_XXXXXX.npz files and manifest.json")
+    add_scale_arguments(parser)
     parser.add_argument('--no-progress', action='store_true', help="no progress bar")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what is done")
     return parser
@@ -40,8 +42,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(done.code or 0)
     setup_logging(args.verbose)
     from tqdm import tqdm
-    with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
-        legacy_cls, native_cls = default_pipelines()
-        report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls, native_cls=native_cls)
+    legacy_cls, native_cls = default_pipelines()
+    with open_executor(args.workers, args.scheduler) as executor, \
+            tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
+        report = migrate_cache(executor, args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls,
+                               native_cls=native_cls)
     print(report.summary())
     return 0

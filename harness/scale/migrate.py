@@ -1,0 +1,63 @@
+"""`migrate_cache` on an executor: the sources are described and the files converted and verified by chunk tasks on
+the workers; the client alone writes the target's `manifest.json`, after every chunk that lands.
+
+The result equals `harness.cache.migrate.migrate_cache`'s: the same files, bitwise, and the same records.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from harness.cache import migrate as local
+from harness.cache.manifest import cache_kind
+from harness.pipeline import AbstractPipeline, class_spec
+from harness.scale import tasks
+from harness.scale.cluster import AbstractExecutor
+
+logger = logging.getLogger(__name__)
+
+
+def migrate_cache(executor: AbstractExecutor, legacy_dir: Path, npz_dir: Path,
+                  progress: Callable[[int], None] | None = None, *, legacy_cls: type[AbstractPipeline],
+                  native_cls: type[AbstractPipeline]) -> local.MigrationReport:
+    """`harness.cache.migrate.migrate_cache` on `executor` (in this process when it is not distributed).
+
+    Raises:
+        CacheError: as `harness.cache.migrate.migrate_cache`, before anything is written for a bad source.
+    """
+    if not executor.distributed:
+        return local.migrate_cache(legacy_dir, npz_dir, progress, legacy_cls=legacy_cls, native_cls=native_cls)
+    start = time.perf_counter()
+    legacy_dir, npz_dir = Path(legacy_dir), Path(npz_dir)
+    legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
+    source_spec, target_spec = class_spec(legacy_cls), class_spec(native_cls)
+    sims = local._source_sims(legacy_dir, npz_dir, legacy)
+    chunks = executor.chunks(sims)
+    signatures, sources = {}, {}
+    for _, rows in executor.run(tasks.describe_sources, [(source_spec, legacy_dir, chunk) for chunk in chunks],
+                                name='describe-sources'):
+        for sim, signature, source in rows:
+            signatures[sim], sources[sim] = signature, source
+    local.check_signatures(legacy_dir, legacy, signatures)
+    manifest = local._target_manifest(npz_dir, native.name)
+    report = local.MigrationReport(legacy_dir, npz_dir)
+    arguments = [(source_spec, target_spec, legacy_dir, npz_dir,
+                  [(sim, sources[sim], manifest.files.get(native.file_name(sim))) for sim in chunk]) for chunk in chunks]
+    for _, done in executor.run(tasks.migrate_chunk, arguments, name='migrate'):
+        for sim, record in done:
+            if record is None:
+                report.skipped.append(sim)
+            else:
+                manifest.files[record.name] = record
+                report.converted.append(sim)
+        if any(record is not None for _, record in done):
+            manifest.save(npz_dir)
+        if progress:
+            progress(len(done))
+    report.converted.sort()
+    report.skipped.sort()
+    report.seconds = time.perf_counter() - start
+    logger.info(report.summary())
+    return report
