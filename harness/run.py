@@ -20,12 +20,10 @@ from tqdm import tqdm
 
 from harness import model
 from harness.bench.timing import time_stages
-from harness.cache.build import CacheReport, build_cache, check_writable
+from harness.cache.build import CacheReport, check_writable
 from harness.cache.manifest import Manifest
 from harness.config import ScenarioConfig
 from harness.data.health import scan_simulation
-from harness.data.simulate import simulate
-from harness.equivalence.batches import compare_pipelines
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
 from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
@@ -34,6 +32,7 @@ from harness.errors import CacheError, HarnessError
 from harness.pipeline import AbstractPipeline
 from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
+from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
 from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check,
                                     speed_check, training_check, verdict, window_keys_check)
@@ -60,7 +59,7 @@ def prepare_output(out: Path) -> None:
 
 def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *,
                 legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline], progress: bool = True,
-                overrides: Sequence[str] = (), repair: bool = False) -> dict:
+                overrides: Sequence[str] = (), repair: bool = False, executor: AbstractExecutor = IN_PROCESS) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation -> both caches -> plans -> batches (diff, coverage,
@@ -71,6 +70,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             Default: `out/cache`, which is completed or repaired as needed.
         legacy_cls, native_cls: The pipeline classes to judge (the reference and the candidate).
         repair: Rewrite the missing and bad files of `cache_dir` that the harness wrote.
+        executor: Where simulation, cache builds and batch comparison run (`harness.scale`; default in this process).
 
     Raises:
         CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
@@ -89,19 +89,19 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     bar = functools.partial(tqdm, disable=not progress, leave=False, file=sys.stderr)
 
     with durations('simulate_s'), bar(total=config.sim.n_steps, desc='simulate') as b:
-        simulation = simulate(config, b.update)
+        simulation = stages.simulate(executor, config, b.update)
     health = scan_simulation(simulation, config.health)
 
     with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
-        caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update) for p in (legacy, native)}
+        caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update, executor) for p in (legacy, native)}
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
 
     expected = Expected.of(config, simulation)
     with durations('compare_s'):
         with bar(total=sum(len(p) for p in expected.plans), desc='load + compare batches') as b:
-            equivalence = compare_pipelines(legacy, native, expected.plans, expected.tolerances, expected.frames,
-                                            b.update)
+            equivalence = stages.compare_pipelines(executor, legacy, native, expected.plans, expected.tolerances,
+                                                   expected.frames, b.update)
         diagnosis = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
@@ -165,7 +165,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
-        'provenance': {**provenance(config), 'overrides': list(overrides)},
+        'provenance': {**provenance(config), 'overrides': list(overrides), 'scale': executor.describe()},
         'durations': dict(durations),
     }
     _write_report(out, summary, equivalence)
@@ -263,11 +263,12 @@ def _check_cache(pipeline, config: ScenarioConfig, strict: bool) -> CacheReport 
     return None
 
 
-def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress) -> dict:
+def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress,
+                   executor: AbstractExecutor) -> dict:
     """Makes `pipeline`'s cache complete and verified, or reuses the cache `verified` as it is."""
     if verified is not None:
         return {'folder': str(pipeline.cache_dir), 'rebuilt': [], 'reused': verified.sims}
-    result = build_cache(pipeline, config, simulation, progress=progress)
+    result = stages.build_cache(executor, pipeline, config, simulation, progress=progress)
     return {'folder': str(pipeline.cache_dir), 'rebuilt': result.rebuilt, 'reused': result.skipped}
 
 

@@ -3,22 +3,34 @@
 The chunked code paths run here twice: on `Chunked` (chunk tasks one after another in this process: fast, every
 test) and on a real Dask cluster of two worker processes (marked slow; one cluster for the module).
 """
+import json
+import logging
 import os
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from harness.cache.manifest import MANIFEST_NAME, Manifest, sha256_file
+import numpy as np
+from phiml import math
+
+from harness.cache.build import build_cache as build_here
+from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
+from harness.cli.compare import main as compare_main
 from harness.cli.migrate import main as migrate_main
+from harness.equivalence.batches import compare_pipelines as compare_here
+from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
-from harness.scale import InProcessExecutor, open_executor, split_sims
+from harness.scale import InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from built_caches import built  # noqa: F401  (fixture)
+from conftest import PIPELINES
 
 PIPES = {'legacy_cls': LegacyPipeline, 'native_cls': NativePipeline}
 
@@ -98,14 +110,95 @@ def test_chunked_migration_refuses_sources_of_different_shapes(built, tmp_path):
     assert not (tmp_path / 'npz').exists()
 
 
+def arrays(simulation) -> dict[str, np.ndarray]:
+    return {name: f.values.numpy(f.values.shape.names) for name, f in simulation.fields.items()}
+
+
+def test_chunked_simulation_is_bitwise_the_in_process_one(tiny_config, tiny_sim):
+    chunked = stages.simulate(Chunked(), tiny_config)
+    assert {n: f.values.shape for n, f in chunked.fields.items()} == {n: f.values.shape for n, f in tiny_sim.fields.items()}
+    for name, values in arrays(tiny_sim).items():
+        assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
+    assert chunked.fields['velocity'].geometry == tiny_sim.fields['velocity'].geometry
+    assert chunked.fields['velocity'].extrapolation == tiny_sim.fields['velocity'].extrapolation
+
+
+@pytest.mark.parametrize('shipped', [True, False], ids=['fields-shipped', 'simulated-on-workers'])
+def test_chunked_cache_builds_equal_the_in_process_ones(built, tiny_config, tiny_sim, tmp_path, shipped):
+    pipelines = [PIPELINES[name](tmp_path / name, tiny_config.data.rollout_steps) for name in ('legacy', 'phiml')]
+    progress = []
+    results = stages.build_caches(Chunked(), pipelines, tiny_config, tiny_sim if shipped else None,
+                                  progress=progress.append)
+    assert [r.rebuilt for r in results] == [[0, 1, 2, 3], [0, 1, 2, 3]] and [r.skipped for r in results] == [[], []]
+    assert progress == [1] * 8  # 4 chunks of 1 sim (2 workers x 2), one call per pipeline per chunk as it lands
+    for name in ('legacy', 'phiml'):
+        assert_same_cache(tmp_path / name, built / name)
+        assert Manifest.load(tmp_path / name).pending == set()
+    (tmp_path / 'phiml' / 'sim_000003.npz').unlink()
+    again = stages.build_caches(Chunked(), pipelines, tiny_config)
+    assert [r.rebuilt for r in again] == [[], [3]]
+    assert_same_cache(tmp_path / 'phiml', built / 'phiml')
+
+
+def test_chunked_build_refuses_a_file_it_did_not_write(built, tiny_config, tmp_path):
+    shutil.copytree(built / 'phiml', tmp_path / 'phiml')
+    (tmp_path / 'legacy').mkdir()
+    (tmp_path / 'legacy' / 'sim_000001.pt').write_bytes(b'a user file')
+    pipelines = [PIPELINES[name](tmp_path / name, tiny_config.data.rollout_steps) for name in ('legacy', 'phiml')]
+    with pytest.raises(CacheError, match=r"legacy/sim_000001\.pt: not written by the harness"):
+        stages.build_caches(Chunked(), pipelines, tiny_config)
+    assert (tmp_path / 'legacy' / 'sim_000001.pt').read_bytes() == b'a user file'
+    assert sorted(p.name for p in (tmp_path / 'legacy').iterdir()) == ['sim_000001.pt']
+
+
+class ShiftedNative(NativePipeline):
+    """Delivers the targets of sim 2 shifted by 0.5 (a value bug confined to one chunk)."""
+
+    def to_phiml(self, raw):
+        batch = super().to_phiml(raw)
+        sims = math.tensor(np.array([k.sim for k in self.last_keys]), math.batch('batch'))
+        return {**batch, 'targets': batch['targets'] + math.where(sims == 2, 0.5, 0.0)}
+
+    def load_batches(self, plan):
+        for keys, raw in zip(plan.batches, super().load_batches(plan)):
+            self.last_keys = keys
+            yield raw
+
+
+@pytest.mark.parametrize('native_cls', [NativePipeline, ShiftedNative], ids=['equal', 'sim-2-shifted'])
+def test_chunked_comparison_equals_the_in_process_one(built, tiny_config, tiny_sim, native_cls):
+    r = tiny_config.data.rollout_steps
+    legacy, native = LegacyPipeline(built / 'legacy', r), native_cls(built / 'phiml', r)
+    legacy.open(tiny_config.train_sims)
+    native.open(tiny_config.train_sims)
+    expected = Expected.of(tiny_config, tiny_sim)
+    here = compare_here(legacy, native, expected.plans, expected.tolerances, expected.frames)
+    progress = []
+    chunked = stages.compare_pipelines(Chunked(), legacy, native, expected.plans, expected.tolerances, expected.frames,
+                                       progress.append)
+    assert progress == [2, 2, 2]  # 3 sims x 7 windows = 21 windows in 6 batches of 4; 3 chunks of 1 sim
+    assert chunked.to_dict() == {**here.to_dict(), 'failures': chunked.to_dict()['failures']}
+    assert bool(chunked) is (native_cls is NativePipeline) and chunked.batches_compared == 6
+    assert [(f.epoch, f.batch) for f in chunked.failures] == [(f.epoch, f.batch) for f in here.failures]
+    assert all({k.sim for k in f.keys} == {2} for f in chunked.failures)  # the part of the batch in the chunk of sim 2
+    if here.worst is not None:
+        assert chunked.worst[0].max_abs == here.worst[0].max_abs == pytest.approx(0.5)
+
+
 # --- on a real cluster: a scheduler and two worker processes on this machine ---------------------------------------
 
 @pytest.fixture(scope='module')
 def cluster():
+    """A scheduler (in this process) and two worker processes on this machine, each one thread."""
     from distributed import Client, LocalCluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
-            Client(local) as client:
-        yield local, client
+    quiet = logging.getLogger('distributed')
+    level, quiet.level = quiet.level, logging.ERROR  # its INFO lines would go to streams the tests capture and close
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
+                Client(local) as client:
+            yield local, client
+    finally:
+        quiet.setLevel(level)
 
 
 def ran_on(local) -> set[str]:
@@ -123,3 +216,41 @@ def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster,
     assert '(4 converted and verified bitwise, 0 already done)' in out
     assert_same_cache(tmp_path / 'npz', migrated_here)
     assert ran_on(local) >= {'describe-sources', 'migrate'}
+
+
+QUICK_ARGS = ['burgers', '--quick', 'compare.selftest=false', 'compare.timing_repeats=1', 'compare.timing_warmup=0',
+              'compare.min_speedup=0', '--no-progress']  # timing on a loaded machine must not decide the verdict
+
+
+@pytest.fixture(scope='module')
+def quick_here(tmp_path_factory):
+    out = tmp_path_factory.mktemp('quick-here')
+    assert compare_main([*QUICK_ARGS, '--out', str(out)]) == 0
+    return out, json.loads((out / 'summary.json').read_text())
+
+
+@pytest.mark.slow
+def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp_path, capsys):
+    local, client = cluster
+    here_out, here = quick_here
+    out = tmp_path / 'out'
+    capsys.readouterr()
+    assert compare_main([*QUICK_ARGS, '--out', str(out), '--scheduler', local.scheduler_address]) == 0
+    assert capsys.readouterr().err == ''
+    there = json.loads((out / 'summary.json').read_text())
+    assert there['verdict'] == here['verdict'] == 'go'
+    assert [(c['name'], c['passed']) for c in there['checks']] == [(c['name'], c['passed']) for c in here['checks']]
+    for key in ('batches_compared', 'elements_compared', 'identical', 'max_abs_diff', 'failed_batches', 'coverage',
+                'per_tensor'):
+        assert there['equivalence'][key] == here['equivalence'][key], key
+    assert there['equivalence']['batches_compared'] == 14  # 3 sims x 9 windows = 27 in 7 batches of 4, 2 epochs
+    assert there['training']['legacy_losses'] == here['training']['legacy_losses']
+    assert there['health'] == here['health']
+    for name in ('legacy', 'phiml'):
+        assert_same_cache(out / 'cache' / name, here_out / 'cache' / name)
+    workers = sorted(client.scheduler_info()['workers'])
+    assert there['provenance']['scale'] == {
+        'executor': 'dask', 'scheduler': local.scheduler_address, 'cluster': 'existing cluster', 'workers': 2,
+        'threads': 2, 'worker_addresses': workers, 'dask': there['provenance']['scale']['dask']}
+    assert here['provenance']['scale'] == {'executor': 'in-process', 'scheduler': None, 'workers': 1}
+    assert ran_on(local) >= {'simulate', 'write-cache', 'compare'}

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import default_pipelines
 from harness.config import QUICK, load_config
 from harness.run import run_compare
+from harness.scale import open_executor
 
 PROG = 'python -m harness.compare'
 
@@ -26,6 +27,7 @@ def make_parser() -> OneLineParser:
                         "file is an error; a folder of files the harness did not write is refused")
     parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir that the "
                         "harness wrote (its manifest records them); never a file of anyone else")
+    add_scale_arguments(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -44,8 +46,9 @@ def _main(argv: Sequence[str] | None) -> int:
     out = args.out or Path('reports') / config.name
     overrides = [*(['--quick'] if args.quick else []), *args.overrides]
     legacy_cls, native_cls = default_pipelines()
-    summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls, native_cls=native_cls,
-                          progress=not args.no_progress, overrides=overrides, repair=args.repair)
+    with open_executor(args.workers, args.scheduler) as executor:
+        summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls, native_cls=native_cls,
+                              progress=not args.no_progress, overrides=overrides, repair=args.repair, executor=executor)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:

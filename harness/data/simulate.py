@@ -40,6 +40,10 @@ class Simulation:
             raise IndexError(f"`sim` (={sim}) must be in [0, {self.n_sims})")
         return {name: f.sim[sim] for name, f in self.fields.items()}
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Field name -> float32 array with axes (time, sim, *spatial[, vector]): what `simulate_chunk` returns."""
+        return {name: _numpy(f.values, ('time', 'sim')) for name, f in self.fields.items()}
+
     def metadata(self, sim: int) -> dict[str, Any]:
         """What is stored beside the tensors in both caches."""
         c = self.config

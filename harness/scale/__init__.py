@@ -4,8 +4,9 @@ this process as before when neither is given.
 
 Tasks are idempotent, write their files atomically and return only paths and small results; the client alone
 writes every `manifest.json`. See `cluster` (executors), `tasks` (what a worker does), and the stage modules
-`simulate`, `build`, `migrate`, `compare` (what the client does).
+`simulate`, `build`, `migrate`, `compare` (what the client does), gathered in `stages`.
 """
-from harness.scale.cluster import AbstractExecutor, DaskExecutor, InProcessExecutor, open_executor, split_sims
+from harness.scale.cluster import (IN_PROCESS, AbstractExecutor, DaskExecutor, InProcessExecutor, open_executor,
+                                   split_sims)
 
-__all__ = ['AbstractExecutor', 'DaskExecutor', 'InProcessExecutor', 'open_executor', 'split_sims']
+__all__ = ['IN_PROCESS', 'AbstractExecutor', 'DaskExecutor', 'InProcessExecutor', 'open_executor', 'split_sims']

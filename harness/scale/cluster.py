@@ -81,6 +81,9 @@ class InProcessExecutor(AbstractExecutor):
         return {'executor': 'in-process', 'scheduler': None, 'workers': 1}
 
 
+IN_PROCESS = InProcessExecutor()
+
+
 class DaskExecutor(AbstractExecutor):
     """Runs tasks on the workers of a `distributed.Client`.
 

@@ -8,6 +8,8 @@ the files that already verify. No task writes a `manifest.json`: the client reco
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +19,10 @@ from harness.cache.manifest import FileRecord, cache_kind, config_digest, record
 from harness.cache.migrate import _signature, _target_intact, convert
 from harness.config import ScenarioConfig
 from harness.data.simulate import assemble, simulate_chunk
-from harness.pipeline import AbstractPipeline, load_pipeline
+from harness.equivalence.batches import MAX_REPORTED, BatchFailure
+from harness.equivalence.diff import TensorDiff, ToleranceMap, compare_batches, flatten_batch
+from harness.equivalence.identify import FrameIndex
+from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey, load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +63,14 @@ def migrate_chunk(source_spec: str, target_spec: str, source_dir: Path, target_d
     return done
 
 
-def write_chunk(config: ScenarioConfig, writes: Sequence[tuple[str, Path, Sequence[int]]],
+def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tuple[str, Path, Sequence[int]]],
                 fields: Mapping[str, np.ndarray] | None = None,
                 initial: Mapping[str, np.ndarray] | None = None) -> list[list[FileRecord]]:
     """Writes the cache files of one chunk of sims with each pipeline of `writes` and describes each for the manifest.
 
     Args:
         config: The scenario.
+        sims: The chunk's sims, in the order of `fields` / `initial`.
         writes: `(pipeline spec, cache folder, sims to write)` per pipeline; the sims lie in the chunk.
         fields: The chunk's simulated fields (`simulate_chunk`'s arrays, axes (time, sim, ...)), or None to
             simulate them here from `initial`.
@@ -73,7 +79,7 @@ def write_chunk(config: ScenarioConfig, writes: Sequence[tuple[str, Path, Sequen
     Returns:
         The records of the files written, per entry of `writes`.
     """
-    sims = sorted({sim for _, _, chunk in writes for sim in chunk})
+    sims = list(sims)
     if fields is None:
         fields = simulate_chunk(config, initial)
     simulation = assemble(config, [fields])  # sim i of it is sims[i]
@@ -89,3 +95,91 @@ def write_chunk(config: ScenarioConfig, writes: Sequence[tuple[str, Path, Sequen
         records.append(written)
     return records
 
+
+
+@dataclass
+class ChunkComparison:
+    """What comparing the batches of one chunk of sims found, keyed by the plan's own `(epoch, batch)`: every batch
+    of a plan is compared in parts, the part of its windows that belong to the chunk's sims.
+
+    Attributes:
+        sims: The chunk.
+        compared, failed: `(epoch, batch)` of the parts compared / that differ.
+        tensors: Per tensor name: `batches`, `failed` (sets of `(epoch, batch)`), `elements`, `mismatched`,
+            `max_abs`, `max_rel`.
+        failures: The first parts that differ (at most `MAX_REPORTED`), with the plan's batch index.
+        delivered: `(pipeline name, epoch)` -> the window identified for every element delivered.
+        worst: `(TensorDiff, legacy tensor, native tensor)` of the chunk's largest value error.
+    """
+    sims: list[int]
+    compared: set = field(default_factory=set)
+    failed: set = field(default_factory=set)
+    elements: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    identical: bool = True
+    tensors: dict[str, dict] = field(default_factory=dict)
+    failures: list[BatchFailure] = field(default_factory=list)
+    batch_count_errors: list[str] = field(default_factory=list)
+    delivered: dict[tuple[str, int], list[WindowKey | None]] = field(default_factory=dict)
+    worst: tuple | None = None
+
+    def add(self, epoch: int, index: int, keys: list[WindowKey], diffs: list[TensorDiff], legacy: dict,
+            native: dict) -> None:
+        where = (epoch, index)
+        self.compared.add(where)
+        for d in diffs:
+            self.elements += d.n_elements
+            self.max_abs, self.max_rel = max(self.max_abs, d.max_abs), max(self.max_rel, d.max_rel)
+            self.identical &= d.identical
+            stats = self.tensors.setdefault(d.name, {'batches': set(), 'failed': set(), 'elements': 0, 'mismatched': 0,
+                                                     'max_abs': 0.0, 'max_rel': 0.0})
+            stats['batches'].add(where)
+            if not d:
+                stats['failed'].add(where)
+            stats['elements'] += d.n_elements
+            stats['mismatched'] += d.n_mismatched if not d.structure_errors else 0
+            stats['max_abs'], stats['max_rel'] = max(stats['max_abs'], d.max_abs), max(stats['max_rel'], d.max_rel)
+            if d or d.structure_errors or not d.n_elements:
+                continue
+            if self.worst is None or d.max_abs > self.worst[0].max_abs:
+                self.worst = (d, dict(flatten_batch(legacy))[d.name], dict(flatten_batch(native))[d.name])
+        if any(not d for d in diffs):
+            self.failed.add(where)
+            if len(self.failures) < MAX_REPORTED:
+                self.failures.append(BatchFailure(epoch, index, keys, diffs))
+
+
+def compare_chunk(legacy_spec: str, native_spec: str, legacy_dir: Path, native_dir: Path, rollout_steps: int,
+                  sims: Sequence[int], plans: Sequence[BatchPlan], tolerance: ToleranceMap,
+                  frames: FrameIndex | None) -> ChunkComparison:
+    """Opens both pipelines on the chunk's sims only and compares, batch by batch of every plan, the windows of the
+    batch that belong to these sims; identifies every delivered element by content when `frames` is given."""
+    legacy, native = _pipeline(legacy_spec, legacy_dir, rollout_steps), _pipeline(native_spec, native_dir, rollout_steps)
+    legacy.open(list(sims))
+    native.open(list(sims))
+    inside = set(sims)
+    result = ChunkComparison(list(sims))
+    for plan in plans:
+        parts = [(index, tuple(k for k in batch if k.sim in inside)) for index, batch in enumerate(plan.batches)]
+        parts = [(index, keys) for index, keys in parts if keys]
+        sub = BatchPlan(plan.seed, plan.epoch, tuple(keys for _, keys in parts))
+        counts = {legacy.name: 0, native.name: 0}
+        for delivered, (raw_a, raw_b) in enumerate(zip_longest(legacy.load_batches(sub), native.load_batches(sub))):
+            index, keys = parts[delivered] if delivered < len(parts) else (len(plan.batches) + delivered - len(parts), ())
+            batches = {}
+            for pipeline, raw in ((legacy, raw_a), (native, raw_b)):
+                if raw is not None:
+                    counts[pipeline.name] += 1
+                    batches[pipeline.name] = pipeline.to_phiml(raw)
+                    if frames is not None:
+                        result.delivered.setdefault((pipeline.name, plan.epoch), []).extend(
+                            frames.identify(batches[pipeline.name]))
+            if len(batches) == 2:
+                diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, list(keys))
+                result.add(plan.epoch, index, list(keys), diffs, batches[legacy.name], batches[native.name])
+        for name, count in counts.items():
+            if count != len(sub.batches):
+                result.batch_count_errors.append(f"{name} delivered {count} batches in epoch {plan.epoch} for sims "
+                                                 f"{sims[0]}..{sims[-1]}, the plan has {len(sub.batches)} for them")
+    return result
