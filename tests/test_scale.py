@@ -254,3 +254,47 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
         'threads': 2, 'worker_addresses': workers, 'dask': there['provenance']['scale']['dask']}
     assert here['provenance']['scale'] == {'executor': 'in-process', 'scheduler': None, 'workers': 1}
     assert ran_on(local) >= {'simulate', 'write-cache', 'compare'}
+
+
+class SlowNative(NativePipeline):
+    """The native pipeline, one second slower per file written: a worker can be killed while it converts."""
+
+    def write_fields(self, sim, fields, metadata):
+        time.sleep(1.0)
+        return super().write_fields(sim, fields, metadata)
+
+
+def _wait_for(condition, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"waited {timeout} s in vain")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster, tmp_path):
+    """Last of the module: the killed worker's nanny starts a new one, with another address."""
+    local, client = cluster
+    pids = client.run(os.getpid)
+    outcome = {}
+
+    def migrate():
+        try:
+            with open_executor(scheduler=local.scheduler_address) as executor:
+                outcome['report'] = migrate_cache(executor, built / 'legacy', tmp_path / 'npz',
+                                                  legacy_cls=LegacyPipeline, native_cls=SlowNative)
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            outcome['error'] = err
+
+    thread = threading.Thread(target=migrate)
+    thread.start()
+    victim = _wait_for(lambda: next((w for w, keys in client.processing().items()
+                                     if any(str(k).startswith('migrate-') for k in keys)), None))
+    os.kill(pids[victim], signal.SIGKILL)
+    thread.join(timeout=180)
+    assert 'error' not in outcome, outcome.get('error')
+    assert outcome['report'].converted == [0, 1, 2, 3] and outcome['report'].skipped == []
+    assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
+    assert victim not in client.scheduler_info()['workers']

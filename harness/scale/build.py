@@ -69,6 +69,7 @@ def build_caches(executor: AbstractExecutor, pipelines: Sequence[AbstractPipelin
         _write(executor, pipelines, kinds, rebuilt, todo, config, simulation, progress)
     results = []
     for pipeline, kind, before, bad, gone in zip(pipelines, kinds, befores, rebuilt, removed):
+        gone += local.remove_leftovers(pipeline.cache_dir, kind)  # of writes on workers that died
         after = local.verify_cache(pipeline.cache_dir, kind, config, sims)
         after.raise_if_failed()
         results.append(local.BuildResult(before, bad, after, gone))

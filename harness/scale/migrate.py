@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.cache import migrate as local
+from harness.cache.build import remove_leftovers
 from harness.cache.manifest import cache_kind
 from harness.pipeline import AbstractPipeline, class_spec
 from harness.scale import tasks
@@ -56,6 +57,7 @@ def migrate_cache(executor: AbstractExecutor, legacy_dir: Path, npz_dir: Path,
             manifest.save(npz_dir)
         if progress:
             progress(len(done))
+    remove_leftovers(npz_dir, native)  # of writes on workers that died (their tasks ran again elsewhere)
     report.converted.sort()
     report.skipped.sort()
     report.seconds = time.perf_counter() - start
