@@ -57,6 +57,7 @@ class DataConfig:
     memory: str = 'auto'         # native dataset: load | map (memory-map the cache files) | auto (load if it fits)
     memory_budget: float = 0.5   # auto loads when the cache files take at most this fraction of the RAM
     prefetch: bool = True        # native everyday iterator: build the next batch on a thread during the step
+    channels: Dict[str, List[str]] = field(default_factory=dict)  # names of channels a legacy file's shape cannot name
 
 
 @dataclass(frozen=True)

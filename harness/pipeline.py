@@ -133,6 +133,12 @@ class AbstractPipeline(abc.ABC):
         """
 
     @classmethod
+    def configured(cls, config) -> type['AbstractPipeline']:
+        """This pipeline class with the options `config` sets for it (e.g. `data.channels` for a reader); itself when
+        there are none."""
+        return cls
+
+    @classmethod
     def forget_read_caches(cls) -> None:
         """Drops whatever the reader remembers between opens, so the next open is as cold as a new process's."""
 

@@ -21,8 +21,9 @@ from tqdm import tqdm
 from harness import model
 from harness.bench.timing import time_stages
 from harness.cache.build import CacheReport, check_writable
-from harness.cache.manifest import Manifest
+from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
 from harness.config import ScenarioConfig
+from harness.data.existing import read_cache
 from harness.data.health import scan_simulation
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
@@ -40,7 +41,7 @@ from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
 TIMING_SCRATCH = re.compile(r'\.timing\.[a-z0-9_]{8}\.harness-tmp')  # the timed writes' folder (tempfile.mkdtemp)
-LEGACY_CACHE_HINT = "judging a cache of your own (`--legacy-cache DIR`) is not supported yet"
+LEGACY_CACHE_HINT = "to judge a cache of your own, pass it as --legacy-cache DIR (and --native-cache DIR2)"
 
 
 def prepare_output(out: Path) -> None:
@@ -59,41 +60,60 @@ def prepare_output(out: Path) -> None:
 
 def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *,
                 legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline], progress: bool = True,
-                overrides: Sequence[str] = (), repair: bool = False, executor: AbstractExecutor = IN_PROCESS) -> dict:
+                overrides: Sequence[str] = (), repair: bool = False, legacy_cache: Path | None = None,
+                native_cache: Path | None = None, executor: AbstractExecutor = IN_PROCESS) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
-    The data flows top to bottom: scenario -> simulation -> both caches -> plans -> batches (diff, coverage,
-    diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
+    The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
+    batches (diff, coverage, diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
 
     Args:
         cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
             Default: `out/cache`, which is completed or repaired as needed.
         legacy_cls, native_cls: The pipeline classes to judge (the reference and the candidate).
         repair: Rewrite the missing and bad files of `cache_dir` that the harness wrote.
-        executor: Where simulation, cache builds and batch comparison run (`harness.scale`; default in this process).
+        legacy_cache: Judge this existing cache of `legacy_cls` instead of simulating (only read): the scenario gives
+            model, trainer and thresholds, the files give resolution, frames, fields and channels. Its frames are the
+            source of truth.
+        native_cache: With `legacy_cache`: the team's own cache of `native_cls` (only read). Default: `legacy_cache`
+            migrated into `out/native-cache` (verified bitwise).
+        executor: Where simulation, cache builds, migration and batch comparison run (`harness.scale`; default: in
+            this process).
 
     Raises:
         CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
-            itself, or in the way in `legacy/` or `phiml/`), or (without `repair`) a cache there does not verify.
+            itself, or in the way in `legacy/` or `phiml/`), or (without `repair`) a cache there does not verify; an
+            existing cache that does not read.
     """
     out = Path(out)
-    strict_cache = cache_dir is not None and not repair
-    cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
-    r, cmp = config.data.rollout_steps, config.compare
-    legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
-    _check_cache_root(cache_dir, (legacy, native))
-    verified = {p.name: _check_cache(p, config, strict_cache) for p in (legacy, native)}
-    prepare_output(out)
-    _seed_everything(config)
     durations = _Durations()
     bar = functools.partial(tqdm, disable=not progress, leave=False, file=sys.stderr)
-
-    with durations('simulate_s'), bar(total=config.sim.n_steps, desc='simulate') as b:
-        simulation = stages.simulate(executor, config, b.update)
+    r = config.data.rollout_steps
+    source = None
+    if legacy_cache is not None:
+        legacy = legacy_cls(Path(legacy_cache), r)
+        prepare_output(out)
+        with durations('read_s'):
+            simulation, source, config = read_cache(legacy, _existing_sims(legacy), config)
+        _seed_everything(config)
+        native, caches = _existing_native(legacy, native_cls, native_cache, out, r, bar, executor)
+        scratch_root = out
+    else:
+        strict_cache = cache_dir is not None and not repair
+        cache_dir = Path(cache_dir) if cache_dir else out / 'cache'
+        legacy, native = legacy_cls(cache_dir / 'legacy', r), native_cls(cache_dir / 'phiml', r)
+        _check_cache_root(cache_dir, (legacy, native))
+        verified = {p.name: _check_cache(p, config, strict_cache) for p in (legacy, native)}
+        prepare_output(out)
+        _seed_everything(config)
+        with durations('simulate_s'), bar(total=config.sim.n_steps, desc='simulate') as b:
+            simulation = stages.simulate(executor, config, b.update)
+        with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
+            caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update, executor)
+                      for p in (legacy, native)}
+        scratch_root = cache_dir
+    cmp = config.compare
     health = scan_simulation(simulation, config.health)
-
-    with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
-        caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update, executor) for p in (legacy, native)}
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
 
@@ -112,7 +132,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
 
     with durations('timing_s'), bar(total=cmp.timing_warmup + cmp.timing_repeats, desc='time stages') as b:
-        scratch = Path(tempfile.mkdtemp(prefix='.timing.', suffix='.harness-tmp', dir=cache_dir))  # on the caches' disk
+        scratch = Path(tempfile.mkdtemp(prefix='.timing.', suffix='.harness-tmp', dir=scratch_root))  # the caches' disk
         timings = time_stages(legacy, native, simulation, expected.plans[0], config.train_sims, network(),
                               config.trainer.learning_rate, scratch, repeats=cmp.timing_repeats,
                               warmup=cmp.timing_warmup, progress=b.update)
@@ -152,6 +172,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     durations['total_s'] = durations.elapsed()
     summary = {
         'scenario': config.name,
+        'source': source.to_dict() if source else {'simulated': True},
         'verdict': verdict(checks),
         'checks': [c.to_dict() for c in checks],
         'equivalence': {
@@ -212,6 +233,36 @@ class _Durations(dict):
             yield
         finally:
             self[key] = time.perf_counter() - started
+
+
+def _existing_sims(legacy: AbstractPipeline) -> list[int]:
+    folder = legacy.cache_dir
+    if not folder.is_dir():
+        raise CacheError(f"{folder}: the legacy cache folder {'is not a folder' if folder.exists() else 'does not exist'}")
+    sims = sims_on_disk(folder, cache_kind(legacy))
+    if not sims:
+        raise CacheError(f"{folder}: no {legacy.file_name(0).replace('000000', 'XXXXXX')} files (expected the legacy "
+                         f"cache to judge)")
+    return sims
+
+
+def _existing_native(legacy: AbstractPipeline, native_cls: type[AbstractPipeline], native_cache: Path | None,
+                     out: Path, rollout_steps: int, bar, executor: AbstractExecutor) -> tuple[AbstractPipeline, dict]:
+    """The native side of an existing cache's comparison: the team's own native cache (only read), or the legacy cache
+    migrated into `out/native-cache` by the harness (verified bitwise; a rerun resumes)."""
+    caches = {legacy.name: {'folder': str(legacy.cache_dir), 'read_only': True}}
+    if native_cache is not None:
+        native = native_cls(Path(native_cache), rollout_steps)
+        caches[native.name] = {'folder': str(native.cache_dir), 'read_only': True}
+        return native, caches
+    target = out / 'native-cache'
+    with bar(desc='migrate') as b:
+        report = stages.migrate_cache(executor, legacy.cache_dir, target, b.update, legacy_cls=type(legacy),
+                                      native_cls=native_cls)
+    native = native_cls(target, rollout_steps)
+    caches[native.name] = {'folder': str(target), 'read_only': False, 'migrated': report.summary(),
+                           'converted': report.converted, 'reused': report.skipped}
+    return native, caches
 
 
 def _check_cache_root(root: Path, pipelines) -> None:

@@ -39,6 +39,15 @@ class LegacyPipeline(AbstractPipeline):
         spatial = next(iter(fields.values())).values.shape.spatial.names
         return self.manager.save_cache(sim, tensor_data, {**metadata, 'spatial_dims': list(spatial), 'field_channels': channels})
 
+    @classmethod
+    def configured(cls, config) -> type['LegacyPipeline']:
+        """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`)."""
+        channels = {name: tuple(names) for name, names in config.data.channels.items()}
+        if not channels:
+            return cls
+        return type(cls.__name__, (cls,), {'channels': {**cls.channels, **channels}, '__module__': cls.__module__,
+                                           '__qualname__': cls.__qualname__})
+
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         data, layout = self.manager.load(sim, allow_any_float=True)
         fields = {name: FieldLayout(('channel', 'time', *layout.spatial_dims), tuple(t.shape),

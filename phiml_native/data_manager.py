@@ -12,16 +12,14 @@ from typing import Any, Mapping
 
 import numpy as np
 from phiml import math
-from phiml.backend import NUMPY
 from phiml.math import Tensor
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import read_phiml_npz
-from .tensors import dense, shape_of
 
 logger = logging.getLogger(__name__)
-REQUIRED_METADATA = ('sim_index', 'n_frames', 'fields')
+REQUIRED_METADATA = ('fields',)  # which entries are fields; `n_frames`, where present, must agree
 
 
 class PhiMLDataManager:
@@ -55,16 +53,16 @@ class PhiMLDataManager:
         # process for equal data to give equal bytes
         spatial_names = tuple(sys.intern(n) for n in values.shape.spatial.names)
         order = ['time', *spatial_names]
-        dims = [('time', 'batch', values.shape.get_size('time')), *((n, 'spatial', values.shape.get_size(n)) for n in spatial_names)]
+        dims = [math.batch(time=values.shape.get_size('time')),
+                math.spatial(**{n: values.shape.get_size(n) for n in spatial_names})]
         if values.shape.channel:
-            items = tuple(sys.intern(n) for n in values.shape.channel.item_names[0] or spatial_names)
             order.append(values.shape.channel.name)
-            dims.append(('vector', 'channel', tuple(items)))
+            items = tuple(sys.intern(n) for n in values.shape.channel.item_names[0] or spatial_names)
+            dims.append(math.channel(vector=items))
         extra = values.shape.without(order)
         if extra:
             raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")
-        native = np.ascontiguousarray(values.numpy(order), dtype=np.float32)
-        return dense(native, shape_of(tuple(dims)), NUMPY)  # what math.wrap builds, without re-deriving the shape
+        return math.wrap(np.ascontiguousarray(values.numpy(order), dtype=np.float32), *dims)
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
         """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`, then gives every zip member
@@ -145,7 +143,7 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         if not isinstance(t, Tensor):
             raise CacheError(f"{path}: field {name!r} is a {type(t).__name__}, expected a PhiML tensor")
         problem = _shape_problem(t.shape, t.dtype, allow_any_float)
-        if problem is None and t.shape.get_size('time') != meta['n_frames']:
+        if problem is None and 'n_frames' in meta and t.shape.get_size('time') != meta['n_frames']:
             problem = f"has {t.shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}"
         if problem:
             raise CacheError(f"{path}: field {name!r} {problem}")
@@ -163,8 +161,11 @@ def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
                 f"that order")
     if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
         return f"has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}"
-    if shape.channel and tuple(shape.channel.item_names[0] or ()) != spatial_names:
-        return f"has vector item names {shape.channel.item_names[0]}, expected {spatial_names}"
+    items = tuple(shape.channel.item_names[0] or ()) if shape.channel else ()
+    if shape.channel and shape.channel.volume == len(spatial_names) and items != spatial_names:
+        return f"has vector item names {items or None}, expected {spatial_names} (one component per spatial dim)"
+    if shape.channel and len(set(items)) != shape.channel.volume:
+        return f"has vector item names {items or None}, expected {shape.channel.volume} distinct names"
     if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
         return f"has dtype {dtype}, expected {'a float dtype' if allow_any_float else 'float32'}"
     return None

@@ -22,12 +22,12 @@ import psutil
 import torch
 from phiml import math
 from phiml.backend import choose_backend
+from phiml.math._tensors import Dense  # math.wrap's class: built here with a shape made once per batch size
 from phiml.math import Shape
 
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
-from .tensors import dense
 
 logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
@@ -216,8 +216,8 @@ class PhiMLDataset:
                 flat, sims, run = windows.reshape(count, len(self._run), -1), self.maps[name], len(self._run)
                 for i, (position, t0) in enumerate(zip(*divmod(rows, self.n_frames))):
                     flat[i] = sims[position][t0:t0 + run]
-            initial[name] = dense(torch.from_numpy(windows[:, 0]), shapes.initial, _TORCH, shapes.initial_sizes)
-            targets[name] = dense(torch.from_numpy(windows[:, 1:]), shapes.targets, _TORCH, shapes.targets_sizes)
+            initial[name] = Dense(torch.from_numpy(windows[:, 0]), shapes.initial.names, shapes.initial, _TORCH)
+            targets[name] = Dense(torch.from_numpy(windows[:, 1:]), shapes.targets.names, shapes.targets, _TORCH)
         if len(initial) == 1:
             name = next(iter(initial))
             return {'initial_state': initial[name], 'targets': targets[name]}
@@ -241,18 +241,15 @@ class PhiMLDataset:
             frame = self.shapes[name].without('time')
             initial = math.concat_shapes(math.batch(batch=count), frame)
             targets = math.concat_shapes(math.batch(batch=count), math.batch(time=self.rollout_steps), frame)
-            self._batch_shapes[key] = _BatchShapes(initial, initial.sizes, targets, targets.sizes,
-                                                   (count, 1 + self.rollout_steps, *frame.sizes))
+            self._batch_shapes[key] = _BatchShapes(initial, targets, (count, 1 + self.rollout_steps, *frame.sizes))
         return self._batch_shapes[key]
 
 
 class _BatchShapes(NamedTuple):
-    """The shapes of one batch size: of the initial states and targets (with their sizes, which PhiML would build anew
-    on each access), and `windows`, the sizes `(batch, 1 + rollout_steps, *frame)` of the array both are views of."""
+    """The shapes of one batch size: of the initial states, of the targets, and `windows`, the sizes
+    `(batch, 1 + rollout_steps, *frame)` of the array both are views of."""
     initial: Shape
-    initial_sizes: tuple
     targets: Shape
-    targets_sizes: tuple
     windows: tuple
 
 

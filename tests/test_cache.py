@@ -94,7 +94,11 @@ def test_unrecorded_garbage_is_unreadable(built, tiny_config, tmp_path, name):
     _unrecord(path)
     path.write_bytes(b'garbage')
     problem, = verify_cache(folder, PIPELINES[name], tiny_config).problems
-    assert problem.kind == 'unreadable' and problem.detail.startswith('not a readable')
+    assert (problem.sim, problem.name, problem.kind) == (2, path.name, 'unreadable')
+    assert problem.detail == {
+        'legacy': 'not a readable torch file (expected the zip archive that torch.save writes; 7 bytes, empty or '
+                  'truncated?); not written by the harness',
+        'phiml': 'not a readable .npz file (File is not a zip file); not written by the harness'}[name]
 
 
 @pytest.mark.parametrize('name', PIPELINE_IDS)
@@ -213,8 +217,9 @@ def test_report_to_dict_is_json(built, tiny_config, tmp_path):
     (folder / 'sim_000001.npz').unlink()
     values = json.loads(json.dumps(verify_cache(folder, PIPELINES['phiml'], tiny_config).to_dict()))
     assert values['passed'] is False
+    size = (built / 'phiml' / 'sim_000001.npz').stat().st_size
     assert values['problems'] == [{'sim': 1, 'name': 'sim_000001.npz', 'kind': 'missing',
-                                   'detail': values['problems'][0]['detail'], 'foreign': False}]
+                                   'detail': f'expected the phiml cache of sim 1, {size} bytes recorded', 'foreign': False}]
 
 
 @pytest.mark.parametrize('legacy_keys', [True, False], ids=['loadable', 'free-form-metadata'])

@@ -14,24 +14,34 @@ from harness.config import QUICK
 from harness.run import run_compare
 from harness.cli.common import guarded
 from harness.config import load_config
+from harness.pipeline import WindowKey
+from harness.plan import make_plan
 from harness.report.html import write_report
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
+from test_selftest import EXPECTED as SELFTEST_ROWS
 
 pytestmark = pytest.mark.slow
 PERF_STAGES = ('write', 'read', 'iterate', 'convert', 'step')
+# The two timing checks pass at any speed: on a busy 2-core machine a clean quick run's speedups scatter around 1 and
+# `speed_check` would fail from noise (a known problem, fixed separately). Every other check decides the verdict.
+NO_TIMING_VERDICT = 'compare.min_speedup=0'
+CHECK_NAMES = ['data health', 'window enumeration', 'batches equal', 'every window delivered exactly once',
+               'loss curves agree', 'batch loading not slower', 'train step not slower', 'own shuffling audited',
+               'harness self-test']
 
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('quick')
-    code = compare.main(['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', '--out', str(out), '--no-progress'])
+    code = compare.main(['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', NO_TIMING_VERDICT,
+                         '--out', str(out), '--no-progress'])
     return code, out, json.loads((out / 'summary.json').read_text())
 
 
 def test_quick_writes_every_file(quick_run):
     code, out, summary = quick_run
-    assert code == (0 if summary['verdict'] == 'go' else 1)
+    assert code == 0 and summary['verdict'] == 'go'
     for name in ('index.html', 'loss_curves.png', 'timings.png', 'summary.json'):
         assert (out / name).stat().st_size > 1000, name
     html = (out / 'index.html').read_text()
@@ -42,12 +52,18 @@ def test_quick_writes_every_file(quick_run):
 
 def test_summary_has_every_key(quick_run):
     _, _, s = quick_run
-    assert s['scenario'] == 'burgers' and s['verdict'] in ('go', 'no-go')
-    assert s['health']['passed'] and s['equivalence']['diagnosis'] is None
-    assert all(r['ok'] for r in s['equivalence']['selftest']) and len(s['equivalence']['selftest']) >= 9
-    assert all(r['passed'] for r in s['equivalence']['own_shuffling'])
-    assert {c['name'] for c in s['checks']} >= {'data health', 'harness self-test', 'own shuffling audited', 'batches equal', 'every window delivered exactly once',
-                                                 'loss curves agree', 'batch loading not slower', 'train step not slower'}
+    assert s['scenario'] == 'burgers' and s['verdict'] == 'go'
+    assert s['health']['passed'] and s['health']['counts'] == {'nonfinite': 0, 'out-of-bounds': 0, 'constant': 0,
+                                                               'repeated': 0}
+    assert s['equivalence']['diagnosis'] is None
+    assert [(r['bug'], r['caught'], r['check'], r['kind'], r['expected_kind'], r['ok'])
+            for r in s['equivalence']['selftest']] == [(bug, bug != SELFTEST_ROWS[0][0], check, kind, kind, True)
+                                                       for bug, check, kind in SELFTEST_ROWS]
+    audits = ['epoch 0: each window exactly once', 'epoch 1: each window exactly once', 'same seed, same order',
+              'other seed, other order', 'other epoch, other order', 'training and validation sims never mix']
+    assert [(r['pipeline'], r['check'], r['passed']) for r in s['equivalence']['own_shuffling']] == [
+        (name, check, True) for name in ('legacy', 'phiml') for check in audits]
+    assert [c['name'] for c in s['checks']] == CHECK_NAMES
     assert all(set(c) == {'name', 'passed', 'detail'} for c in s['checks'])
     e = s['equivalence']
     # quick: 3 sims x (11 frames - 2) windows = 27 windows, batch_size 5 -> 6 batches, 1 epoch
@@ -74,15 +90,29 @@ def test_overrides_applied(quick_run):
     config = s['provenance']['config']
     assert config['trainer']['epochs'] == 1 and config['data']['batch_size'] == 5
     assert config['sim']['resolution'] == [16, 16]  # from --quick
-    assert s['provenance']['overrides'] == ['--quick', 'trainer.epochs=1', 'data.batch_size=5']
+    assert config['compare']['min_speedup'] == 0
+    assert s['provenance']['overrides'] == ['--quick', 'trainer.epochs=1', 'data.batch_size=5', NO_TIMING_VERDICT]
 
 
-def test_passing_checks_agree_with_verdict(quick_run):
+def test_every_check_of_a_clean_run_passes(quick_run):
     _, _, s = quick_run
-    assert (s['verdict'] == 'go') == all(c['passed'] for c in s['checks'])
-    by_name = {c['name']: c for c in s['checks']}
-    assert by_name['batches equal']['passed'] and by_name['loss curves agree']['passed']
-    assert by_name['every window delivered exactly once']['passed']
+    assert [c['name'] for c in s['checks'] if not c['passed']] == []
+    details = {c['name']: c['detail'] for c in s['checks']}
+    timing = re.compile(r"native \d+\.\d\d ms vs legacy \d+\.\d\d ms \(median of \d+\), speedup \d+\.\d\dx")
+    assert timing.fullmatch(details.pop('batch loading not slower'))
+    assert timing.fullmatch(details.pop('train step not slower'))
+    assert details == {
+        'data health': "healthy: 4 sims x 11 frames of 'velocity'; no NaN/Inf, constant or repeated frames, "
+                       "no |value| > 100",
+        'window enumeration': 'both pipelines enumerate the same 27 windows (n_frames - rollout_steps per sim)',
+        'batches equal': '6 batch pairs, 41,472 elements: bitwise identical',
+        'every window delivered exactly once': 'both pipelines delivered each planned window exactly once in all 1 '
+                                               'epoch(s), identified by content against the simulation',
+        'loss curves agree': '6 steps: loss curves bitwise equal',
+        'own shuffling audited': "12 audits of both pipelines' own shuffling passed (each window once per epoch, "
+                                 "seeded, no train/validation mixing)",
+        'harness self-test': 'all 11 injected migration bugs caught and diagnosed; clean pipeline passes',
+    }
 
 
 class SwappedXY(NativePipeline):
@@ -98,20 +128,41 @@ class SwappedXY(NativePipeline):
 
 
 def test_broken_native_is_no_go(tmp_path, capsys):
-    config = load_config('burgers', [*QUICK, 'trainer.epochs=1', 'health.max_abs_value=0.5'])
+    config = load_config('burgers', [*QUICK, 'trainer.epochs=1', 'health.max_abs_value=0.5', NO_TIMING_VERDICT])
     summary = run_compare(config, tmp_path, legacy_cls=LegacyPipeline, native_cls=SwappedXY, progress=False)
     assert summary['verdict'] == 'no-go'
-    failed = {c['name'] for c in summary['checks'] if not c['passed']}
-    assert 'batches equal' in failed
-    assert 'data health' in failed and summary['health']['counts']['out-of-bounds'] > 0
-    assert summary['equivalence']['diagnosis']['kind'] == 'layout'
-    assert 'x<->y transposed' in summary['equivalence']['diagnosis']['summary']
+    assert [c['name'] for c in summary['checks']] == CHECK_NAMES
+    details = {c['name']: c['detail'] for c in summary['checks'] if not c['passed']}
+    # the transposed frames match no simulated window; SwappedXY's own trainer gathers correctly (its training losses
+    # equal legacy's) while its validation batches go through the broken to_phiml
+    assert list(details) == ['data health', 'batches equal', 'every window delivered exactly once', 'loss curves agree',
+                             'harness self-test']
+    # the bugs are injected into the pipeline under test, which already differs: the self-test says so
+    assert details['harness self-test'] == (
+        "not possible: the native pipeline under test differs from legacy without an injected bug (batches equal, "
+        "every window delivered exactly once failed; diagnosed 'layout'), so bugs injected into it cannot be told "
+        "apart; fix that difference first")
+    assert summary['health']['counts'] == {'nonfinite': 0, 'out-of-bounds': 4 * 11, 'constant': 0, 'repeated': 0}
+    assert details['data health'].startswith("unhealthy: 4 sims x 11 frames of 'velocity'; out-of-bounds in 44 "
+                                             "frame(s), not allowed (first: sim 0 frame 0 'velocity': out-of-bounds (")
+    assert details['batches equal'].startswith('7 of 7 batch pairs differ; first: epoch 0, batch 0: initial_state: '
+                                               '1920 of 2048 elements differ (93.8%); max abs ')
+    planned = [WindowKey(0, t0) for t0 in range(3)]
+    assert details['every window delivered exactly once'] == (
+        f"phiml epoch 0: delivered 27 of 27 windows; missing 27 (e.g. {', '.join(map(str, planned))}); 27 elements "
+        f"match no simulated window (layout or value change); a pipeline drops, repeats or alters windows")
+    assert re.fullmatch(r"7 steps: loss curves bitwise equal; validation losses differ: max relative difference "
+                        r"\S+ \(beyond loss_rtol=1e-05\); with equal batches this points at .*", details['loss curves agree'])
+    t = summary['training']
+    assert t['legacy_losses'] == t['native_losses'] and t['legacy_val_losses'] != t['native_val_losses']
+    plan = make_plan([WindowKey(s, t0) for s in config.train_sims for t0 in range(config.windows_per_sim)],
+                     config.data.batch_size, seed=config.seed, epoch=0)
+    assert summary['equivalence']['diagnosis'] == {
+        'kind': 'layout', 'summary': "layout error: the values match after x<->y transposed in 'initial_state'",
+        'epoch': 0, 'first_batch': 0, 'first_keys': [str(k) for k in plan.batches[0]], 'details': []}
     assert (tmp_path / 'worst_frame.png').stat().st_size > 1000
     html = (tmp_path / 'index.html').read_text()
     assert 'src="worst_frame.png"' in html and 'Diagnosis' in html and 'out-of-bounds' in html
-    assert 'every window delivered exactly once' in failed  # transposed frames match no simulated window
-    detail = next(c['detail'] for c in summary['checks'] if c['name'] == 'batches equal')
-    assert re.search(r'\d+ of \d+ batch pairs differ', detail) and 'max abs' in detail
     assert summary['equivalence']['identical'] is False
 
 
@@ -128,11 +179,16 @@ def test_broken_native_exit_code(tmp_path, monkeypatch):
     (['burgers', '--bogus'], 'unrecognized arguments'),
 ], ids=['unknown-key', 'wrong-type', 'unknown-scenario', 'out-of-range', 'bad-flag'])
 def test_bad_usage_exit_2(args, words, capsys, tmp_path):
-    with pytest.raises(SystemExit) if '--bogus' in args else _nothing():
-        code = guarded(compare.main, compare.PROG, [*args, '--out', str(tmp_path / 'out')])
-        assert code == 2
+    argv = [*args, '--out', str(tmp_path / 'out')]
+    if '--bogus' in args:  # argparse exits by itself
+        with pytest.raises(SystemExit) as info:
+            guarded(compare.main, compare.PROG, argv)
+        code = info.value.code
+    else:
+        code = guarded(compare.main, compare.PROG, argv)
+    assert code == 2
     err = capsys.readouterr().err
-    assert words in err and len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+    assert err.startswith('python -m harness.compare: error: ') and err.count('\n') == 1 and words in err
     assert not (tmp_path / 'out').exists()  # refused before anything was written
 
 
@@ -144,14 +200,6 @@ def test_bad_usage_subprocess_one_line(tmp_path):
     assert not (tmp_path / 'reports').exists()
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def test_cache_dir_verified_and_repaired(quick_run, tmp_path, capsys):
     import shutil
     _, out, _ = quick_run
@@ -160,14 +208,15 @@ def test_cache_dir_verified_and_repaired(quick_run, tmp_path, capsys):
     damaged = cache / 'phiml' / 'sim_000001.npz'
     damaged.write_bytes(damaged.read_bytes()[:100])
     untouched = (cache / 'legacy' / 'sim_000000.pt').stat().st_mtime_ns
-    args = ['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', '--out', str(tmp_path / 'r'),
+    args = ['burgers', '--quick', 'trainer.epochs=1', 'data.batch_size=5', NO_TIMING_VERDICT, '--out', str(tmp_path / 'r'),
             '--cache-dir', str(cache), '--no-progress']
     assert guarded(compare.main, compare.PROG, args) == 2
     err = capsys.readouterr().err
     assert 'sim_000001.npz' in err and '--repair' in err and len(err.strip().splitlines()) == 1
     assert damaged.stat().st_size == 100  # nothing rewritten without --repair
-    assert guarded(compare.main, compare.PROG, [*args, '--repair']) in (0, 1)
+    assert guarded(compare.main, compare.PROG, [*args, '--repair']) == 0
     summary = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+    assert summary['verdict'] == 'go'
     assert summary['caches']['phiml']['rebuilt'] == [1] and summary['caches']['legacy']['rebuilt'] == []
     assert (cache / 'legacy' / 'sim_000000.pt').stat().st_mtime_ns == untouched
     assert summary['equivalence']['identical']

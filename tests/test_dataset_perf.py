@@ -12,7 +12,7 @@ from harness.pipeline import BatchPlan, WindowKey
 from harness.plan import make_plan
 from harness.bench.stages import network_inputs
 from phiml_native import PhiMLDataManager, PhiMLDataset
-from phiml_native.naive import NaiveWindowLoader
+from benchmarks.naive import NaiveWindowLoader
 
 
 @pytest.fixture

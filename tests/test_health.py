@@ -49,8 +49,13 @@ def test_each_check_reported_per_sim_and_frame(values):
     ]
     assert report.counts == {'nonfinite': 1, 'out-of-bounds': 1, 'constant': 1, 'repeated': 1}
     assert [r.frame for r in report.by_sim()[1]] == [3]
-    assert report.detail.startswith("unhealthy: 4 sims x 9 frames of 'velocity'; nonfinite in 1 frame(s), not allowed "
-                                    "(first: sim 1 frame 3 'velocity': nonfinite (1 NaN, 1 Inf of 512 values))")
+    assert report.detail == (
+        "unhealthy: 4 sims x 9 frames of 'velocity'; "
+        "nonfinite in 1 frame(s), not allowed (first: sim 1 frame 3 'velocity': nonfinite (1 NaN, 1 Inf of 512 values)); "
+        "out-of-bounds in 1 frame(s), not allowed (first: sim 3 frame 2 'velocity': out-of-bounds (|value| 1000 at x=7, "
+        "y=1, vector=y exceeds `health.max_abs_value` (=100))); "
+        "constant in 1 frame(s), not allowed (first: sim 0 frame 6 'velocity': constant (every cell holds (0.25, 0.25))); "
+        "repeated in 1 frame(s), not allowed (first: sim 2 frame 5 'velocity': repeated (bitwise equal to frame 4))")
 
 
 def test_allowances_let_findings_through(values):
@@ -60,12 +65,21 @@ def test_allowances_let_findings_through(values):
     bad[2, 7] = bad[2, 6]
     lenient = HealthConfig(allow_nonfinite=True, allow_constant=True, allow_repeated=True)
     report = _scan(bad, lenient)
-    assert report and len(report.rows) == 3 and all(r.allowed for r in report.rows)
-    assert report.detail.startswith('healthy (findings allowed by config)')
-    for strict in (HealthConfig(allow_constant=True, allow_repeated=True),
-                   HealthConfig(allow_nonfinite=True, allow_repeated=True),
-                   HealthConfig(allow_nonfinite=True, allow_constant=True)):
-        assert not _scan(bad, strict) and len(_scan(bad, strict).failures) == 1
+    assert report and report.rows == [
+        HealthFinding(0, 1, 'velocity', 'nonfinite', '1 NaN, 0 Inf of 512 values', True),
+        HealthFinding(1, 2, 'velocity', 'constant', 'every cell holds (0, 0)', True),
+        HealthFinding(2, 7, 'velocity', 'repeated', 'bitwise equal to frame 6', True)]
+    assert report.detail == (
+        "healthy (findings allowed by config): 4 sims x 9 frames of 'velocity'; "
+        "nonfinite in 1 frame(s), allowed by config (first: sim 0 frame 1 'velocity': nonfinite (1 NaN, 0 Inf of 512 "
+        "values)); constant in 1 frame(s), allowed by config (first: sim 1 frame 2 'velocity': constant (every cell "
+        "holds (0, 0))); repeated in 1 frame(s), allowed by config (first: sim 2 frame 7 'velocity': repeated (bitwise "
+        "equal to frame 6))")
+    for strict, refused in ((HealthConfig(allow_constant=True, allow_repeated=True), 'nonfinite'),
+                            (HealthConfig(allow_nonfinite=True, allow_repeated=True), 'constant'),
+                            (HealthConfig(allow_nonfinite=True, allow_constant=True), 'repeated')):
+        strict_report = _scan(bad, strict)
+        assert not strict_report and [(f.check, f.allowed) for f in strict_report.failures] == [(refused, False)]
 
 
 def test_bound_is_configurable(values):
@@ -90,7 +104,10 @@ def test_scalar_and_1d_fields():
     assert [(r.sim, r.frame, r.check) for r in report.rows] == [(5, 1, 'repeated'), (5, 2, 'repeated'),
                                                                 (6, 1, 'repeated'), (6, 2, 'repeated')]
     flat = math.wrap(np.ones((1, 2, 8), np.float32), batch('sim,time'), spatial('x'))
-    assert [r.detail for r in scan_tensors({'p': flat}, HealthConfig()).rows][:1] == ['every cell holds 1']
+    assert scan_tensors({'p': flat}, HealthConfig()).rows == [
+        HealthFinding(0, 0, 'p', 'constant', 'every cell holds 1', False),
+        HealthFinding(0, 1, 'p', 'constant', 'every cell holds 1', False),
+        HealthFinding(0, 1, 'p', 'repeated', 'bitwise equal to frame 0', False)]
 
 
 def test_float64_values_are_not_rounded():

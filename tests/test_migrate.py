@@ -140,7 +140,7 @@ def _legacy_file(folder, sim, fields, metadata):
 @pytest.mark.parametrize('change, words', [
     (lambda t, m: (t.to(torch.bfloat16), m), 'dtype torch.bfloat16, expected float16, float32 or float64'),
     (lambda t, m: (t, {**m, 'field_channels': {'velocity': ['u', 'v']}}),
-     "cannot be written to the 'phiml' cache: " + "{npz}: field 'velocity' has vector item names ('u', 'v'), expected ('x', 'y')"),
+     "cannot be written to the 'phiml' cache: " + "{npz}: field 'velocity' has vector item names ('u', 'v'), expected ('x', 'y') (one component per spatial dim)"),
     (lambda t, m: (t, {**m, 'spatial_dims': ['h', 'w']}), "metadata spatial_dims=['h', 'w'], the tensors have 2 spatial axes ['x', 'y']"),
     (lambda t, m: (t, {**m, 'fields': ['density']}), "metadata fields ['density'] differ from the stored fields"),
 ], ids=['bfloat16', 'channel-names', 'spatial-names', 'fields'])

@@ -7,22 +7,51 @@ from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from harness.selftest.bugs import CATALOGUE
 
+CLEAN = 'none (clean native pipeline)'
+BOTH = 'batches equal, every window delivered exactly once'
+# (bug, the checks that catch it, the diagnosis kind): every row of a self-test, in the order it runs them
+EXPECTED = [
+    (CLEAN, '-', 'none'),
+    ('x and y transposed', BOTH, 'layout'),
+    ('vector components swapped', BOTH, 'layout'),
+    ('vector item names swapped', 'batches equal', 'structure'),
+    ('targets shifted by one frame', BOTH, 'time offset'),
+    ('windows start one frame late', BOTH, 'time offset'),
+    ('rollout one step short', 'batches equal', 'structure'),
+    ('data upcast to float64', 'batches equal', 'structure'),
+    ('last partial batch dropped', BOTH, 'batch count'),
+    ('different shuffle order', 'batches equal', 'reorder'),
+    ('data normalised twice', BOTH, 'value transform'),
+    ('tiny numerical drift', BOTH, 'numerical drift'),
+]
 
-def test_catalogue_size():
-    assert len(CATALOGUE) >= 8
-    assert {'x and y transposed', 'vector components swapped', 'targets shifted by one frame', 'rollout one step short',
-            'data upcast to float64', 'last partial batch dropped', 'different shuffle order',
-            'data normalised twice'} <= set(CATALOGUE)
+
+def test_catalogue():
+    assert {bug: cls.expected_kind for bug, cls in CATALOGUE.items()} == {bug: kind for bug, _, kind in EXPECTED[1:]}
+    assert list(CATALOGUE) == [bug for bug, _, _ in EXPECTED[1:]]
 
 
 def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
     result = selftest.run_selftest(tiny_config, LegacyPipeline, NativePipeline, tiny_sim, cache_dirs['legacy'], cache_dirs['phiml'])
     assert result, result.table()
-    rows = {r.bug: r for r in result.rows}
-    assert not rows['none (clean native pipeline)'].caught
-    assert all(r.caught for name, r in rows.items() if not name.startswith('none'))
-    assert rows['x and y transposed'].kind == 'layout'
-    assert 'batches equal' in rows['x and y transposed'].check
+    assert [(r.bug, r.caught, r.check, r.kind, r.expected_kind, r.ok) for r in result.rows] == [
+        (bug, bug != CLEAN, check, kind, kind, True) for bug, check, kind in EXPECTED]
+    # the tiny scenario: 3 sims x 7 windows in batches of 4, the last of 1 window
+    assert [r.diagnosis for r in result.rows] == [
+        "no difference: every batch pair is equal",
+        "layout error: the values match after x<->y transposed in 'initial_state'",
+        "layout error: the values match after vector components reversed (x, y) in 'initial_state'",
+        "structure differs: initial_state: vector item names ('y', 'x') instead of ('x', 'y')",
+        "off-by-one in time: targets start 2 frame(s) after the initial state (expected 1)",
+        "off-by-one in time: every window is shifted by +1 frame(s) in t0 (e.g. planned (sim=2, t0=2), delivered "
+        "(sim=2, t0=3))",
+        "structure differs: targets: 1 target frames instead of 2 (rollout short by 1)",
+        "structure differs: initial_state: dtype float64 instead of float32 (values equal after casting)",
+        "native delivered 5 of 6 batches: the last, partial batch is dropped (sizes [1])",
+        "same windows in a different order: 21 of 21 positions differ",
+        "native = 1.09658 * legacy + -0.0342323 (data scaled or normalised differently, e.g. normalised twice)",
+        "same windows with numerical drift: max relative error 1.06e-06 (would pass with rtol >= 1.06e-06)",
+    ]
 
 
 def test_a_missed_bug_fails_the_selftest():
@@ -30,10 +59,18 @@ def test_a_missed_bug_fails_the_selftest():
     assert not row.ok and not selftest.SelftestResult([row])
     clean_flagged = selftest.SelftestRow('none', caught=True, check='x', diagnosis='', kind='layout', expected_kind='none')
     assert not clean_flagged.ok
+    misdiagnosed = selftest.SelftestRow('bug', caught=True, check='x', diagnosis='', kind='reorder', expected_kind='layout')
+    assert not misdiagnosed.ok
+    good = selftest.SelftestRow('bug', caught=True, check='x', diagnosis='', kind='layout', expected_kind='layout')
+    assert good.ok and selftest.SelftestResult([good]) and not selftest.SelftestResult([good, misdiagnosed])
 
 
 @pytest.mark.slow
 def test_cli_quick(capsys):
     assert selftest_cli.main(['burgers', '--quick']) == 0
-    out = capsys.readouterr().out
-    assert 'self-test: PASSED' in out and 'x and y transposed' in out
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ['bug', '-' * len(lines[0])]
+    assert [line[:32].rstrip() for line in lines[2:-1]] == [bug for bug, _, _ in EXPECTED]
+    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 11
+    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 12  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
+    assert lines[-1] == "self-test: PASSED: 11 injected bugs, all caught and diagnosed; clean pipeline passes"

@@ -111,7 +111,7 @@ def test_leftovers_in_a_folder_without_the_harness_manifest_stay(tiny_config, ti
 
 
 COMPARE_PROG = 'python -m harness.compare'
-NOT_YET = "judging a cache of your own (`--legacy-cache DIR`) is not supported yet"
+NOT_YET = "to judge a cache of your own, pass it as --legacy-cache DIR (and --native-cache DIR2)"
 
 
 def _compare_fails(capsys, *argv) -> str:

@@ -11,6 +11,7 @@ from typing import Sequence
 from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import default_pipelines
 from harness.config import QUICK, load_config
+from harness.errors import ConfigError
 from harness.run import run_compare
 from harness.scale import open_executor
 
@@ -27,6 +28,13 @@ def make_parser() -> OneLineParser:
                         "file is an error; a folder of files the harness did not write is refused")
     parser.add_argument('--repair', action='store_true', help="rewrite the missing or bad files of --cache-dir that the "
                         "harness wrote (its manifest records them); never a file of anyone else")
+    parser.add_argument('--legacy-cache', type=Path, metavar='DIR', help="judge this existing legacy cache instead of "
+                        "simulating (only read): resolution, frames, fields and channels come from its files")
+    parser.add_argument('--native-cache', type=Path, metavar='DIR2', help="with --legacy-cache: your own native cache "
+                        "of the same sims (only read); default: DIR migrated into <out>/native-cache and verified")
+    parser.add_argument('--channels', action='append', default=[], metavar='FIELD=a,b,c',
+                        help="channel names of a field whose channels its shape cannot name (repeatable; the same as "
+                             "data.channels.FIELD=[a,b,c])")
     add_scale_arguments(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
@@ -42,13 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
+    if args.legacy_cache is None and args.native_cache is not None:
+        raise ConfigError(f"--native-cache (={str(args.native_cache)!r}) needs --legacy-cache DIR: the legacy cache is "
+                          f"the source of truth it is judged against")
+    if args.legacy_cache is not None and (args.cache_dir is not None or args.repair):
+        raise ConfigError(f"--legacy-cache (={str(args.legacy_cache)!r}) judges an existing cache and writes nothing "
+                          f"into it: --cache-dir and --repair (for the harness's simulated caches) do not apply")
+    overrides = [*channel_overrides(args.channels), *args.overrides]
+    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *overrides])
     out = args.out or Path('reports') / config.name
-    overrides = [*(['--quick'] if args.quick else []), *args.overrides]
     legacy_cls, native_cls = default_pipelines()
     with open_executor(args.workers, args.scheduler) as executor:
-        summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls, native_cls=native_cls,
-                              progress=not args.no_progress, overrides=overrides, repair=args.repair, executor=executor)
+        summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config),
+                              native_cls=native_cls, progress=not args.no_progress,
+                              overrides=[*(['--quick'] if args.quick else []), *overrides], repair=args.repair,
+                              legacy_cache=args.legacy_cache, native_cache=args.native_cache, executor=executor)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:
@@ -56,3 +72,20 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"  FAILED {check['name']}: {check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
     return 0 if summary['verdict'] == 'go' else 1
+
+
+def channel_overrides(values: Sequence[str]) -> list[str]:
+    """`--channels velocity=u,v` as the config override `data.channels.velocity=[u,v]` (`FIELD=` names a scalar field).
+
+    Raises:
+        ConfigError: a value not of the form FIELD=a,b,c.
+    """
+    result = []
+    for value in values:
+        name, sep, names = value.partition('=')
+        channels = [c.strip() for c in names.split(',')] if names else []
+        if not sep or not name.isidentifier() or any(not c.isidentifier() for c in channels):
+            raise ConfigError(f"--channels (={value!r}) must be FIELD=a,b,c (or FIELD= for a scalar field), e.g. "
+                              f"velocity=u,v")
+        result.append(f"data.channels.{name}=[{','.join(channels)}]")
+    return result

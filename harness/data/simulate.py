@@ -25,10 +25,13 @@ class Simulation:
 
     Attributes:
         config: The scenario that produced them.
-        fields: Field name -> PhiFlow `CenteredGrid` with dims (sim, time, *spatial, [vector]), float32, torch backend.
+        fields: Field name -> PhiFlow `CenteredGrid` with dims (sim, time, *spatial, [vector]), float32, torch backend
+            (as simulated; read from an existing cache, the stored dtype on numpy).
+        stored_metadata: For trajectories read from an existing cache, each sim's metadata as stored there.
     """
     config: ScenarioConfig
     fields: dict[str, Any]
+    stored_metadata: list[dict[str, Any]] | None = None
 
     @property
     def n_sims(self) -> int:
@@ -46,6 +49,8 @@ class Simulation:
 
     def metadata(self, sim: int) -> dict[str, Any]:
         """What is stored beside the tensors in both caches."""
+        if self.stored_metadata is not None:
+            return dict(self.stored_metadata[sim])
         c = self.config
         return {
             'scenario': c.name, 'physics': c.physics, 'sim_index': sim, 'seed': c.seed,

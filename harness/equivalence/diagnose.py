@@ -99,9 +99,9 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
         return _count(a, b, plan, where)
     diffs = compare_batches(a[first], b[first], tolerance, plan.batches[first])
     structural = [d for d in diffs if d.structure_errors]
-    if structural:
+    layout = _layout(a[first], b[first])  # before the structure: a transposed non-square grid also changes its shape
+    if structural and not layout:
         return _structure(a[first], b[first], structural, where)
-    layout = _layout(a[first], b[first])
     if layout:
         return Diagnosis('layout', f"layout error: the values match after {layout}", **where)
     keys = [k for batch in b for k in frames.identify(batch)]
@@ -113,8 +113,9 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
                              **where)
         offset = _window_offset(keys, planned)
         if offset:
+            moved = next(i for i, (k, p) in enumerate(zip(keys, planned)) if k != p)
             return Diagnosis('time offset', f"off-by-one in time: every window is shifted by {offset:+d} frame(s) in t0 "
-                             f"(e.g. planned {planned[0]}, delivered {keys[0]})", **where)
+                             f"(e.g. planned {planned[moved]}, delivered {keys[moved]})", **where)
         missing, extra = sorted(set(planned) - set(keys)), sorted(set(keys) - set(planned))
         return Diagnosis('different windows', f"different windows: {len(missing)} missing, {len(extra)} extra",
                          details=[f"missing: {', '.join(map(str, missing[:10]))}", f"extra: {', '.join(map(str, extra[:10]))}"],
@@ -172,7 +173,8 @@ def _layout(a: dict, b: dict) -> str | None:
     """The axis permutation / vector swap that makes `b` equal to `a`, in words; None if there is none."""
     for name, x in flatten_batch(a):
         y = dict(flatten_batch(b)).get(name)
-        if y is None or x.shape != y.shape:
+        if y is None or x.shape.names != y.shape.names or sorted(x.shape.sizes) != sorted(y.shape.sizes) \
+                or x.shape.item_names != y.shape.item_names or x.dtype != y.dtype:
             return None
         names = list(x.shape.names)
         xa, ya = x.numpy(names), y.numpy(names)
@@ -206,11 +208,17 @@ def _layout(a: dict, b: dict) -> str | None:
 
 
 def _window_offset(keys: Sequence[WindowKey], planned: Sequence[WindowKey]) -> int | None:
-    """The one t0 offset shared by every moved window of the same sim (windows at a sim's end may stay put)."""
+    """The one t0 offset shared by every moved window of the same sim. A window may stay put only where its shifted
+    window does not exist (at a sim's end); one window swapped for another is not a shift of every window."""
     if not all(k.sim == p.sim for k, p in zip(keys, planned)):
         return None
     offsets = {k.t0 - p.t0 for k, p in zip(keys, planned) if k != p}
-    return offsets.pop() if len(offsets) == 1 else None
+    if len(offsets) != 1:
+        return None
+    offset, existing = offsets.pop(), set(planned)
+    if any(WindowKey(p.sim, p.t0 + offset) in existing for k, p in zip(keys, planned) if k == p):
+        return None
+    return offset
 
 
 def _target_offset(batch: dict, frames: FrameIndex) -> int | None:
@@ -236,7 +244,8 @@ def _affine(a: dict, b: dict) -> tuple[float, float] | None:
     xs, ys = [], []
     for name, x in flatten_batch(a):
         y = dict(flatten_batch(b)).get(name)
-        if y is None or x.shape != y.shape:
+        if y is None or x.shape.names != y.shape.names or sorted(x.shape.sizes) != sorted(y.shape.sizes) \
+                or x.shape.item_names != y.shape.item_names or x.dtype != y.dtype:
             return None
         xs.append(x.numpy(x.shape.names).ravel().astype(np.float64))
         ys.append(y.numpy(x.shape.names).ravel().astype(np.float64))

@@ -53,7 +53,15 @@ class TrainingResult:
 
     def describe(self) -> str:
         if self.first_divergent_step is None:
-            return f"{self.steps} steps: loss curves bitwise equal"
+            text = f"{self.steps} steps: loss curves bitwise equal"
+            val = max((_rel(a, b) for a, b in zip(self.legacy_val, self.native_val)), default=0.0)
+            if val:
+                text += (f"; validation losses differ: max relative difference {val:.3g} "
+                         f"({'within' if val <= self.loss_rtol else 'beyond'} loss_rtol={self.loss_rtol:g})")
+            nonfinite = sum(not math.isfinite(x) for x in self.legacy_losses + self.native_losses)
+            if nonfinite:
+                text += f"; {nonfinite} of {len(self.legacy_losses) + len(self.native_losses)} losses are NaN or Inf"
+            return text
         state = 'within' if self.passed else 'beyond'
         return (f"{self.steps} steps: curves first differ at step {self.first_divergent_step}; max relative difference "
                 f"{self.max_rel_loss_diff:.3g} ({state} loss_rtol={self.loss_rtol:g})")

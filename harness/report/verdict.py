@@ -1,6 +1,7 @@
 """The checks behind the go / no-go verdict, each with a detail a user can act on."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
@@ -55,9 +56,14 @@ def window_keys_check(expected: Sequence, found: Mapping[str, Sequence]) -> Chec
     if not wrong:
         return Check('window enumeration', True, f"both pipelines enumerate the same {len(expected)} windows "
                                                  f"(n_frames - rollout_steps per sim)")
-    details = [f"{name} enumerates {len(keys)} windows, expected {len(expected)}" +
-               (f" (first extra {sorted(set(keys) - set(expected))[:1]}, first missing {sorted(set(expected) - set(keys))[:1]})"
-                if set(keys) != set(expected) else ' in another order') for name, keys in wrong.items()]
+    details = []
+    for name, keys in wrong.items():
+        extra, missing = sorted(set(keys) - set(expected)), sorted(set(expected) - set(keys))
+        repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
+        notes = [f"{len(listed)} {what} (first {listed[0]})"
+                 for listed, what in ((extra, 'extra'), (missing, 'missing'), (repeated, 'repeated')) if listed]
+        details.append(f"{name} enumerates {len(keys)} windows, expected {len(expected)}" +
+                       (f": {', '.join(notes)}" if notes else " in another order"))
     return Check('window enumeration', False, '; '.join(details))
 
 
@@ -80,6 +86,8 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_
 
 def shuffle_check(rows) -> Check:
     failed = [r for r in rows if not r.passed]
+    if not rows:
+        return Check("own shuffling audited", False, "own shuffling was not audited")
     if not failed:
         return Check("own shuffling audited", True, f"{len(rows)} audits of both pipelines' own shuffling passed "
                      "(each window once per epoch, seeded, no train/validation mixing)")
@@ -92,5 +100,10 @@ def selftest_check(result) -> Check:
     n = len(result.rows) - 1
     if not bad:
         return Check('harness self-test', True, f"all {n} injected migration bugs caught and diagnosed; clean pipeline passes")
+    clean = result.rows[0]
+    if clean.expected_kind == 'none' and not clean.ok:
+        return Check('harness self-test', False, f"not possible: the native pipeline under test differs from legacy "
+                     f"without an injected bug ({clean.check} failed; diagnosed {clean.kind!r}), so bugs injected into "
+                     f"it cannot be told apart; fix that difference first")
     return Check('harness self-test', False, "the harness itself is unreliable here: " +
                  '; '.join(f"{r.bug}: caught={r.caught}, diagnosed {r.kind!r} (expected {r.expected_kind!r})" for r in bad[:3]))

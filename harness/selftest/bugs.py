@@ -98,7 +98,8 @@ class TransposedXY(InjectedBug):
         def swap(key, t):
             a, shape = _native(t)
             names = list(shape.names)
-            return _rewrap(np.swapaxes(a, names.index('x'), names.index('y')), shape)
+            swapped = shape.with_dim_size('x', shape.get_size('y')).with_dim_size('y', shape.get_size('x'))
+            return _rewrap(np.swapaxes(a, names.index('x'), names.index('y')), swapped)
         return _map(batch, swap)
 
 

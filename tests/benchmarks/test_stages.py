@@ -14,7 +14,7 @@ from harness.plan import make_plan
 from harness.bench.stages import network_inputs
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
-from phiml_native.naive import NaiveWindowLoader
+from benchmarks.naive import NaiveWindowLoader
 from phiml_native.npz import clear_caches
 
 PIPELINES = [LegacyPipeline, NativePipeline]

@@ -1,4 +1,4 @@
-"""The migration plan's naive batch loader: a reference for benchmarks and tests, NOT used for training.
+"""The migration plan's naive batch loader: a reference for benchmarks and tests, not part of the native pipeline.
 
 The plan sketched the native dataset as: for each sample, load its sim's cache file (`PhiMLDataManager.load_cache`,
 the safe stand-in for `phiml.math.load`), slice the window out with PhiML indexing, and build each batch by stacking
@@ -15,7 +15,7 @@ from phiml.backend.torch import TORCH
 from phiml.math import batch
 
 from harness.pipeline import BatchPlan, WindowKey
-from .data_manager import PhiMLDataManager
+from phiml_native import PhiMLDataManager
 
 
 class NaiveWindowLoader:

@@ -1,0 +1,141 @@
+"""Judging a team's own migration: caches in the migration plan's format, written here by plain numpy + `torch.save`
+code that shares nothing with `legacy/`, read by the legacy pipeline, migrated bitwise and judged by
+`python -m harness.compare SCENARIO --legacy-cache DIR [--native-cache DIR2]` with DIR (and DIR2) left untouched."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from phiml import math
+from phiml.math import batch, channel, spatial
+
+from harness.cli import compare, migrate
+from user_data import tree_state
+
+pytestmark = pytest.mark.slow
+# timings are not what these tests judge (tests/test_compare.py and the verdict's own tests do): a busy machine must
+# not turn a migration that is right into a failed test
+UNTIMED = ['compare.min_speedup=0']
+FAST = [*UNTIMED, 'compare.selftest=false', 'compare.timing_repeats=1', 'compare.timing_warmup=0']
+
+
+def team_cache(folder: Path, fields: dict[str, tuple], n_sims: int = 4, dtype=np.float32, seed: int = 0) -> dict:
+    """Writes `folder/sim_XXXXXX.pt` as `{'tensor_data': {name: [C, T, *spatial]}, 'metadata': {...}}` with free-form
+    metadata (no key of the harness); returns sim -> field -> the numpy array written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for sim in range(n_sims):
+        arrays = {name: (rng.standard_normal(shape) * 0.5).astype(dtype) for name, shape in fields.items()}
+        meta = {'case': 'channel-flow', 'Re': 180.0, 'run': sim, 'restart': None, 'tags': ['les', 'v2'],
+                'solver': {'name': 'spectral', 'order': 4}}
+        torch.save({'tensor_data': {k: torch.from_numpy(v) for k, v in arrays.items()}, 'metadata': meta},
+                   folder / f'sim_{sim:06d}.pt')
+        written[sim] = arrays
+    return written
+
+
+def _compare(capsys, *argv) -> tuple[int, str]:
+    code = compare.main(['burgers', '--quick', '--no-progress', *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+LAYOUTS = {
+    '2d-non-square': ({'velocity': (2, 9, 24, 16)}, {'velocity': ['x', 'y']}, []),
+    '1d': ({'velocity': (1, 9, 32)}, {'velocity': ['x']}, []),
+    '3d': ({'velocity': (3, 7, 8, 8, 4)}, {'velocity': ['x', 'y', 'z']}, []),
+    'scalar-and-vector': ({'density': (1, 9, 16, 16), 'velocity': (2, 9, 16, 16)},
+                          {'density': [], 'velocity': ['x', 'y']}, []),
+    'named-channels': ({'rgb': (3, 9, 16, 16)}, {'rgb': ['r', 'g', 'b']}, ['--channels', 'rgb=r,g,b']),
+}
+
+
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+def test_compare_judges_a_teams_cache_go_and_leaves_it_untouched(tmp_path, capsys, layout):
+    fields, channels, extra = LAYOUTS[layout]
+    team = tmp_path / 'team-cache'
+    team_cache(team, fields)
+    before = tree_state(team)
+    code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'out', *extra,
+                            *(UNTIMED if layout == '2d-non-square' else FAST))
+    assert code == 0, output
+    assert tree_state(team) == before
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    first = next(iter(fields.values()))
+    assert summary['verdict'] == 'go' and all(c['passed'] for c in summary['checks'])
+    assert summary['source'] == {'folder': str(team), 'sims': [0, 1, 2, 3], 'n_frames': first[1],
+                                 'resolution': list(first[2:]), 'fields': channels,
+                                 'dtypes': {name: 'float32' for name in fields}}
+    assert summary['caches']['legacy'] == {'folder': str(team), 'read_only': True}
+    assert summary['caches']['phiml']['converted'] == [0, 1, 2, 3]
+    html = (tmp_path / 'out' / 'index.html').read_text()
+    assert f"<tr><th>resolution</th><td>{' × '.join(map(str, first[2:]))}</td></tr>" in html
+    if layout == '2d-non-square':  # the self-test ran on the team's data as well
+        assert len(summary['equivalence']['selftest']) == 12 and all(r['ok'] for r in summary['equivalence']['selftest'])
+
+
+def test_migration_of_a_teams_cache_is_bitwise_and_keeps_the_metadata(tmp_path, capsys):
+    team, target = tmp_path / 'team', tmp_path / 'npz'
+    written = team_cache(team, {'density': (1, 5, 12, 8), 'velocity': (2, 5, 12, 8)}, n_sims=2, dtype=np.float64)
+    before = tree_state(team)
+    assert migrate.main([str(team), str(target), '--no-progress']) == 0
+    assert tree_state(team) == before
+    for sim, arrays in written.items():
+        stock = math.load(str(target / f'sim_{sim:06d}.npz'))  # phiml's own reader
+        assert stock['metadata'] == {'case': 'channel-flow', 'Re': 180.0, 'run': sim, 'restart': None,
+                                     'tags': ['les', 'v2'], 'solver': {'name': 'spectral', 'order': 4},
+                                     'fields': ['density', 'velocity']}
+        assert type(stock['metadata']['Re']) is float and type(stock['metadata']['run']) is int
+        assert stock['velocity'].shape == batch(time=5) & spatial(x=12, y=8) & channel(vector='x,y')
+        assert stock['density'].shape == batch(time=5) & spatial(x=12, y=8)
+        assert stock['velocity'].dtype == math.DType(float, 64)
+        with math.precision(64):  # numpy(order) casts to the default precision otherwise
+            assert np.array_equal(stock['velocity'].numpy('vector,time,x,y'), arrays['velocity'])
+            assert np.array_equal(stock['density'].numpy('time,x,y'), arrays['density'][0])
+
+
+def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys):
+    """--native-cache: the team's own .npz files, written by stock phiml.math.save."""
+    team, native = tmp_path / 'team', tmp_path / 'team-npz'
+    written = team_cache(team, {'velocity': (2, 9, 16, 16)})
+    native.mkdir()
+    for sim, arrays in written.items():
+        velocity = math.wrap(np.moveaxis(arrays['velocity'], 0, -1), batch('time'), spatial('x,y'), channel(vector='x,y'))
+        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {'fields': ['velocity']}})
+    before = tree_state(team, native)
+    code, output = _compare(capsys, '--legacy-cache', team, '--native-cache', native, '--out', tmp_path / 'out', *FAST)
+    assert code == 0, output
+    assert tree_state(team, native) == before
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['caches'] == {'legacy': {'folder': str(team), 'read_only': True},
+                                 'phiml': {'folder': str(native), 'read_only': True}}
+    assert not (tmp_path / 'out' / 'native-cache').exists()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--native-cache', 'npz'], "--native-cache (='npz') needs --legacy-cache DIR: the legacy cache is the source of "
+                                "truth it is judged against"),
+    (['--legacy-cache', 'team', '--cache-dir', 'c'],
+     "--legacy-cache (='team') judges an existing cache and writes nothing into it: --cache-dir and --repair (for the "
+     "harness's simulated caches) do not apply"),
+    (['--legacy-cache', 'team', '--channels', 'rgb'], "--channels (='rgb') must be FIELD=a,b,c (or FIELD= for a scalar "
+                                                       "field), e.g. velocity=u,v"),
+], ids=['native-alone', 'with-cache-dir', 'bad-channels'])
+def test_bad_usage_is_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, output = _compare(capsys, *argv)
+    assert (code, output) == (2, f"python -m harness.compare: error: {message}\n")
+
+
+def test_unnamed_channels_are_refused_with_the_way_to_name_them(tmp_path, capsys):
+    team = tmp_path / 'team'
+    team_cache(team, {'rgb': (3, 9, 16, 16)}, n_sims=2)
+    before = tree_state(team)
+    code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'out')
+    assert (code, output) == (2, f"python -m harness.compare: error: {team / 'sim_000000.pt'}: field 'rgb' has C=3 "
+                                 f"channels: only C=2 (one per spatial dim ['x', 'y']) or C=1 (a scalar field) are named "
+                                 f"from the shape; name them with --channels rgb=a,b,... or the config key "
+                                 f"data.channels.rgb\n")
+    assert tree_state(team) == before

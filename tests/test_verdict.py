@@ -1,0 +1,154 @@
+"""Each check behind the verdict on hand-made results: pass and fail, with the exact detail a user reads."""
+import numpy as np
+import pytest
+
+from harness.config import load_config
+from harness.equivalence.diff import Tolerance, compare_arrays
+from harness.equivalence.batches import BatchFailure, CoverageResult, EquivalenceResult
+from harness.equivalence.training import TrainingResult
+from harness.pipeline import WindowKey
+from harness.selftest.run import SelftestResult, SelftestRow
+from harness.equivalence.shuffle_audit import AuditRow
+from harness.bench.timing import StageTiming
+from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check,
+                             training_check, verdict, window_keys_check)
+from conftest import TINY
+
+EQUIVALENCE_HINT = ("the native pipeline hands the model different data than the legacy one; fix its conversion "
+                    "(PhiMLDataManager.field_to_phiml_tensor) or its batch assembly (PhiMLDataset.gather) before "
+                    "switching")
+KEYS = [WindowKey(s, t0) for s in range(2) for t0 in range(3)]
+
+
+def test_check_is_its_passed_flag():
+    good, bad = Check('a', True, 'fine'), Check('b', False, 'broken')
+    assert bool(good) is True and bool(bad) is False
+    assert bad.to_dict() == {'name': 'b', 'passed': False, 'detail': 'broken'}
+
+
+def test_verdict_outcomes():
+    good, bad = Check('a', True, ''), Check('b', False, '')
+    assert verdict([good, good]) == 'go'
+    assert verdict([good, bad, good]) == 'no-go'
+    assert verdict([bad]) == 'no-go'
+    assert verdict([]) == 'no-go'  # nothing checked is no evidence for switching
+
+
+def test_equivalence_check(tiny_config):
+    assert equivalence_check(EquivalenceResult(6, 41472), tiny_config) == Check(
+        'batches equal', True, "6 batch pairs, 41,472 elements: bitwise identical")
+    assert equivalence_check(EquivalenceResult(6, 41472, identical=False), tiny_config) == Check(
+        'batches equal', True, "6 batch pairs, 41,472 elements: equal within tolerance")
+    assert equivalence_check(EquivalenceResult(6, 41472, identical=False, failed_batches=2), tiny_config) == Check(
+        'batches equal', False, f"2 of 6 batch pairs differ (tier=identical); {EQUIVALENCE_HINT}")
+    diff = compare_arrays(np.array([1, 2, 3, 4], np.float32), np.array([1, 2, 3.5, 4], np.float32), ['x'],
+                          Tolerance('close', rtol=1e-6), name='targets')
+    failure = BatchFailure(1, 3, KEYS[:2], [diff])
+    close = load_config('burgers', [*TINY, 'compare.tier=close', 'compare.rtol=1e-6'])
+    result = EquivalenceResult(6, 41472, identical=False, failed_batches=1, failures=[failure],
+                               batch_count_errors=['epoch 1: legacy delivered 6 batches, native 5'])
+    assert equivalence_check(result, close) == Check(
+        'batches equal', False, f"epoch 1: legacy delivered 6 batches, native 5; 1 of 6 batch pairs differ; first: "
+                                f"epoch 1, batch 3: {diff.describe()} (tier=close); {EQUIVALENCE_HINT}")
+
+
+def test_coverage_check():
+    whole = [CoverageResult(name, epoch, 6, 6) for epoch in range(2) for name in ('legacy', 'phiml')]
+    assert coverage_check(EquivalenceResult(coverage=whole)) == Check(
+        'every window delivered exactly once', True, "both pipelines delivered each planned window exactly once in "
+                                                     "all 2 epoch(s), identified by content against the simulation")
+    assert coverage_check(EquivalenceResult()) == Check('every window delivered exactly once', False,
+                                                        "coverage was not audited")
+    broken = [CoverageResult('phiml', epoch, 6, 5, missing=[KEYS[4]], duplicated=[KEYS[0]]) for epoch in range(5)]
+    assert coverage_check(EquivalenceResult(coverage=whole + broken)) == Check(
+        'every window delivered exactly once', False,
+        '; '.join(f"phiml epoch {e}: delivered 5 of 6 windows; missing 1 (e.g. (sim=1, t0=1)); 1 delivered more than "
+                  f"once (e.g. (sim=0, t0=0))" for e in range(4)) + "; a pipeline drops, repeats or alters windows")
+
+
+def test_window_keys_check():
+    assert window_keys_check(KEYS, {'legacy': list(KEYS), 'phiml': tuple(KEYS)}) == Check(
+        'window enumeration', True, "both pipelines enumerate the same 6 windows (n_frames - rollout_steps per sim)")
+    shifted = [WindowKey(k.sim, k.t0 + 1) for k in KEYS]
+    assert window_keys_check(KEYS, {'legacy': KEYS, 'phiml': shifted}) == Check(
+        'window enumeration', False, "phiml enumerates 6 windows, expected 6: 2 extra (first (sim=0, t0=3)), "
+                                     "2 missing (first (sim=0, t0=0))")
+    assert window_keys_check(KEYS, {'legacy': KEYS[::-1], 'phiml': KEYS[:5]}) == Check(
+        'window enumeration', False, "legacy enumerates 6 windows, expected 6 in another order; "
+                                     "phiml enumerates 5 windows, expected 6: 1 missing (first (sim=1, t0=2))")
+    assert window_keys_check(KEYS, {'phiml': KEYS + [KEYS[2]]}) == Check(
+        'window enumeration', False, "phiml enumerates 7 windows, expected 6: 1 repeated (first (sim=0, t0=2))")
+
+
+def test_training_check():
+    assert training_check(TrainingResult([1.0, 0.5], [1.0, 0.5])) == Check(
+        'loss curves agree', True, "2 steps: loss curves bitwise equal")
+    within = TrainingResult([1.0, 0.5], [1.0, 0.5 * (1 + 1e-7)], loss_rtol=1e-5)
+    assert training_check(within) == Check(
+        'loss curves agree', True, "2 steps: curves first differ at step 1; max relative difference 1e-07 (within "
+                                   "loss_rtol=1e-05)")
+    assert training_check(TrainingResult([1.0, 0.5], [1.0, 0.6])) == Check(
+        'loss curves agree', False, "2 steps: curves first differ at step 1; max relative difference 0.167 (beyond "
+                                    "loss_rtol=1e-05); with equal batches this points at nondeterminism (torch thread "
+                                    "count, initial weights, optimizer state) or at a data difference the diff did "
+                                    "not see")
+
+
+def test_speed_check():
+    timings = {'iterate': StageTiming('iterate', [0.004, 0.002, 0.003], [0.0021, 0.001, 0.0015]),
+               'step': StageTiming('step', [0.1, 0.1], [0.2, 0.2])}
+    assert speed_check(timings, 'iterate', 'batch loading', 0.9) == Check(
+        'batch loading not slower', True, "native 1.50 ms vs legacy 3.00 ms (median of 3), speedup 2.00x")
+    assert speed_check(timings, 'iterate', 'batch loading', 2.0) == Check(  # the threshold itself passes
+        'batch loading not slower', True, "native 1.50 ms vs legacy 3.00 ms (median of 3), speedup 2.00x")
+    assert speed_check(timings, 'step', 'train step', 0.9) == Check(
+        'train step not slower', False, "native 200.00 ms vs legacy 100.00 ms (median of 2), speedup 0.50x < 0.9; the "
+                                        "native pipeline is slower at train step: profile it (python -m harness.bench) "
+                                        "before switching")
+    assert speed_check(timings, 'step', 'train step', 0) == Check(  # compare.min_speedup=0: timing never decides
+        'train step not slower', True, "native 200.00 ms vs legacy 100.00 ms (median of 2), speedup 0.50x")
+    with pytest.raises(KeyError):
+        speed_check(timings, 'read', 'cache read', 0.9)
+
+
+def _audits(name, failing=()):
+    checks = ['epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order']
+    return [AuditRow(name, c, c not in failing, f"{c} detail") for c in checks]
+
+
+def test_shuffle_check():
+    assert shuffle_check(_audits('legacy') + _audits('phiml')) == Check(
+        'own shuffling audited', True, "6 audits of both pipelines' own shuffling passed (each window once per epoch, "
+                                       "seeded, no train/validation mixing)")
+    every = ('epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order')
+    assert shuffle_check(_audits('legacy', every[1:]) + _audits('phiml', every)) == Check(
+        'own shuffling audited', False, "legacy: same seed, same order: same seed, same order detail; legacy: other "
+                                        "seed, other order: other seed, other order detail; phiml: epoch 0: each "
+                                        "window exactly once: epoch 0: each window exactly once detail; the everyday "
+                                        "(unplanned) loader would train on the wrong windows")
+    assert shuffle_check([]) == Check('own shuffling audited', False, "own shuffling was not audited")
+
+
+def _row(bug, expected_kind, kind=None, caught=True):
+    return SelftestRow(bug, caught=caught, check='batches equal' if caught else '-', diagnosis='',
+                       kind=expected_kind if kind is None else kind, expected_kind=expected_kind)
+
+
+def test_selftest_check():
+    clean = _row('none (clean native pipeline)', 'none', caught=False)
+    bugs = [_row('x and y transposed', 'layout'), _row('rollout one step short', 'structure')]
+    assert selftest_check(SelftestResult([clean, *bugs])) == Check(
+        'harness self-test', True, "all 2 injected migration bugs caught and diagnosed; clean pipeline passes")
+    # the pipeline under test differs without a bug: the injected bugs cannot be told apart
+    flagged = [_row('none (clean native pipeline)', 'none', kind='layout'), _row('x and y transposed', 'layout', 'reorder')]
+    assert selftest_check(SelftestResult(flagged)) == Check(
+        'harness self-test', False, "not possible: the native pipeline under test differs from legacy without an "
+                                    "injected bug (batches equal failed; diagnosed 'layout'), so bugs injected into it "
+                                    "cannot be told apart; fix that difference first")
+    bad = [clean, _row('x and y transposed', 'layout', 'reorder'),
+           _row('rollout one step short', 'structure', 'none', caught=False), _row('a', 'layout', 'none', False),
+           _row('b', 'layout', 'none', False)]
+    assert selftest_check(SelftestResult(bad)) == Check(
+        'harness self-test', False, "the harness itself is unreliable here: x and y transposed: caught=True, diagnosed "
+                                    "'reorder' (expected 'layout'); rollout one step short: caught=False, diagnosed "
+                                    "'none' (expected 'structure'); a: caught=False, diagnosed 'none' (expected 'layout')")
