@@ -27,6 +27,8 @@ from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
 from harness.scale import InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
+from harness.scale.tasks import pipeline_ref
+from harness.config import load_config
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from built_caches import built  # noqa: F401  (fixture)
@@ -73,6 +75,14 @@ def test_split_sims_gives_contiguous_chunks_of_near_equal_size():
         split_sims([1], 0)
     assert Chunked().chunks(list(range(9))) == [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
     assert InProcessExecutor().chunks([3, 4, 5]) == [[3, 4, 5]]
+
+
+def test_tasks_name_pipelines_by_module_and_class_unless_the_name_gives_another_class(tiny_config):
+    assert pipeline_ref(LegacyPipeline) == 'legacy.pipeline:LegacyPipeline'
+    assert pipeline_ref(NativePipeline) == 'phiml_native.pipeline:NativePipeline'
+    configured = LegacyPipeline.configured(load_config('burgers', ['data.channels.velocity=[u,v]']))
+    assert configured is not LegacyPipeline and pipeline_ref(configured) is configured  # shipped by value
+    assert pipeline_ref(LegacyPipeline.configured(tiny_config)) == 'legacy.pipeline:LegacyPipeline'
 
 
 def test_flags_are_checked_before_anything_starts():

@@ -15,7 +15,7 @@ from harness.cache.manifest import cache_kind, config_digest
 from harness.config import ScenarioConfig
 from harness.data.simulate import Simulation, initial_state
 from harness.errors import CacheError
-from harness.pipeline import AbstractPipeline, class_spec
+from harness.pipeline import AbstractPipeline
 from harness.scale import tasks
 from harness.scale.cluster import AbstractExecutor
 from harness.scale.simulate import chunk_rows
@@ -83,7 +83,7 @@ def _write(executor, pipelines, kinds, rebuilt, todo, config, simulation, progre
     initial = initial_state(config) if simulation is None else None
     arguments = []
     for chunk in executor.chunks(todo):
-        writes = [(class_spec(type(p)), p.cache_dir, [s for s in chunk if s in set(bad)])
+        writes = [(tasks.pipeline_ref(type(p)), p.cache_dir, [s for s in chunk if s in set(bad)])
                   for p, bad in zip(pipelines, rebuilt)]
         fields = {name: a[:, chunk].copy() for name, a in arrays.items()} if arrays is not None else None
         arguments.append((config, chunk, writes, fields, None if initial is None else chunk_rows(initial, chunk)))

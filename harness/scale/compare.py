@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from harness.equivalence import batches as local
 from harness.equivalence.diff import Tolerance, ToleranceMap
 from harness.equivalence.identify import FrameIndex
-from harness.pipeline import AbstractPipeline, BatchPlan, class_spec
+from harness.pipeline import AbstractPipeline, BatchPlan
 from harness.scale import tasks
 from harness.scale.cluster import AbstractExecutor
 
@@ -37,9 +37,9 @@ def compare_pipelines(executor: AbstractExecutor, legacy: AbstractPipeline, nati
         return local.compare_pipelines(legacy, native, plans, tolerance, frames, progress)
     sims = sorted({key.sim for plan in plans for key in plan.keys()})
     chunks = executor.chunks(sims)
-    arguments = [(class_spec(type(legacy)), class_spec(type(native)), legacy.cache_dir, native.cache_dir,
-                  legacy.rollout_steps, chunk, plans, tolerance, None if frames is None else frames_of(frames, chunk))
-                 for chunk in chunks]
+    refs = tasks.pipeline_ref(type(legacy)), tasks.pipeline_ref(type(native))
+    arguments = [(*refs, legacy.cache_dir, native.cache_dir, legacy.rollout_steps, chunk, plans, tolerance,
+                  None if frames is None else frames_of(frames, chunk)) for chunk in chunks]
     parts: list = [None] * len(chunks)
     total, done, shown = sum(len(p) for p in plans), 0, 0
     for index, part in executor.run(tasks.compare_chunk, arguments, name='compare'):

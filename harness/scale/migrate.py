@@ -13,7 +13,7 @@ from typing import Callable
 from harness.cache import migrate as local
 from harness.cache.build import remove_leftovers
 from harness.cache.manifest import cache_kind
-from harness.pipeline import AbstractPipeline, class_spec
+from harness.pipeline import AbstractPipeline
 from harness.scale import tasks
 from harness.scale.cluster import AbstractExecutor
 
@@ -33,7 +33,7 @@ def migrate_cache(executor: AbstractExecutor, legacy_dir: Path, npz_dir: Path,
     start = time.perf_counter()
     legacy_dir, npz_dir = Path(legacy_dir), Path(npz_dir)
     legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
-    source_spec, target_spec = class_spec(legacy_cls), class_spec(native_cls)
+    source_spec, target_spec = tasks.pipeline_ref(legacy_cls), tasks.pipeline_ref(native_cls)
     sims = local._source_sims(legacy_dir, npz_dir, legacy)
     chunks = executor.chunks(sims)
     signatures, sources = {}, {}

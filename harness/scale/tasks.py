@@ -1,6 +1,6 @@
 """The chunk tasks: what a worker does for one chunk of sims. Each is a module-level function (pickled by reference),
-takes pipeline classes as `'module:Class'` strings (loaded in the worker), writes its files atomically, and returns
-only small results: records of the files written, signatures, comparison statistics.
+takes pipeline classes as `'module:Class'` strings (loaded in the worker; see `pipeline_ref`), writes its files
+atomically, and returns only small results: records of the files written, signatures, comparison statistics.
 
 Every task is idempotent: a rerun of a chunk (after a worker died) rewrites its files with the same bytes or skips
 the files that already verify. No task writes a `manifest.json`: the client records what the tasks return.
@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -22,16 +22,31 @@ from harness.data.simulate import assemble, simulate_chunk
 from harness.equivalence.batches import MAX_REPORTED, BatchFailure
 from harness.equivalence.diff import TensorDiff, ToleranceMap, compare_batches, flatten_batch
 from harness.equivalence.identify import FrameIndex
-from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey, load_pipeline
+from harness.errors import ConfigError
+from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey, class_spec, load_pipeline
 
 logger = logging.getLogger(__name__)
+PipelineRef = Union[str, type]  # 'module:Class', or a class that its name does not give back (see `pipeline_ref`)
 
 
-def _pipeline(spec: str, folder: Path, rollout_steps: int = 1) -> AbstractPipeline:
-    return load_pipeline(spec)(Path(folder), rollout_steps)
+def pipeline_ref(cls: type[AbstractPipeline]) -> PipelineRef:
+    """How a task names a pipeline class: `'module:Class'` (loaded on the worker with `load_pipeline`) when that name
+    gives back this very class; else the class itself, e.g. one made at run time (`LegacyPipeline.configured` with
+    `data.channels`) or defined in a script's `__main__` (Dask pickles it by value, its bases by name)."""
+    spec = class_spec(cls)
+    try:
+        by_name = cls.__module__ != '__main__' and load_pipeline(spec) is cls
+    except ConfigError:
+        by_name = False
+    return spec if by_name else cls
 
 
-def describe_sources(source_spec: str, folder: Path, sims: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
+def _pipeline(ref: PipelineRef, folder: Path, rollout_steps: int = 1) -> AbstractPipeline:
+    cls = load_pipeline(ref) if isinstance(ref, str) else ref
+    return cls(Path(folder), rollout_steps)
+
+
+def describe_sources(source_spec: PipelineRef, folder: Path, sims: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
     """For each source sim of a migration: its field signature and `{'name', 'size', 'sha256'}`."""
     source = _pipeline(source_spec, folder)
     rows = []
@@ -42,7 +57,7 @@ def describe_sources(source_spec: str, folder: Path, sims: Sequence[int]) -> lis
     return rows
 
 
-def migrate_chunk(source_spec: str, target_spec: str, source_dir: Path, target_dir: Path,
+def migrate_chunk(source_spec: PipelineRef, target_spec: PipelineRef, source_dir: Path, target_dir: Path,
                   items: Sequence[tuple[int, dict[str, Any], FileRecord | None]]) -> list[tuple[int, FileRecord | None]]:
     """Converts, verifies and describes the sims of `items` (`(sim, source, recorded target or None)`).
 
@@ -63,7 +78,7 @@ def migrate_chunk(source_spec: str, target_spec: str, source_dir: Path, target_d
     return done
 
 
-def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tuple[str, Path, Sequence[int]]],
+def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tuple[PipelineRef, Path, Sequence[int]]],
                 fields: Mapping[str, np.ndarray] | None = None,
                 initial: Mapping[str, np.ndarray] | None = None) -> list[list[FileRecord]]:
     """Writes the cache files of one chunk of sims with each pipeline of `writes` and describes each for the manifest.
@@ -71,7 +86,7 @@ def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tu
     Args:
         config: The scenario.
         sims: The chunk's sims, in the order of `fields` / `initial`.
-        writes: `(pipeline spec, cache folder, sims to write)` per pipeline; the sims lie in the chunk.
+        writes: `(pipeline_ref, cache folder, sims to write)` per pipeline; the sims lie in the chunk.
         fields: The chunk's simulated fields (`simulate_chunk`'s arrays, axes (time, sim, ...)), or None to
             simulate them here from `initial`.
         initial: The chunk's rows of `initial_state`.
@@ -150,7 +165,7 @@ class ChunkComparison:
                 self.failures.append(BatchFailure(epoch, index, keys, diffs))
 
 
-def compare_chunk(legacy_spec: str, native_spec: str, legacy_dir: Path, native_dir: Path, rollout_steps: int,
+def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir: Path, native_dir: Path, rollout_steps: int,
                   sims: Sequence[int], plans: Sequence[BatchPlan], tolerance: ToleranceMap,
                   frames: FrameIndex | None) -> ChunkComparison:
     """Opens both pipelines on the chunk's sims only and compares, batch by batch of every plan, the windows of the
