@@ -43,8 +43,8 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.verbose)
     from tqdm import tqdm
     legacy_cls, native_cls = default_pipelines()
-    with open_executor(args.workers, args.scheduler) as executor, \
-            tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
+    bar = tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False)
+    with open_executor(args.workers, args.scheduler) as executor, bar:
         report = migrate_cache(executor, args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls,
                                native_cls=native_cls)
     print(report.summary())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import math
 import uuid
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -133,7 +132,8 @@ class DaskExecutor(AbstractExecutor):
 
 
 @contextlib.contextmanager
-def open_executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[AbstractExecutor]:
+def open_executor(workers: int | None = None, scheduler: str | None = None, *,
+                  connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[AbstractExecutor]:
     """The executor the flags `--workers N` / `--scheduler ADDRESS` ask for; in-process without either.
 
     `--workers N` starts a `LocalCluster` of `N` worker processes with one thread each (closed on exit); `--scheduler`
@@ -143,7 +143,8 @@ def open_executor(workers: int | None = None, scheduler: str | None = None) -> I
         ConfigError: both given, `workers` below 1, or no scheduler answers at `scheduler`.
     """
     if workers is not None and scheduler is not None:
-        raise ConfigError(f"`--workers` (={workers}) and `--scheduler` (={scheduler!r}) exclude each other: expected one")
+        raise ConfigError(f"`--workers` (={workers}) and `--scheduler` (={scheduler!r}) exclude each other: "
+                          f"expected one")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"`--workers` (={workers!r}) must be a whole number of at least 1")
     if workers is None and scheduler is None:
@@ -151,10 +152,10 @@ def open_executor(workers: int | None = None, scheduler: str | None = None) -> I
         return
     from distributed import Client, LocalCluster
     with _quiet('distributed'):
-        yield from _dask_executor(Client, LocalCluster, workers, scheduler)
+        yield from _dask_executor(Client, LocalCluster, workers, scheduler, connect_timeout_s)
 
 
-def _dask_executor(Client, LocalCluster, workers, scheduler):
+def _dask_executor(Client, LocalCluster, workers, scheduler, connect_timeout_s):
     if workers is not None:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
@@ -162,9 +163,9 @@ def _dask_executor(Client, LocalCluster, workers, scheduler):
             yield DaskExecutor(client, local=True)
         return
     try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        client = Client(scheduler, timeout=connect_timeout_s)
     except (OSError, TimeoutError, ValueError) as err:
-        raise ConfigError(f"`--scheduler` (={scheduler!r}): no Dask scheduler answered within {CONNECT_TIMEOUT_S} s "
+        raise ConfigError(f"`--scheduler` (={scheduler!r}): no Dask scheduler answered within {connect_timeout_s:g} s "
                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); expected the "
                           f"address of a running scheduler, e.g. tcp://10.0.0.5:8786") from None
     with client:
@@ -185,7 +186,3 @@ def _quiet(name: str) -> Iterator[None]:
     finally:
         dask_logger.setLevel(old)
 
-
-def steps_done(done_sims: int, total_sims: int, steps: int) -> int:
-    """Time steps of the whole simulation to show as done when `done_sims` of `total_sims` are simulated."""
-    return math.floor(steps * done_sims / total_sims) if total_sims else steps

@@ -86,7 +86,8 @@ def merge(parts: Sequence[tasks.ChunkComparison], plans: Sequence[BatchPlan], na
             into['failed'] |= stats['failed']
             into['elements'] += stats['elements']
             into['mismatched'] += stats['mismatched']
-            into['max_abs'], into['max_rel'] = max(into['max_abs'], stats['max_abs']), max(into['max_rel'], stats['max_rel'])
+            into['max_abs'] = max(into['max_abs'], stats['max_abs'])
+            into['max_rel'] = max(into['max_rel'], stats['max_rel'])
     result.batches_compared, result.failed_batches = len(compared), len(failed)
     result.failures = [failures[where] for where in sorted(failures)][:local.MAX_REPORTED]
     result.per_tensor = {name: {**stats, 'batches': len(stats['batches']), 'failed': len(stats['failed'])}

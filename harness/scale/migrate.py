@@ -45,7 +45,8 @@ def migrate_cache(executor: AbstractExecutor, legacy_dir: Path, npz_dir: Path,
     manifest = local._target_manifest(npz_dir, native.name)
     report = local.MigrationReport(legacy_dir, npz_dir)
     arguments = [(source_spec, target_spec, legacy_dir, npz_dir,
-                  [(sim, sources[sim], manifest.files.get(native.file_name(sim))) for sim in chunk]) for chunk in chunks]
+                  [(sim, sources[sim], manifest.files.get(native.file_name(sim))) for sim in chunk])
+                 for chunk in chunks]
     for _, done in executor.run(tasks.migrate_chunk, arguments, name='migrate'):
         for sim, record in done:
             if record is None:

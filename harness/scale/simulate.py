@@ -40,7 +40,7 @@ def simulate(executor: AbstractExecutor, config: ScenarioConfig,
             steps = config.sim.n_steps * done // len(config.all_sims)
             progress(steps - shown)
             shown = steps
-    logger.info("simulated %d sims in %d chunks on %s", len(config.all_sims), len(chunks), executor.describe()['executor'])
+    logger.info("simulated %d sims in %d chunks", len(config.all_sims), len(chunks))
     return local.assemble(config, parts)
 
 

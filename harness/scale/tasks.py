@@ -46,7 +46,8 @@ def _pipeline(ref: PipelineRef, folder: Path, rollout_steps: int = 1) -> Abstrac
     return cls(Path(folder), rollout_steps)
 
 
-def describe_sources(source_spec: PipelineRef, folder: Path, sims: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
+def describe_sources(source_spec: PipelineRef, folder: Path,
+                     sims: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
     """For each source sim of a migration: its field signature and `{'name', 'size', 'sha256'}`."""
     source = _pipeline(source_spec, folder)
     rows = []
@@ -58,7 +59,8 @@ def describe_sources(source_spec: PipelineRef, folder: Path, sims: Sequence[int]
 
 
 def migrate_chunk(source_spec: PipelineRef, target_spec: PipelineRef, source_dir: Path, target_dir: Path,
-                  items: Sequence[tuple[int, dict[str, Any], FileRecord | None]]) -> list[tuple[int, FileRecord | None]]:
+                  items: Sequence[tuple[int, dict[str, Any], FileRecord | None]]
+                  ) -> list[tuple[int, FileRecord | None]]:
     """Converts, verifies and describes the sims of `items` (`(sim, source, recorded target or None)`).
 
     Returns:
@@ -69,8 +71,8 @@ def migrate_chunk(source_spec: PipelineRef, target_spec: PipelineRef, source_dir
     kind = cache_kind(type(target))
     done = []
     for sim, source_record, recorded in items:
-        if recorded is not None and recorded.source == source_record and _target_intact(Path(target_dir) / recorded.name,
-                                                                                        recorded):
+        if recorded is not None and recorded.source == source_record \
+                and _target_intact(Path(target_dir) / recorded.name, recorded):
             done.append((sim, None))
             continue
         convert(source, target, sim)
@@ -165,12 +167,13 @@ class ChunkComparison:
                 self.failures.append(BatchFailure(epoch, index, keys, diffs))
 
 
-def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir: Path, native_dir: Path, rollout_steps: int,
-                  sims: Sequence[int], plans: Sequence[BatchPlan], tolerance: ToleranceMap,
+def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir: Path, native_dir: Path,
+                  rollout_steps: int, sims: Sequence[int], plans: Sequence[BatchPlan], tolerance: ToleranceMap,
                   frames: FrameIndex | None) -> ChunkComparison:
     """Opens both pipelines on the chunk's sims only and compares, batch by batch of every plan, the windows of the
     batch that belong to these sims; identifies every delivered element by content when `frames` is given."""
-    legacy, native = _pipeline(legacy_spec, legacy_dir, rollout_steps), _pipeline(native_spec, native_dir, rollout_steps)
+    legacy = _pipeline(legacy_spec, legacy_dir, rollout_steps)
+    native = _pipeline(native_spec, native_dir, rollout_steps)
     legacy.open(list(sims))
     native.open(list(sims))
     inside = set(sims)
@@ -181,7 +184,8 @@ def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir
         sub = BatchPlan(plan.seed, plan.epoch, tuple(keys for _, keys in parts))
         counts = {legacy.name: 0, native.name: 0}
         for delivered, (raw_a, raw_b) in enumerate(zip_longest(legacy.load_batches(sub), native.load_batches(sub))):
-            index, keys = parts[delivered] if delivered < len(parts) else (len(plan.batches) + delivered - len(parts), ())
+            beyond = (len(plan.batches) + delivered - len(parts), ())  # a batch more than the plan has
+            index, keys = parts[delivered] if delivered < len(parts) else beyond
             batches = {}
             for pipeline, raw in ((legacy, raw_a), (native, raw_b)):
                 if raw is not None:
