@@ -20,15 +20,12 @@ from tqdm import tqdm
 
 from harness import model
 from harness.bench.timing import time_stages
-from harness.cache.build import CacheReport, build_cache, check_writable
+from harness.cache.build import CacheReport, check_writable
 from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
-from harness.cache.migrate import migrate_cache
 from harness.config import ScenarioConfig
 from harness.data.existing import read_cache
 from harness.data.health import scan_simulation
 from harness.data.physics import check_physics
-from harness.data.simulate import simulate
-from harness.equivalence.batches import compare_pipelines
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
 from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
@@ -37,6 +34,7 @@ from harness.errors import CacheError, HarnessError
 from harness.pipeline import AbstractPipeline
 from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
+from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
 from harness.report.verdict import (Check, coverage_check, equivalence_check, physics_check, selftest_check,
                                     shuffle_check, speed_check, training_check, verdict, window_keys_check)
@@ -64,7 +62,7 @@ def prepare_output(out: Path) -> None:
 def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *,
                 legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline], progress: bool = True,
                 overrides: Sequence[str] = (), repair: bool = False, legacy_cache: Path | None = None,
-                native_cache: Path | None = None) -> dict:
+                native_cache: Path | None = None, executor: AbstractExecutor = IN_PROCESS) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
@@ -80,6 +78,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             source of truth.
         native_cache: With `legacy_cache`: the team's own cache of `native_cls` (only read). Default: `legacy_cache`
             migrated into `out/native-cache` (verified bitwise).
+        executor: Where simulation, cache builds, migration and batch comparison run (`harness.scale`; default: in
+            this process).
 
     Raises:
         CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
@@ -97,7 +97,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         with durations('read_s'):
             simulation, source, config = read_cache(legacy, _existing_sims(legacy), config)
         _seed_everything(config)
-        native, caches = _existing_native(legacy, native_cls, native_cache, out, r, bar)
+        native, caches = _existing_native(legacy, native_cls, native_cache, out, r, bar, executor)
         scratch_root = out
     else:
         strict_cache = cache_dir is not None and not repair
@@ -108,9 +108,10 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         prepare_output(out)
         _seed_everything(config)
         with durations('simulate_s'), bar(total=config.sim.n_steps, desc='simulate') as b:
-            simulation = simulate(config, b.update)
+            simulation = stages.simulate(executor, config, b.update)
         with durations('write_s'), bar(total=2 * len(config.all_sims), desc='write caches') as b:
-            caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update) for p in (legacy, native)}
+            caches = {p.name: _prepare_cache(p, config, simulation, verified[p.name], b.update, executor)
+                      for p in (legacy, native)}
         scratch_root = cache_dir
     cmp = config.compare
     health = scan_simulation(simulation, config.health)
@@ -121,8 +122,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     expected = Expected.of(config, simulation)
     with durations('compare_s'):
         with bar(total=sum(len(p) for p in expected.plans), desc='load + compare batches') as b:
-            equivalence = compare_pipelines(legacy, native, expected.plans, expected.tolerances, expected.frames,
-                                            b.update)
+            equivalence = stages.compare_pipelines(executor, legacy, native, expected.plans, expected.tolerances,
+                                                   expected.frames, b.update)
         diagnosis = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
@@ -189,7 +190,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
-        'provenance': {**provenance(config), 'overrides': list(overrides)},
+        'provenance': {**provenance(config), 'overrides': list(overrides), 'scale': executor.describe()},
         'durations': dict(durations),
     }
     _write_report(out, summary, equivalence)
@@ -250,7 +251,7 @@ def _existing_sims(legacy: AbstractPipeline) -> list[int]:
 
 
 def _existing_native(legacy: AbstractPipeline, native_cls: type[AbstractPipeline], native_cache: Path | None,
-                     out: Path, rollout_steps: int, bar) -> tuple[AbstractPipeline, dict]:
+                     out: Path, rollout_steps: int, bar, executor: AbstractExecutor) -> tuple[AbstractPipeline, dict]:
     """The native side of an existing cache's comparison: the team's own native cache (only read), or the legacy cache
     migrated into `out/native-cache` by the harness (verified bitwise; a rerun resumes)."""
     caches = {legacy.name: {'folder': str(legacy.cache_dir), 'read_only': True}}
@@ -260,7 +261,8 @@ def _existing_native(legacy: AbstractPipeline, native_cls: type[AbstractPipeline
         return native, caches
     target = out / 'native-cache'
     with bar(desc='migrate') as b:
-        report = migrate_cache(legacy.cache_dir, target, b.update, legacy_cls=type(legacy), native_cls=native_cls)
+        report = stages.migrate_cache(executor, legacy.cache_dir, target, b.update, legacy_cls=type(legacy),
+                                      native_cls=native_cls)
     native = native_cls(target, rollout_steps)
     caches[native.name] = {'folder': str(target), 'read_only': False, 'migrated': report.summary(),
                            'converted': report.converted, 'reused': report.skipped}
@@ -316,11 +318,12 @@ def _check_cache(pipeline, config: ScenarioConfig, strict: bool) -> CacheReport 
     return None
 
 
-def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress) -> dict:
+def _prepare_cache(pipeline, config: ScenarioConfig, simulation, verified: CacheReport | None, progress,
+                   executor: AbstractExecutor) -> dict:
     """Makes `pipeline`'s cache complete and verified, or reuses the cache `verified` as it is."""
     if verified is not None:
         return {'folder': str(pipeline.cache_dir), 'rebuilt': [], 'reused': verified.sims}
-    result = build_cache(pipeline, config, simulation, progress=progress)
+    result = stages.build_cache(executor, pipeline, config, simulation, progress=progress)
     return {'folder': str(pipeline.cache_dir), 'rebuilt': result.rebuilt, 'reused': result.skipped}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,18 @@ from harness.errors import CacheError
 
 logger = logging.getLogger(__name__)
 HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
+
+
+def _interned(value: Any) -> Any:
+    """`value` with every `str` in its dicts, lists and tuples interned: pickle memoizes by identity, so equal
+    metadata built from equal but distinct string objects (e.g. in another process) would give other bytes."""
+    if type(value) is str:
+        return sys.intern(value)
+    if type(value) is dict:
+        return {_interned(k): _interned(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_interned(v) for v in value)
+    return value
 
 
 class DataManager:
@@ -57,7 +70,7 @@ class DataManager:
         path = self.get_cached_path(sim_index)
         # Saving to a file object: torch.save(path) names the archive after the file, here a random temporary name.
         with atomic_path(path, '.pt') as tmp, open(tmp, 'wb') as f:
-            torch.save({'tensor_data': dict(tensor_data), 'metadata': dict(metadata)}, f)
+            torch.save(_interned({'tensor_data': dict(tensor_data), 'metadata': dict(metadata)}), f)
         return path
 
     def load_cache(self, sim_index: int, *, allow_any_float: bool = False) -> dict[str, Any]:

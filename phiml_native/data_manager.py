@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,12 +49,16 @@ class PhiMLDataManager:
         values = field.values
         if 'time' not in values.shape:
             raise ValueError(f"field {field_name!r} has no `time` dim (dims {values.shape.names}); expected a trajectory")
-        spatial_names = values.shape.spatial.names
+        # interned: the file's pickled specs memoize strings by identity, so equal names must be one object in every
+        # process for equal data to give equal bytes
+        spatial_names = tuple(sys.intern(n) for n in values.shape.spatial.names)
         order = ['time', *spatial_names]
-        dims = [math.batch(time=values.shape.get_size('time')), values.shape.spatial]
+        dims = [math.batch(time=values.shape.get_size('time')),
+                math.spatial(**{n: values.shape.get_size(n) for n in spatial_names})]
         if values.shape.channel:
             order.append(values.shape.channel.name)
-            dims.append(math.channel(vector=values.shape.channel.item_names[0] or spatial_names))
+            items = tuple(sys.intern(n) for n in values.shape.channel.item_names[0] or spatial_names)
+            dims.append(math.channel(vector=items))
         extra = values.shape.without(order)
         if extra:
             raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")

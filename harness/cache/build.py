@@ -343,16 +343,7 @@ def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequen
     """
     kind = cache_kind(pipeline)
     folder = pipeline.cache_dir
-    manifest = None
-    if record:
-        manifest = _manifest_for_writing(folder, kind) or Manifest(kind.name)
-        names = [kind.file_name(sim) for sim in sims]
-        in_the_way = [n for n in names if ((folder / n).exists() or (folder / n).is_symlink()) and not manifest.owns(n)]
-        if in_the_way:
-            raise CacheError(f"{folder / in_the_way[0]}: not written by the harness (not recorded in "
-                             f"{Manifest.path(folder)}); refusing to overwrite it, nothing was changed")
-        manifest.pending |= set(names)
-        manifest.save(folder)
+    manifest = begin_writes(folder, kind, sims) if record else None
     digest = config_digest(simulation.config)
     paths = []
     for sim in sims:
@@ -365,6 +356,24 @@ def write_cache(pipeline: AbstractPipeline, simulation: Simulation, sims: Sequen
             progress(1)
     logger.info("%s: wrote %d cache files to %s%s", pipeline.name, len(paths), folder, ' (recorded)' if record else '')
     return paths
+
+
+def begin_writes(folder: Path, kind: CacheKind, sims: Sequence[int]) -> Manifest:
+    """Lists the files of `sims` as pending in the folder's manifest (saved) before they are written; returns it.
+
+    Raises:
+        CacheError: the manifest is not the harness's or of another pipeline, or a file to be written is there and
+            not the harness's (nothing is changed).
+    """
+    manifest = _manifest_for_writing(folder, kind) or Manifest(kind.name)
+    names = [kind.file_name(sim) for sim in sims]
+    in_the_way = [n for n in names if ((folder / n).exists() or (folder / n).is_symlink()) and not manifest.owns(n)]
+    if in_the_way:
+        raise CacheError(f"{folder / in_the_way[0]}: not written by the harness (not recorded in "
+                         f"{Manifest.path(folder)}); refusing to overwrite it, nothing was changed")
+    manifest.pending |= set(names)
+    manifest.save(folder)
+    return manifest
 
 
 def _manifest_for_writing(folder: Path, kind: CacheKind) -> Manifest | None:

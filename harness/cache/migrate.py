@@ -108,13 +108,7 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
     legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
     sims = _source_sims(legacy_dir, npz_dir, legacy)
     manifest, leftovers = _target_manifest(npz_dir, native)
-    signatures = {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims}
-    first = sims[0]
-    for sim in sims:
-        if signatures[sim] != signatures[first]:
-            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
-                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
-                             f"resolution and one set of fields")
+    check_signatures(legacy_dir, legacy, {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims})
     report = MigrationReport(legacy_dir, npz_dir, source=legacy.name)
     for path in leftovers:  # the folder is migrate's (its manifest says so): these are its own killed writes
         path.unlink(missing_ok=True)
@@ -183,6 +177,20 @@ def _harness_manifest(folder: Path) -> bool:
         return Manifest.load(folder) is not None
     except CacheError:
         return False
+
+
+def check_signatures(legacy_dir: Path, legacy, signatures: Mapping[int, str]) -> None:
+    """Refuses sources of different shapes (`signatures`: sim -> `_signature` of its fields), naming the first.
+
+    Raises:
+        CacheError: naming the file whose fields differ from the first sim's.
+    """
+    first = min(signatures)
+    for sim in sorted(signatures):
+        if signatures[sim] != signatures[first]:
+            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
+                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
+                             f"resolution and one set of fields")
 
 
 def _signature(fields: Mapping[str, Tensor]) -> str:

@@ -18,6 +18,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--workers N` / `--scheduler ADDRESS`: where the work runs (see `harness.scale.open_executor`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--workers', type=int, metavar='N', help="run the work by chunks of sims on a Dask LocalCluster "
+                       "of N single-threaded worker processes on this machine (default: all in this process)")
+    group.add_argument('--scheduler', metavar='ADDRESS', help="run the work by chunks of sims on the workers of a "
+                       "running Dask scheduler, e.g. tcp://10.0.0.5:8786 (see the README for SLURM)")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
 

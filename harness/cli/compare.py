@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import add_pipeline_flags, configure_pipelines, pipeline_argv, report_folder
 from harness.config import default_flip, load_config, quick_overrides
 from harness.errors import ConfigError
 from harness.run import run_compare
+from harness.scale import open_executor
 
 PROG = 'python -m harness.compare'
 
@@ -36,6 +37,7 @@ def make_parser() -> OneLineParser:
                         help="channel names of a field whose channels its shape cannot name (repeatable; the same as "
                              "data.channels.FIELD=[a,b,c])")
     add_pipeline_flags(parser)
+    add_scale_arguments(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -60,11 +62,13 @@ def _main(argv: Sequence[str] | None) -> int:
     config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *overrides])
     config, (legacy_cls, native_cls) = configure_pipelines(config, args.legacy, args.native)
     out = args.out or report_folder(config, (legacy_cls, native_cls))
-    summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config),
-                          native_cls=native_cls.configured(config), progress=not args.no_progress,
-                          overrides=[*(['--quick'] if args.quick else []), *pipeline_argv(args.legacy, args.native),
-                                     *overrides],
-                          repair=args.repair, legacy_cache=args.legacy_cache, native_cache=args.native_cache)
+    with open_executor(args.workers, args.scheduler) as executor:
+        summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config),
+                              native_cls=native_cls.configured(config), progress=not args.no_progress,
+                              overrides=[*(['--quick'] if args.quick else []), *pipeline_argv(args.legacy, args.native),
+                                         *overrides],
+                              repair=args.repair, legacy_cache=args.legacy_cache, native_cache=args.native_cache,
+                              executor=executor)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:

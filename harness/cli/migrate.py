@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from harness.cache.migrate import migrate_cache
-from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import DEFAULTS
 from harness.pipeline import load_pipeline
+from harness.scale import open_executor
+from harness.scale.migrate import migrate_cache
 
 PROG = 'python -m harness.migrate'
 
@@ -30,6 +31,7 @@ def make_parser() -> OneLineParser:
                         help=f"the source pipeline, which reads LEGACY_DIR (default {DEFAULTS['legacy']})")
     parser.add_argument('--native', metavar='MODULE:CLASS', default=DEFAULTS['native'],
                         help=f"the target pipeline, which writes NPZ_DIR (default {DEFAULTS['native']})")
+    add_scale_arguments(parser)
     parser.add_argument('--no-progress', action='store_true', help="no progress bar")
     parser.add_argument('-v', '--verbose', action='store_true', help="log what is done")
     return parser
@@ -48,7 +50,9 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.verbose)
     legacy_cls, native_cls = load_pipeline(args.legacy, '--legacy'), load_pipeline(args.native, '--native')
     from tqdm import tqdm
-    with tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False) as bar:
-        report = migrate_cache(args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls, native_cls=native_cls)
+    bar = tqdm(unit='file', desc='migrate', disable=True if args.no_progress else None, file=sys.stderr, leave=False)
+    with open_executor(args.workers, args.scheduler) as executor, bar:
+        report = migrate_cache(executor, args.legacy_dir, args.npz_dir, bar.update, legacy_cls=legacy_cls,
+                               native_cls=native_cls)
     print(report.summary())
     return 0

@@ -8,7 +8,7 @@ import logging
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ class Simulation:
             raise IndexError(f"`sim` (={sim}) must be in [0, {self.n_sims})")
         return {name: f.sim[sim] for name, f in self.fields.items()}
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Field name -> float32 array with axes (time, sim, *spatial, [vector]): what a task on a worker is shipped."""
+        return {name: _numpy(f.values, ('time', 'sim')) for name, f in self.fields.items()}
+
     def metadata(self, sim: int) -> dict[str, Any]:
         """What is stored beside the tensors in both caches."""
         if self.stored_metadata is not None:
@@ -54,6 +58,28 @@ class Simulation:
             'resolution': list(c.sim.resolution), 'domain_size': c.sim.domain_size, 'dt': c.sim.dt,
             'viscosity': c.sim.viscosity, 'n_frames': c.sim.n_frames, 'fields': sorted(self.fields),
         }
+
+
+def assemble(config: ScenarioConfig, chunks: Sequence[Mapping[str, np.ndarray]]) -> Simulation:
+    """A `Simulation` of `config` from the `Simulation.arrays` of consecutive chunks of sims (sim `i` of it is the
+    `i`-th sim of the chunks), for a task that writes those sims' cache files."""
+    from phi.torch import flow  # noqa: F401  (selects the torch backend)
+    from phi.flow import Box, CenteredGrid, extrapolation
+    from phiml.math import batch, channel, spatial, tensor
+    dims = config.sim.spatial_dims
+    fields = {}
+    for name in chunks[0]:
+        values = np.concatenate([chunk[name] for chunk in chunks], axis=1)
+        vector = [channel(vector=','.join(dims))] if values.ndim == len(dims) + 3 else []
+        fields[name] = CenteredGrid(tensor(torch.from_numpy(values), batch('time'), batch('sim'), spatial(','.join(dims)),
+                                           *vector), extrapolation.ZERO,
+                                    bounds=Box(**{d: config.sim.domain_size for d in dims}))
+    return Simulation(config, fields)
+
+
+def _numpy(values, leading: tuple[str, ...]) -> np.ndarray:
+    order = [*leading, *values.shape.spatial.names, *values.shape.channel.names]
+    return np.ascontiguousarray(values.numpy(order), dtype=np.float32)
 
 
 def simulate(config: ScenarioConfig, progress: Callable[[int], None] | None = None) -> Simulation:
