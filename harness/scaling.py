@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -36,6 +37,8 @@ from .timing import ratios
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]),
                ('32x32x32', [32, 32, 32]))
+MIN_TIMED_S = 4.0  # batch loading is repeated until about this long is timed per size (at least `repeats`)
+MAX_REPEAT_FACTOR = 5  # and at most this many times `repeats`
 STEP_REPEATS = 2  # timed train steps per size (after one untimed): a step takes seconds on a CPU
 MAPPED_BYTES = 2 ** 30  # the mapped-mode cache holds at least this many bytes of cache files
 MAPPED_FRAME = (128, 128)
@@ -68,13 +71,16 @@ def sized_config(config: ScenarioConfig, resolution: Sequence[int] | None = None
 
 
 def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, *, repeats: int, warmup: int,
-                  memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+                  memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None,
+                  min_timed_s: float = MIN_TIMED_S) -> dict[str, list[dict]]:
     """Times one epoch of both pipelines at every size.
 
     Args:
         workdir: Scratch folder (its contents are removed per size).
         probe: Samples the streaming copy bandwidth once per timed repetition of each size, for that size's floor.
         memory_at: Labels of the entries (e.g. `'128x128'`, `'4x sims'`) whose peak memory is measured as well.
+        min_timed_s: Epochs are repeated until about this long is timed per size (`repeats` to 5x `repeats`,
+            judged from the warm-up), so that sizes with short epochs get more repetitions.
 
     Returns:
         `{'resolution': [entry, ...], 'sims': [entry, ...]}`; each entry holds `label`, `resolution`, `n_sims`,
@@ -91,7 +97,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
         simulation = simulate(sized)
         folder = workdir / label
         entry = _entry(label, sized, simulation, sized.train_sims, folder, probe, repeats, warmup,
-                       label in memory_at)
+                       label in memory_at, min_timed_s)
         result['resolution'].append({**entry, 'adjustments': notes})
         shutil.rmtree(folder, ignore_errors=True)
         if progress:
@@ -103,7 +109,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
     for factor in (1, *SIM_FACTORS):
         label = f'{factor}x sims'
         entry = _entry(label, sized, simulation, list(range(base * factor)), folder, probe, repeats, warmup,
-                       label in memory_at)
+                       label in memory_at, min_timed_s)
         result['sims'].append({**entry, 'adjustments': notes})
         if progress:
             progress(1)
@@ -112,7 +118,7 @@ def bench_scaling(config: ScenarioConfig, workdir: Path, probe: BandwidthProbe, 
 
 
 def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], folder: Path, probe: BandwidthProbe,
-           repeats: int, warmup: int, with_memory: bool) -> dict:
+           repeats: int, warmup: int, with_memory: bool, min_timed_s: float) -> dict:
     rollout = config.data.rollout_steps
     pipelines = {'legacy': LegacyPipeline(folder / 'legacy', rollout), 'native': NativePipeline(folder / 'phiml', rollout)}
     for pipeline in pipelines.values():
@@ -123,7 +129,11 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
     npy_files = write_npy(pipelines['native'], sims, folder / 'npy')
     times = {name: [] for name in pipelines}
     samples_before = len(probe.samples)
-    for rep in range(warmup + repeats):
+    rep, timed, started = 0, repeats, time.perf_counter()
+    while rep < warmup + timed:
+        if rep == warmup and rep:  # short epochs scatter most on a shared machine: more repetitions, same time
+            per_rep = (time.perf_counter() - started) / warmup
+            timed = min(MAX_REPEAT_FACTOR * repeats, max(repeats, math.ceil(min_timed_s / per_rep)))
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         samples = {}
         for name, p in order:
@@ -133,7 +143,10 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         if rep >= warmup:
             for name, seconds in samples.items():
                 times[name].append(seconds)
-            probe.sample()
+        probe.sample()  # in warm-up too: its time counts in the repetition's length
+        if rep < warmup:
+            probe.samples.pop()
+        rep += 1
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
@@ -156,7 +169,7 @@ def _entry(label: str, config: ScenarioConfig, simulation, sims: list[int], fold
         'bandwidth_bytes_per_s': bandwidth.bytes_per_s, 'epoch_bytes': moved,
         'cached_bytes': {name: sum(p.manager.get_cached_path(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
-        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read, 'step_s': step_s,
+        'windows': plan.n_windows, 'batches': len(plan), 'repeats': timed, 'read': read, 'step_s': step_s,
         'loading_share': per_batch / (per_batch + step_s),
         'per_repetition': {'speedup': ratios(times['legacy'], times['native']),
                            'native_vs_floor': ratios(times['native'], [moved / b for b in probe.per_sample(samples_before)])},
@@ -198,7 +211,7 @@ def bench_mapped(config: ScenarioConfig, workdir: Path, *, repeats: int, warmup:
         `per_repetition`, and with `memory` `memory` (`{'load': PeakMemory.to_dict(), 'map': ...}`, with
         `anon_epoch_bytes`) and `anon_limit_bytes` (3 batches + 64 MB).
     """
-    from phiml import math
+    from phiml.math import batch, channel, spatial, wrap
     from phiml_native import PhiMLDataManager
     rollout, frames = config.data.rollout_steps, config.sim.n_frames
     sim_bytes = frames * MAPPED_FRAME[0] * MAPPED_FRAME[1] * 2 * 4
@@ -206,9 +219,9 @@ def bench_mapped(config: ScenarioConfig, workdir: Path, *, repeats: int, warmup:
     folder = workdir / 'mapped'
     manager = PhiMLDataManager(folder)
     rng = np.random.default_rng(config.seed)
-    shape = math.batch(time=frames) & math.spatial(x=MAPPED_FRAME[0], y=MAPPED_FRAME[1]) & math.channel(vector='x,y')
+    shape = batch(time=frames) & spatial(x=MAPPED_FRAME[0], y=MAPPED_FRAME[1]) & channel(vector='x,y')
     for sim in range(n_sims):
-        values = math.wrap(rng.random((frames, *MAPPED_FRAME, 2), np.float32), shape)
+        values = wrap(rng.random((frames, *MAPPED_FRAME, 2), np.float32), shape)
         manager.save_cache(sim, {'velocity': values, 'metadata': {'sim_index': sim, 'n_frames': frames,
                                                                   'fields': ['velocity']}})
     sims = list(range(n_sims))
