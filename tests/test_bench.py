@@ -231,7 +231,7 @@ def test_scaling_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling, 'SIM_FACTORS', (2,))
     config = load_config('burgers', TINY)
     probe = BandwidthProbe(array_bytes=2 ** 20)
-    result = bench_scaling(config, LegacyPipeline, NativePipeline, tmp_path, probe, repeats=2, warmup=1, memory_at=('2x sims',))
+    result = bench_scaling(config, LegacyPipeline, NativePipeline, tmp_path, probe, repeats=2, warmup=1, memory_at=('2x sims',), min_timed_s=0)
     assert len(probe.samples) == 3 * 2  # one per timed repetition of each entry
     assert [e['label'] for e in result['resolution']] == ['16x16']
     assert [(e['label'], e['n_sims']) for e in result['sims']] == [('1x sims', 3), ('2x sims', 6)]
@@ -247,6 +247,8 @@ def test_scaling_entries(tmp_path, monkeypatch):
     natives = [ratio * floor for ratio, floor in zip(doubled['per_repetition']['native_vs_floor'], floors)]
     assert statistics.median(natives) == pytest.approx(doubled['native_s'])
     assert not any(tmp_path.iterdir())  # scratch caches are removed
+    longer = bench_scaling(config, LegacyPipeline, NativePipeline, tmp_path, probe, repeats=2, warmup=1, min_timed_s=60)  # short epochs: more repeats
+    assert longer['resolution'][0]['repeats'] == len(longer['resolution'][0]['per_repetition']['speedup']) == 10
 
 
 def _minor_faults() -> int:

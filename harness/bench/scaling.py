@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -34,6 +35,8 @@ from harness.bench.timing import ratios
 logger = logging.getLogger(__name__)
 RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]),
                ('32x32x32', [32, 32, 32]))
+MIN_TIMED_S = 4.0  # batch loading is repeated until about this long is timed per size (at least `repeats`)
+MAX_REPEAT_FACTOR = 5  # and at most this many times `repeats`
 STEP_REPEATS = 2  # timed train steps per size (after one untimed): a step takes seconds on a CPU
 MAPPED_BYTES = 2 ** 30  # the mapped-mode cache holds at least this many bytes of cache files
 MAPPED_FRAME = (128, 128)
@@ -67,13 +70,16 @@ def sized_config(config: ScenarioConfig, resolution: Sequence[int] | None = None
 
 def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
                   workdir: Path, probe: BandwidthProbe, *, repeats: int, warmup: int,
-                  memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+                  memory_at: Sequence[str] = (), progress: Callable[[int], None] | None = None,
+                  min_timed_s: float = MIN_TIMED_S) -> dict[str, list[dict]]:
     """Times one epoch of both pipelines at every size.
 
     Args:
         workdir: Scratch folder (its contents are removed per size).
         probe: Samples the streaming copy bandwidth once per timed repetition of each size, for that size's floor.
         memory_at: Labels of the entries (e.g. `'128x128'`, `'4x sims'`) whose peak memory is measured as well.
+        min_timed_s: Epochs are repeated until about this long is timed per size (`repeats` to 5x `repeats`,
+            judged from the warm-up), so that sizes with short epochs get more repetitions.
 
     Returns:
         `{'resolution': [entry, ...], 'sims': [entry, ...]}`; each entry holds `label`, `resolution`, `n_sims`,
@@ -90,7 +96,7 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
         simulation = simulate(sized)
         folder = workdir / label
         entry = _entry(label, (legacy_cls, native_cls), sized, simulation, sized.train_sims, folder, probe, repeats, warmup,
-                       label in memory_at)
+                       label in memory_at, min_timed_s)
         result['resolution'].append({**entry, 'adjustments': notes})
         shutil.rmtree(folder, ignore_errors=True)
         if progress:
@@ -102,7 +108,7 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
     for factor in (1, *SIM_FACTORS):
         label = f'{factor}x sims'
         entry = _entry(label, (legacy_cls, native_cls), sized, simulation, list(range(base * factor)), folder, probe, repeats, warmup,
-                       label in memory_at)
+                       label in memory_at, min_timed_s)
         result['sims'].append({**entry, 'adjustments': notes})
         if progress:
             progress(1)
@@ -111,7 +117,7 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
 
 
 def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipeline]], config: ScenarioConfig, simulation, sims: list[int], folder: Path, probe: BandwidthProbe,
-           repeats: int, warmup: int, with_memory: bool) -> dict:
+           repeats: int, warmup: int, with_memory: bool, min_timed_s: float) -> dict:
     rollout = config.data.rollout_steps
     pipelines = {'legacy': classes[0](folder / 'legacy', rollout), 'native': classes[1](folder / 'phiml', rollout)}
     for pipeline in pipelines.values():
@@ -122,7 +128,11 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
     npy_files = write_npy(pipelines['native'], sims, folder / 'npy')
     times = {name: [] for name in pipelines}
     samples_before = len(probe.samples)
-    for rep in range(warmup + repeats):
+    rep, timed, started = 0, repeats, time.perf_counter()
+    while rep < warmup + timed:
+        if rep == warmup and rep:  # short epochs scatter most on a shared machine: more repetitions, same time
+            per_rep = (time.perf_counter() - started) / warmup
+            timed = min(MAX_REPEAT_FACTOR * repeats, max(repeats, math.ceil(min_timed_s / per_rep)))
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         samples = {}
         for name, p in order:
@@ -132,7 +142,10 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
         if rep >= warmup:
             for name, seconds in samples.items():
                 times[name].append(seconds)
-            probe.sample()
+        probe.sample()  # in warm-up too: its time counts in the repetition's length
+        if rep < warmup:
+            probe.samples.pop()
+        rep += 1
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
@@ -155,7 +168,7 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
         'bandwidth_bytes_per_s': bandwidth.bytes_per_s, 'epoch_bytes': moved,
         'cached_bytes': {name: sum(p.cache_file(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
-        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read, 'step_s': step_s,
+        'windows': plan.n_windows, 'batches': len(plan), 'repeats': timed, 'read': read, 'step_s': step_s,
         'loading_share': per_batch / (per_batch + step_s),
         'per_repetition': {'speedup': ratios(times['legacy'], times['native']),
                            'native_vs_floor': ratios(times['native'], [moved / b for b in probe.per_sample(samples_before)])},
