@@ -34,6 +34,16 @@ def tiny_sim(tiny_config):
     return simulate(tiny_config)
 
 
+SMOKE_TINY = ('sim.resolution=[8,8]', 'sim.n_steps=6', 'data.rollout_steps=2')
+
+
+@pytest.fixture(scope='session')
+def smoke_sim():
+    """A tiny smoke scenario (density + velocity, 8x8 cells, 7 frames, 3 + 1 sims), simulated once."""
+    from harness.config import quick_overrides
+    return simulate(load_config('smoke', [*quick_overrides('smoke'), *SMOKE_TINY]))
+
+
 @pytest.fixture(scope='session')
 def cache_dirs(tiny_sim, tmp_path_factory) -> dict[str, Path]:
     """Both caches of the tiny scenario, written once per session. Do not modify; copy first."""

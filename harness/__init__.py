@@ -15,7 +15,7 @@ _PUBLIC = {
     'CacheError': 'harness.errors', 'ConfigError': 'harness.errors', 'HarnessError': 'harness.errors',
     'AbstractPipeline': 'harness.pipeline', 'Pipeline': 'harness.pipeline', 'BatchPlan': 'harness.pipeline',
     'WindowKey': 'harness.pipeline', 'FieldLayout': 'harness.pipeline', 'load_pipeline': 'harness.pipeline',
-    'run_compare': 'harness.run',
+    'run_compare': 'harness.run', 'run_training': 'harness.training_run',
 }
 __all__ = list(_PUBLIC)
 

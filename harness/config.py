@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,13 +19,16 @@ from harness.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SPATIAL_NAMES = ('x', 'y', 'z')
-PHYSICS = ('burgers',)
+PHYSICS = ('burgers', 'smoke')
+ADVECTIONS = ('auto', 'semi_lagrangian', 'rusanov')  # `sim.advection` of burgers
 MODEL_KINDS = ('u_net', 'conv_net')
 MEMORY_MODES = ('auto', 'load', 'map')  # how the native dataset holds the cache (data.memory)
 TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.equivalence.diff)
+PIPELINES = ('legacy', 'phiml')  # `data.pipeline`
+DEVICES = ('auto', 'cpu', 'cuda')  # `trainer.device`
 QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
          'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
-"""The overrides of `--quick`: a tiny scenario for smoke tests."""
+"""The overrides of `--quick` for a 2-D scenario; `quick_overrides` adapts them to any scenario."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,12 @@ class SimConfig:
     n_steps: int = 40
     noise_scale: float = 0.3
     noise_smoothness: float = 2.0
+    noise_amplitude: float = 1.0     # the initial velocity is this times the unit-variance noise
+    advection: str = 'auto'          # burgers: semi_lagrangian (2-D, 3-D) | rusanov (1-D); auto picks by dims
+    buoyancy: float = 1.0            # smoke: upward acceleration per unit density
+    inflow_rate: float = 1.0         # smoke: density added per unit time inside the inflow sphere
+    inflow_radius: float = 0.08      # smoke: in units of the domain size
+    inflow_center: List[float] = field(default_factory=lambda: [0.5, 0.15])  # smoke: x, y in units of the domain size
 
     @property
     def n_frames(self) -> int:
@@ -46,6 +56,14 @@ class SimConfig:
     def spatial_dims(self) -> tuple[str, ...]:
         """Names of the spatial dims, `('x', 'y')` for 2-D."""
         return SPATIAL_NAMES[:len(self.resolution)]
+
+    @property
+    def burgers_advection(self) -> str:
+        """The advection scheme of a burgers run: `advection`, or for `auto` semi-Lagrangian in 2-D and 3-D and the
+        conservative Rusanov flux in 1-D (torch's `grid_sample`, behind semi-Lagrangian sampling, has no 1-D mode)."""
+        if self.advection != 'auto':
+            return self.advection
+        return 'rusanov' if len(self.resolution) == 1 else 'semi_lagrangian'
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class DataConfig:
     memory_budget: float = 0.5   # auto loads when the cache files take at most this fraction of the RAM
     prefetch: bool = True        # native everyday iterator: build the next batch on a thread during the step
     channels: Dict[str, List[str]] = field(default_factory=dict)  # names of channels a legacy file's shape cannot name
+    pipeline: str = 'legacy'         # what `python -m harness.train` trains on: legacy | phiml (flip after a GO)
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     epochs: int = 3
     torch_threads: int = 2
+    device: str = 'auto'             # `python -m harness.train`: auto (cuda if available) | cpu | cuda
 
 
 @dataclass  # not frozen: OmegaConf would create dict entries of a frozen type read-only and refuse to merge them
@@ -107,6 +127,25 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class SanityConfig:
+    """The physics sanity check (`harness.data.physics`): laws the simulation, and what each pipeline serves, must obey."""
+    enabled: bool = True
+    energy_rtol: float = 1.0e-4      # burgers: largest relative increase of the kinetic energy from one frame to the next
+    momentum_rtol: float = 0.4       # burgers: mean-velocity budget residual, relative to the run's largest |<u div u>|
+    momentum_atol: float = 1.0e-3    # burgers: the same, absolute (velocity per unit time; 1-D: the mean is conserved)
+    max_divergence: float = 1.0e-3   # smoke: largest |div v| (per unit time)
+    mass_rtol: float = 1.0e-3        # smoke: per-step mass change minus the inflow, relative to the inflow per step
+
+
+@dataclass(frozen=True)
+class PipelinesConfig:
+    """The pipeline classes judged, as `MODULE:CLASS` (`harness.pipeline.load_pipeline`); `--legacy` / `--native`
+    override them."""
+    legacy: str = 'legacy:LegacyPipeline'        # the reference
+    native: str = 'phiml_native:NativePipeline'  # the candidate: the self-test injects its bugs into this one
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = 'burgers'
     physics: str = 'burgers'
@@ -117,6 +156,9 @@ class ScenarioConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+    quick: List[str] = field(default_factory=list)  # extra overrides of `--quick`, after the generic ones
+    pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
 
     @property
     def train_sims(self) -> list[int]:
@@ -155,11 +197,45 @@ def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
     return load_config_file(path, overrides)
 
 
+def default_flip(scenario: str) -> dict | None:
+    """The one-line change of `harness/configs/<scenario>.yaml` that makes the native pipeline the training default.
+
+    Returns:
+        `{'file', 'line', 'before', 'after', 'current', 'command'}` (`line` counts from 1; `command` is a `sed` that
+        makes exactly that change), or None when the scenario has no YAML file or no `data.pipeline` line.
+    """
+    path = CONFIG_DIR / f'{scenario}.yaml'
+    if not path.is_file():
+        return None
+    section = None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line[:1].strip() and not line.startswith('#'):
+            section = line.split(':', 1)[0]
+        match = re.match(r'^\s+pipeline: (\w+)', line)
+        if section == 'data' and match:
+            current = match.group(1)
+            after = line.replace(f"pipeline: {current}", "pipeline: phiml", 1)  # what `command` does
+            return {'file': f"harness/configs/{scenario}.yaml", 'line': number, 'before': line, 'after': after,
+                    'current': current,
+                    'command': f"sed -i '{number}s/pipeline: {current}/pipeline: phiml/' harness/configs/{scenario}.yaml"}
+    return None
+
+
+def quick_overrides(scenario: str) -> list[str]:
+    """The overrides of `--quick` for `scenario`: `QUICK` with 16 cells along each of its spatial dims, then the
+    scenario's own `quick:` list (e.g. a coarser 3-D grid or fewer steps)."""
+    base = load_config(scenario)
+    dims = len(base.sim.resolution)
+    generic = [item for item in QUICK if not item.startswith('sim.resolution=')]
+    return [f"sim.resolution=[{','.join(['16'] * dims)}]", *generic, *base.quick]
+
+
 def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
     """Like `load_config` for a YAML file anywhere on disk."""
     for item in overrides:
         if '=' not in item or item.startswith('='):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.epochs=3)")
+    overrides = plan_spelling(overrides)
     try:
         schema = _schema()
         from_file = OmegaConf.load(path)
@@ -171,6 +247,25 @@ def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfi
         raise ConfigError(f"{path}: not a valid YAML config ({_one_line(err)})") from None
     validate(config)
     return config
+
+
+def plan_spelling(overrides: Sequence[str]) -> list[str]:
+    """The overrides with the migration plan's `use_phiml_data=true|false` spelt `data.pipeline=phiml|legacy`.
+
+    Raises:
+        ConfigError: `use_phiml_data` is not `true` or `false`.
+    """
+    result = []
+    for item in overrides:
+        key, _, value = item.partition('=')
+        if key.strip() == 'use_phiml_data':
+            flag = value.strip().lower()
+            if flag not in ('true', 'false'):
+                raise ConfigError(f"`use_phiml_data` (={value!r}) must be true or false (the same as "
+                                  f"data.pipeline=phiml or data.pipeline=legacy)")
+            item = f"data.pipeline={'phiml' if flag == 'true' else 'legacy'}"
+        result.append(item)
+    return result
 
 
 def config_from_dict(values: dict) -> ScenarioConfig:
@@ -217,6 +312,24 @@ def validate(config: ScenarioConfig) -> None:
     _positive(sim.dt, 'sim.dt')
     _positive(sim.noise_scale, 'sim.noise_scale')
     _positive(sim.noise_smoothness, 'sim.noise_smoothness')
+    if sim.advection not in ADVECTIONS:
+        raise ConfigError(f"`sim.advection` (={sim.advection!r}) must be one of {list(ADVECTIONS)}")
+    if sim.advection == 'semi_lagrangian' and len(sim.resolution) == 1:
+        raise ConfigError("`sim.advection` (='semi_lagrangian') needs 2 or 3 spatial dims: torch's grid_sample has no "
+                          "1-D mode; use rusanov (or auto) for `sim.resolution` with one entry")
+    if sim.advection == 'rusanov' and len(sim.resolution) != 1:
+        raise ConfigError(f"`sim.advection` (='rusanov') is the 1-D conservative flux; `sim.resolution` "
+                          f"(={list(sim.resolution)}) has {len(sim.resolution)} entries: use semi_lagrangian (or auto)")
+    if config.physics == 'smoke':
+        if len(sim.resolution) != 2:
+            raise ConfigError(f"`sim.resolution` (={list(sim.resolution)}) must have 2 entries (x, y) for "
+                              f"physics='smoke'")
+        if len(sim.inflow_center) != 2 or not all(0 < c < 1 for c in sim.inflow_center):
+            raise ConfigError(f"`sim.inflow_center` (={list(sim.inflow_center)}) must be 2 fractions of the domain "
+                              f"size in (0, 1)")
+        _positive(sim.inflow_radius, 'sim.inflow_radius')
+        _positive(sim.inflow_rate, 'sim.inflow_rate')
+    _positive(sim.noise_amplitude, 'sim.noise_amplitude')
     if sim.viscosity < 0:
         raise ConfigError(f"`sim.viscosity` (={sim.viscosity}) must be >= 0")
     if sim.n_steps < 1:
@@ -260,9 +373,16 @@ def validate(config: ScenarioConfig) -> None:
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
         raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
                           f"(={cmp.timing_warmup}) >= 0")
+    if data.pipeline not in PIPELINES:
+        raise ConfigError(f"`data.pipeline` (={data.pipeline!r}) must be one of {list(PIPELINES)}")
+    if config.trainer.device not in DEVICES:
+        raise ConfigError(f"`trainer.device` (={config.trainer.device!r}) must be one of {list(DEVICES)}")
     if config.trainer.torch_threads < 1:
         raise ConfigError(f"`trainer.torch_threads` (={config.trainer.torch_threads}) must be >= 1")
     _positive(config.health.max_abs_value, 'health.max_abs_value')
+    for name in ('energy_rtol', 'momentum_rtol', 'momentum_atol', 'max_divergence', 'mass_rtol'):
+        if getattr(config.sanity, name) < 0:
+            raise ConfigError(f"`sanity.{name}` (={getattr(config.sanity, name)}) must be >= 0")
 
 
 def _finite(node, prefix: str = '') -> None:

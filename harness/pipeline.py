@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import collections
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
@@ -99,6 +100,16 @@ class AbstractPipeline(abc.ABC):
     def file_name(cls, sim: int) -> str:
         """The name of the cache file of `sim` inside `cache_dir`."""
         return f"sim_{sim:06d}{cls.file_suffix}"
+
+    @classmethod
+    def sim_of_file(cls, name: str) -> int | None:
+        """The sim whose cache file is called `name`, or None when `name` is not one of this pipeline's file names
+        (how the harness finds the sims of a folder; override it together with `file_name`)."""
+        digits = name[4:-len(cls.file_suffix)]
+        if name.startswith('sim_') and name.endswith(cls.file_suffix) and digits.isdigit() \
+                and name == cls.file_name(int(digits)):
+            return int(digits)
+        return None
 
     def cache_file(self, sim: int) -> Path:
         return self.cache_dir / self.file_name(sim)
@@ -206,7 +217,9 @@ def load_pipeline(spec: str, role: str = 'pipeline') -> type[AbstractPipeline]:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure to import a user's module is a usage error
         reason = str(err).splitlines()[0] if str(err) else ''
-        raise ConfigError(f"{role} (={spec!r}): cannot import module {module_name!r} ({type(err).__name__}: {reason})") from None
+        raise ConfigError(f"{role} (={spec!r}): cannot import module {module_name!r} ({type(err).__name__}: "
+                          f"{reason}); expected a module importable from sys.path (run from the folder above it, or "
+                          f"install it)") from None
     cls = module
     for part in class_name.split('.'):
         cls = getattr(cls, part, None)
@@ -216,5 +229,15 @@ def load_pipeline(spec: str, role: str = 'pipeline') -> type[AbstractPipeline]:
                           f"harness.pipeline.AbstractPipeline")
     missing = sorted(getattr(cls, '__abstractmethods__', ()))
     if missing:
-        raise ConfigError(f"{role} (={spec!r}): {cls.__name__} does not implement {missing} of the Pipeline interface")
+        raise ConfigError(f"{role} (={spec!r}): {cls.__name__} does not implement {missing} of the Pipeline interface; "
+                          f"expected a class implementing every abstract method of harness.pipeline.AbstractPipeline")
+    name, suffix = getattr(cls, 'name', None), getattr(cls, 'file_suffix', None)
+    if not (isinstance(name, str) and name and isinstance(suffix, str) and suffix.startswith('.') and len(suffix) > 1):
+        raise ConfigError(f"{role} (={spec!r}): {cls.__name__} has `name` (={name!r}) and `file_suffix` (={suffix!r}); "
+                          f"expected class attributes such as name = 'mine', file_suffix = '.npz'")
+    try:
+        inspect.signature(cls).bind(Path('cache'), 1)
+    except TypeError as err:
+        raise ConfigError(f"{role} (={spec!r}): {cls.__name__}(cache_dir, rollout_steps) cannot be called ({err}); "
+                          f"expected the constructor of harness.pipeline.AbstractPipeline") from None
     return cls

@@ -25,6 +25,7 @@ from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
 from harness.config import ScenarioConfig
 from harness.data.existing import read_cache
 from harness.data.health import scan_simulation
+from harness.data.physics import check_physics
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
 from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
@@ -35,8 +36,8 @@ from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
-from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check,
-                                    speed_check, training_check, verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, physics_check, selftest_check,
+                                    shuffle_check, speed_check, training_check, verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     health = scan_simulation(simulation, config.health)
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
+    physics = check_physics(simulation, {legacy.name: legacy, native.name: native}) if config.sanity.enabled else None
 
     expected = Expected.of(config, simulation)
     with durations('compare_s'):
@@ -168,6 +170,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
         shuffle_check(shuffle_rows),
         *([selftest_check(selftest)] if selftest is not None else []),
+        *([physics_check(physics)] if physics is not None else []),
     ]
     durations['total_s'] = durations.elapsed()
     summary = {
@@ -183,6 +186,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             'selftest': selftest.to_dicts() if selftest else None,
         },
         'health': health.to_dict(),
+        **({'physics': physics.to_dict()} if physics is not None else {}),
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},

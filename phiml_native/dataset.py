@@ -25,13 +25,13 @@ from phiml.backend import choose_backend
 from phiml.math._tensors import Dense  # math.wrap's class: built here with a shape made once per batch size
 from phiml.math import Shape
 
+from harness.config import MEMORY_MODES
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
 
 logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
-MEMORY_MODES = ('auto', 'load', 'map')
 
 
 class PhiMLDataset:
@@ -83,7 +83,7 @@ class PhiMLDataset:
         cached = sum(os.path.getsize(self.data_manager.get_cached_path(sim)) for sim in self.sim_indices
                      if os.path.isfile(self.data_manager.get_cached_path(sim)))
         mode = 'load' if cached <= budget * psutil.virtual_memory().total else 'map'
-        logger.info("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
+        logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
         return mode
 
     def _load(self) -> None:

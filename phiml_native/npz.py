@@ -5,9 +5,10 @@ reader returns what `phiml.math.load` returns for every file it accepts (values,
 which dims are stored, metadata and its types) and refuses anything else with a `CacheError` naming the file and
 member. The zip directory comes from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
 `specs` from a restricted unpickler (`pickles`). As in `phiml.math.load`, the members other than `tree`, `specs` and
-`paths` are handed to the tensors by position. Each large stored array takes one read of its headers and one
-`readinto`, or is memory-mapped. Parsed headers and meta members are cached by content: the sims of a cache share them.
-Not checked: the zip CRCs of stored array data (a mapped member cannot be; the cache manifest holds SHA-256 digests).
+`paths` are handed to the tensors by position. A small file is read whole; in a larger one each stored member takes
+one read of its first bytes, and a large array one `readinto` more, or is memory-mapped. Parsed headers and meta
+members are cached by content: the sims of a cache share them. Not checked: the zip CRCs of stored members (a mapped
+one cannot be; the cache manifest holds SHA-256 digests of whole files).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from harness.errors import CacheError
 from .pickles import unpickle_object_array
 
 META = ('tree', 'specs', 'paths')
-HEAD = 4096  # bytes read first from a large member: its local and .npy headers (members up to this size: zipfile)
+WHOLE = 2 ** 20  # files up to this size are read whole (unless mapped) and parsed from memory
+HEAD = 4096  # bytes read first from a stored member: its local and .npy headers, all of a small member
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
 
 
@@ -51,6 +53,8 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     """
     try:
         with open(path, 'rb') as fp:
+            if not mmap and os.fstat(fp.fileno()).st_size <= WHOLE:  # one read; members parsed from memory
+                fp = io.BytesIO(fp.read())
             members = _read_members(fp, mmap, out or {})
         return _assemble(members)
     except _Refused as err:
@@ -90,10 +94,11 @@ def _read_members(fp, mmap: bool, out: Mapping[str, np.ndarray]) -> dict[str, An
 
 def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap: bool, target: np.ndarray | None
             ) -> Any:
-    """One member: small or compressed ones read by `zipfile` (CRC checked); a large stored one's headers from one
-    read of its first bytes, its data with one `readinto` (into `target` where it fits) or memory-mapped."""
+    """One member: a compressed one inflated by `zipfile` (CRC checked); a stored one from one read of its first
+    `HEAD` bytes (headers, and all of a small member), a large one's data with one `readinto` (into `target` where it
+    fits) or memory-mapped."""
     name, size = info.filename, info.file_size
-    if info.compress_type != zipfile.ZIP_STORED or size <= HEAD:
+    if info.compress_type != zipfile.ZIP_STORED:
         content, start = archive.read(info), None
     else:
         fp.seek(info.header_offset)
@@ -103,9 +108,10 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap:
         if local[0] != zipfile.stringFileHeader or info.flag_bits & 0x1 or \
                 head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode('utf-8' if info.flag_bits & 0x800 else 'cp437'):
             raise _Refused(f"member {name!r}: its local header does not match the zip directory (or it is encrypted)")
-        content, start = head[skip:], info.header_offset + skip
+        content, start = head[skip:skip + size], info.header_offset + skip
+    complete = len(content) == size  # else `content` is the member's first bytes; the rest is read from `start` on
     if content[:6] != npy_format.MAGIC_PREFIX:  # not an .npy: np.load gives its bytes
-        return content if start is None else _read(fp, start, size)
+        return content if complete else _read(fp, start, size)
     length = 10 + int.from_bytes(content[8:10], 'little') if content[6] == 1 else \
         12 + int.from_bytes(content[8:12], 'little')
     shape, fortran, dtype = _npy_header(content[:length] if len(content) >= length else _read(fp, start, length))
@@ -113,12 +119,12 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap:
     if dtype.hasobject:
         if key not in META:
             raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
-        return _Pickled(content[length:] if start is None else _read(fp, start + length, data_size))
+        return _Pickled(content[length:] if complete else _read(fp, start + length, data_size))
     count = math.prod(shape)
     if count * dtype.itemsize != data_size:
         raise _Refused(f"member {name!r} holds {data_size} bytes of data, its header announces "
                        f"{count * dtype.itemsize} (truncated or corrupt)")
-    if start is None or not dtype.itemsize:
+    if complete or not dtype.itemsize:
         flat = np.frombuffer(content, dtype, count, length).copy() if count and dtype.itemsize else np.empty(count, dtype)
     elif mmap:
         flat = _mapped(fp, start + length, data_size, dtype, count)
@@ -153,15 +159,9 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
 
 
 def _read_into(fp, offset: int, view: memoryview) -> int:
-    """Reads from `offset` until `view` is full or the file ends (one `readinto` unless the OS returns less)."""
+    """Reads from `offset` into `view` (a buffered file's `readinto` fills it unless the file ends first)."""
     fp.seek(offset)
-    done = 0
-    while done < len(view):
-        count = fp.readinto(view[done:])
-        if not count:
-            break
-        done += count
-    return done
+    return fp.readinto(view)
 
 
 def _mapped(fp, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:

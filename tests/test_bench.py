@@ -11,6 +11,7 @@ from conftest import TINY
 from harness.bench import scaling
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
+from harness.bench import run as bench_run
 from harness.bench.run import format_table, run_bench, targets
 from harness.cli import bench
 from harness.cli.bench import main, make_parser
@@ -125,6 +126,28 @@ def test_targets_judge_each_figure():
                       ('peak memory, native epoch / cached data', 'scenario')}
 
 
+def test_cold_read_met_below_one_percent_of_a_step_and_new_targets_judged():
+    result = _result(read=4.0)
+    result['stages']['read']['native_vs_step'] = 0.004
+    result['stages']['iterate']['loading_share'] = 0.03
+    result['scaling']['resolution'][0].update(loading_share=0.001, read={'native_vs_npy_load': 4.0, 'native_vs_step': 0.02,
+                                                                       'speedup': 3.0})
+    result['mapped'] = {'cached_bytes': 2 ** 30, 'mapped_vs_loaded': 1.2, 'anon_vs_limit': 1.1, 'n_sims': 2,
+                        'frame': [8, 8], 'mapped_s': 1.2, 'loaded_s': 1.0}
+    rows = {(t['name'], t['where']): t for t in targets(result)}
+    scenario = rows[('cold read, native / np.load of .npy', 'scenario')]
+    assert scenario['met'] and scenario['alternative'] == {'name': 'native / train step', 'value': 0.004, 'limit': 0.01}
+    assert not rows[('cold read, native / np.load of .npy', '1d-256')]['met']  # neither 4.0 <= 1.5 nor 0.02 <= 0.01
+    assert not rows[('batch loading share of a train step', 'scenario')]['met']
+    assert rows[('batch loading share of a train step', '1d-256')]['met']
+    assert rows[('mapped epoch / loaded epoch', '1.00 GiB')]['met']
+    assert not rows[('mapped epoch anonymous memory / (3 batches + 64 MB)', '1.00 GiB')]['met']
+    assert rows[('train step, speedup over legacy', 'scenario')]['limit'] == bench_run.STEP_TARGET
+    result['targets'] = targets(result)
+    assert 'MISS cold read, native / np.load of .npy [1d-256]: 4 (<= 1.5) or native / train step 0.02 (<= 0.01)' in \
+        format_table(result)
+
+
 def test_spread_is_the_middle_half_of_the_per_repetition_ratios():
     assert ratios([2.0, 3.0, 4.0], [1.0, 2.0, 4.0]) == [2.0, 1.5, 1.0]
     assert middle_half([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0]
@@ -195,7 +218,7 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     assert iterate['native_vs_floor'] == pytest.approx(iterate['native_s'] / iterate['floor_s'])
     assert written['stages']['read']['native_vs_npy_load'] == pytest.approx(
         written['stages']['read']['native_s'] / written['stages']['read']['npy_load_s'])
-    assert result['targets'] == written['targets'] and len(written['targets']) == 3
+    assert result['targets'] == written['targets'] and len(written['targets']) == 5
     assert all(len(values) == 1 for stage in ('read', 'iterate', 'convert')
                for values in written['stages'][stage]['per_repetition'].values())
     assert written['stages']['iterate']['per_repetition']['speedup'] == pytest.approx([iterate['speedup']])
@@ -242,3 +265,20 @@ def test_cold_reads_get_fresh_pages(cache_dirs, tiny_config):
         faults.append(_minor_faults() - before)
     pages = cold._kept['native'].dataset.nbytes // resource.getpagesize()
     assert cold.fresh_memory and min(faults) >= pages
+
+
+@pytest.mark.slow
+def test_mapped_against_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling, 'MAPPED_BYTES', 6 * 2 ** 20)
+    monkeypatch.setattr(scaling, 'MAPPED_FRAME', (32, 32))
+    config = load_config('burgers', TINY)
+    result = scaling.bench_mapped(config, NativePipeline, tmp_path, repeats=2, warmup=1)
+    assert result['n_sims'] * config.sim.n_frames * 32 * 32 * 2 * 4 >= 6 * 2 ** 20 and result['cached_bytes'] >= 6 * 2 ** 20
+    assert result['mapped_vs_loaded'] == result['mapped_s'] / result['loaded_s']
+    assert len(result['per_repetition']['mapped_vs_loaded']) == 2
+    memory = result['memory']
+    assert (memory['load']['memory_mode'], memory['map']['memory_mode']) == ('load', 'map')
+    assert memory['load']['anon_epoch_bytes'] > 0.9 * result['cached_bytes']  # the loaded data is anonymous memory
+    assert memory['map']['anon_epoch_bytes'] < result['anon_limit_bytes']  # the mapped is not
+    assert result['anon_vs_limit'] == memory['map']['anon_epoch_bytes'] / result['anon_limit_bytes']
+    assert not any(tmp_path.iterdir())

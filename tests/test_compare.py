@@ -28,7 +28,7 @@ PERF_STAGES = ('write', 'read', 'iterate', 'convert', 'step')
 NO_TIMING_VERDICT = 'compare.min_speedup=0'
 CHECK_NAMES = ['data health', 'window enumeration', 'batches equal', 'every window delivered exactly once',
                'loss curves agree', 'batch loading not slower', 'train step not slower', 'own shuffling audited',
-               'harness self-test']
+               'harness self-test', 'physics sanity']
 
 
 @pytest.fixture(scope='module')
@@ -112,6 +112,8 @@ def test_every_check_of_a_clean_run_passes(quick_run):
         'own shuffling audited': "12 audits of both pipelines' own shuffling passed (each window once per epoch, "
                                  "seeded, no train/validation mixing)",
         'harness self-test': 'all 11 injected migration bugs caught and diagnosed; clean pipeline passes',
+        'physics sanity': 'burgers laws hold on simulation, legacy, phiml: energy: worst -0.0447 (bound 0.0001); mean '
+                          'velocity: worst 0.824 (bound 1.44)',
     }
 
 
@@ -136,7 +138,10 @@ def test_broken_native_is_no_go(tmp_path, capsys):
     # the transposed frames match no simulated window; SwappedXY's own trainer gathers correctly (its training losses
     # equal legacy's) while its validation batches go through the broken to_phiml
     assert list(details) == ['data health', 'batches equal', 'every window delivered exactly once', 'loss curves agree',
-                             'harness self-test']
+                             'harness self-test', 'physics sanity']
+    # what SwappedXY serves breaks the momentum budget of Burgers (its components no longer match their axes)
+    assert details['physics sanity'].startswith("2+ violation(s) of the burgers laws: phiml: sim 0 frame 0->1: the mean "
+                                                "velocity moved 3.69/unit time beyond its budget <u div u>")
     # the bugs are injected into the pipeline under test, which already differs: the self-test says so
     assert details['harness self-test'] == (
         "not possible: the native pipeline under test differs from legacy without an injected bug (batches equal, "

@@ -59,7 +59,7 @@ def layer(module: str) -> int:
         return 1
     if module.startswith(WINGS) and not module.endswith('__main__'):
         return 2
-    if module == 'harness.run':
+    if module in ('harness.run', 'harness.training_run'):
         return 3
     if module.startswith('harness.cli'):
         return 4

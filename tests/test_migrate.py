@@ -75,7 +75,8 @@ def test_resume_converts_only_what_is_missing_or_bad(built, migrated, tiny_confi
     (target / 'sim_000000.npz').unlink()
     (target / 'sim_000001.npz').write_bytes((target / 'sim_000001.npz').read_bytes()[:500])
     manifest = Manifest.load(target)
-    del manifest.files['sim_000002.npz']
+    del manifest.files['sim_000002.npz']  # landed, killed before its record: pending, so still migrate's
+    manifest.pending.add('sim_000002.npz')
     manifest.save(target)
     kept = _snapshot(target)['sim_000003.npz']
     report = migrate_cache(built / 'legacy', target)
@@ -90,12 +91,12 @@ def test_interrupted_migration_resumes(built, tiny_config, tmp_path, monkeypatch
     saves = []
     original = Manifest.save
 
-    def interrupted_on_third(self, folder):
+    def interrupted_on_third_record(self, folder):  # save 1 lists the files to convert as pending
         saves.append(folder)
-        if len(saves) == 3:
+        if len(saves) == 4:
             raise KeyboardInterrupt
         return original(self, folder)
-    monkeypatch.setattr(Manifest, 'save', interrupted_on_third)
+    monkeypatch.setattr(Manifest, 'save', interrupted_on_third_record)
     with pytest.raises(KeyboardInterrupt):
         migrate_cache(built / 'legacy', tmp_path / 'npz')
     monkeypatch.setattr(Manifest, 'save', original)
@@ -254,3 +255,57 @@ def test_module_runs_as_a_program(built, tmp_path):
     assert sorted(p.name for p in (tmp_path / 'npz').iterdir()) == \
         [MANIFEST_NAME, 'sim_000000.npz', 'sim_000001.npz', 'sim_000002.npz', 'sim_000003.npz']
     assert _snapshot(built / 'legacy') == before
+
+
+def test_unrecorded_file_in_the_target_is_refused(migrated, tmp_path):
+    """A file at a sim's name that migrate's manifest does not record is not migrate's: never replaced."""
+    target = tmp_path / 'npz'
+    shutil.copytree(migrated[0], target)
+    manifest = Manifest.load(target)
+    del manifest.files['sim_000002.npz']
+    manifest.save(target)
+    before = _snapshot(target)
+    with pytest.raises(CacheError) as info:
+        migrate_cache(Path(migrated[1].source_dir), target)
+    assert str(info.value).startswith(f"{target / 'sim_000002.npz'}: not written by harness.migrate (not recorded in ")
+    assert _snapshot(target) == before
+
+
+@pytest.mark.slow
+def test_nan_and_inf_sources_are_reported_and_converted_faithfully(tmp_path, caplog, capsys):
+    """A team's file with NaN in frame 2 and +inf in frame 4: one warning line each, recorded, values kept bitwise."""
+    values = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(5))
+    values[0, 2, 3, 4] = float('nan')
+    values[1, 4, 0, 0] = float('inf')
+    meta = {'sim_index': 0, 'n_frames': 5, 'spatial_dims': ['x', 'y'], 'field_channels': {'velocity': ['x', 'y']},
+            'team': 'ocean'}
+    (tmp_path / 'legacy').mkdir()
+    torch.save({'tensor_data': {'velocity': values}, 'metadata': meta}, tmp_path / 'legacy' / 'sim_000000.pt')
+    result = subprocess.run([sys.executable, '-m', 'harness.migrate', str(tmp_path / 'legacy'), str(tmp_path / 'npz')],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    out, err = result.stdout, result.stderr
+    source = tmp_path / 'legacy' / 'sim_000000.pt'
+    lines = err.splitlines()  # 'WARNING <logger>: <message>', the logger being __main__ under -m
+    assert [line.split(' ', 1)[0] for line in lines] == ['WARNING', 'WARNING']
+    assert [line.split(': ', 1)[1] for line in lines] == [
+        f"{source}: data health: sim 0 frame 2 'velocity': nonfinite (1 NaN, 0 Inf of 128 values)",
+        f"{source}: data health: sim 0 frame 4 'velocity': nonfinite (0 NaN, 1 Inf of 128 values)"]
+    assert '; 2 data health findings (logged, and recorded in the manifest); manifest: ' in out
+    record = Manifest.load(tmp_path / 'npz').files['sim_000000.npz']
+    assert record.health == [
+        {'sim': 0, 'frame': 2, 'field': 'velocity', 'check': 'nonfinite', 'detail': '1 NaN, 0 Inf of 128 values'},
+        {'sim': 0, 'frame': 4, 'field': 'velocity', 'check': 'nonfinite', 'detail': '0 NaN, 1 Inf of 128 values'}]
+    back = PhiMLDataManager(tmp_path / 'npz').load_cache(0)['velocity'].numpy('vector,time,x,y')
+    assert back.tobytes() == values.numpy().tobytes()
+    # a rerun skips the file and reports the same findings from the manifest
+    caplog.set_level('WARNING', logger='harness.cache.migrate')
+    assert main([str(tmp_path / 'legacy'), str(tmp_path / 'npz'), '--no-progress']) == 0
+    assert [r.getMessage() for r in caplog.records] == [line.split(': ', 1)[1] for line in lines]
+    assert '(0 converted and verified bitwise, 1 already done)' in capsys.readouterr().out
+
+
+def test_healthy_migration_says_so(built, tmp_path):
+    report = migrate_cache(built / 'legacy', tmp_path / 'npz')
+    assert report.health == [] and '; data health scan: no findings; manifest: ' in report.summary()
+    assert [r.health for r in Manifest.load(tmp_path / 'npz').files.values()] == [[]] * 4

@@ -27,7 +27,8 @@ from harness.errors import CacheError, ConfigError
 from harness.scale import InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
 from harness.scale.tasks import pipeline_ref
-from harness.config import load_config
+from harness.config import load_config, quick_overrides
+from harness.data.simulate import simulate as simulate_here
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from built_caches import built  # noqa: F401  (fixture)
@@ -100,7 +101,8 @@ def test_a_scheduler_that_does_not_answer_is_one_clear_error():
 
 @pytest.mark.parametrize('argv, message', [
     (['--workers', '0'], "error: `--workers` (=0) must be a whole number of at least 1\n"),
-    (['--workers', '2', '--scheduler', 'tcp://h:1'], "error: argument --scheduler: not allowed with argument --workers"),
+    (['--workers', '2', '--scheduler', 'tcp://h:1'],
+     "error: argument --scheduler: not allowed with argument --workers"),
 ], ids=['no-workers', 'both'])
 def test_cli_flags_refused_in_one_line_with_exit_2(built, tmp_path, capsys, argv, message):
     assert migrate_main([str(built / 'legacy'), str(tmp_path / 'npz'), *argv]) == 2
@@ -144,6 +146,19 @@ def test_chunked_simulation_is_bitwise_the_in_process_one(tiny_config, tiny_sim)
         assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
     assert chunked.fields['velocity'].geometry == tiny_sim.fields['velocity'].geometry
     assert chunked.fields['velocity'].extrapolation == tiny_sim.fields['velocity'].extrapolation
+
+
+@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d', pytest.param('smoke', marks=pytest.mark.slow)])
+def test_chunked_simulation_of_every_scenario_is_bitwise_the_in_process_one(scenario, caplog):
+    config = load_config(scenario, [*quick_overrides(scenario), 'sim.n_steps=3', 'data.rollout_steps=1'])
+    here = simulate_here(config)
+    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
+        chunked = stages.simulate(Chunked(), config)
+    for name, values in arrays(here).items():
+        assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
+    assert chunked.constants == here.constants
+    split = scenario != 'smoke'  # smoke's pressure solve runs batched over all sims: simulated here in one run
+    assert ("smoke sims are simulated in one run here" in caplog.text) is not split
 
 
 @pytest.mark.parametrize('shipped', [True, False], ids=['fields-shipped', 'simulated-on-workers'])

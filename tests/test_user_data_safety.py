@@ -167,3 +167,159 @@ def test_compare_refuses_a_teams_manifest_in_cache_dir(tmp_path, capsys):
     assert message.startswith(f"{phiml / MANIFEST_NAME}: not a cache manifest of the harness (writer None, ")
     assert message.endswith(f"; refusing to write into {phiml}, nothing was changed; {NOT_YET}")
     assert tree_state(tmp_path / 'X') == before
+
+
+# --- python -m harness.migrate LEGACY_DIR NPZ_DIR -------------------------------------------------------------------
+
+MIGRATE_PROG = 'python -m harness.migrate: error: '
+NOT_MIGRATES = "NPZ_DIR must be a new or empty folder, or one that an earlier migrate wrote; nothing was changed"
+
+
+def _migrate(*argv) -> int:
+    from harness.cli.migrate import main
+    return main([*map(str, argv), '--no-progress'])
+
+
+def _migrate_fails(capsys, *argv) -> str:
+    code = _migrate(*argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and out == '', (code, out, err)
+    assert err.startswith(MIGRATE_PROG) and err.count('\n') == 1, err
+    return err.removeprefix(MIGRATE_PROG).removesuffix('\n')
+
+
+def _team_npz(path):
+    """A .npz written by the team's own numpy code."""
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'wb') as f:
+        np.savez(f, velocity=np.ones((27, 48, 32, 2), np.float32), note=np.array('ocean'))
+
+
+@pytest.mark.parametrize('case', ['npz-and-manifest', 'npz', 'notes', 'look-alike-temp', 'harness-build'])
+def test_migrate_refuses_a_target_holding_files_it_did_not_write(built, tmp_path, capsys, case):
+    source = _team_folder(tmp_path / 'team-legacy')
+    target = tmp_path / 'npz'
+    target.mkdir()
+    if case == 'npz-and-manifest':
+        _team_npz(target / 'sim_000000.npz')
+        (target / MANIFEST_NAME).write_text('{"dataset": "ocean-2024", "files": ["sim_000000.npz"]}')
+    elif case == 'npz':
+        _team_npz(target / 'sim_000000.npz')
+    elif case == 'notes':
+        (target / 'notes.txt').write_text('converted by hand, 2024\n')
+    elif case == 'look-alike-temp':  # today's temporary name pattern of atomic_path: the team's, all the same
+        (target / '.sim_000001.npz.abc.tmp.npz').write_bytes(b'the team file')
+    else:  # the harness's native cache built from a simulation: not migrate's to overwrite
+        shutil.rmtree(target)
+        shutil.copytree(built / 'phiml', target)
+    before = tree_state(source, target)
+    message = _migrate_fails(capsys, source, target)
+    expected = {
+        'npz-and-manifest': f"{target / MANIFEST_NAME}: not a cache manifest of the harness (writer None, ",
+        'npz': f"{target / 'sim_000000.npz'}: not written by harness.migrate (not recorded in "
+               f"{target / MANIFEST_NAME}); {NOT_MIGRATES}",
+        'notes': f"{target / 'notes.txt'}: not written by harness.migrate (not recorded in {target / MANIFEST_NAME}); "
+                 f"{NOT_MIGRATES}",
+        'look-alike-temp': f"{target / '.sim_000001.npz.abc.tmp.npz'}: not written by harness.migrate (not recorded "
+                           f"in {target / MANIFEST_NAME}); {NOT_MIGRATES}",
+        'harness-build': f"{target / MANIFEST_NAME}: records a native cache the harness built from a simulation "
+                         f"(sim_000000.npz has no source), not a migration; {NOT_MIGRATES}",
+    }[case]
+    assert message.startswith(expected), message
+    if case == 'npz-and-manifest':
+        assert message.endswith(f"; refusing to write into {target}, {NOT_MIGRATES}")
+    assert tree_state(source, target) == before
+
+
+def test_migrate_resumes_in_its_own_folder_and_leaves_the_source_alone(tmp_path):
+    source = _team_folder(tmp_path / 'team-legacy')
+    before = tree_state(source)
+    assert _migrate(source, tmp_path / 'npz') == 0
+    done = tree_state(tmp_path / 'npz')
+    (tmp_path / 'npz' / 'sim_000002.npz').unlink()
+    assert _migrate(source, tmp_path / 'npz') == 0
+    assert tree_state(tmp_path / 'npz') == done and tree_state(source) == before
+
+
+def _fork_migrate_killed_at_first_npz_rename(source, target) -> int:
+    """Runs the migrate CLI in a forked child that SIGKILLs itself when its first converted file is about to be
+    renamed into place (the file is written under its temporary name): what a kill mid-run leaves."""
+    import os
+    import signal
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            original = os.replace
+
+            def die_before_npz_rename(src, dst, *args, **kwargs):
+                if str(dst).endswith('.npz'):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(src, dst, *args, **kwargs)
+            os.replace = die_before_npz_rename
+            _migrate(source, target)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1]
+
+
+@pytest.mark.skipif(not hasattr(__import__('os'), 'fork'), reason='the migration is killed in a forked child')
+def test_killed_migrations_leave_no_leftovers_after_the_next_run(tmp_path):
+    import os
+    import signal
+    source = _team_folder(tmp_path / 'team-legacy')
+    look_alike = source / '.sim_000000.pt.0a1b2c3d.harness-tmp.pt'  # in the source folder: never the harness's to clean
+    look_alike.write_bytes(b'the team file')
+    before = tree_state(source)
+    target = tmp_path / 'npz'
+    leftovers = []
+    for _ in range(10):
+        status = _fork_migrate_killed_at_first_npz_rename(source, target)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        temps = [p for p in target.iterdir() if p.name.startswith('.')]
+        assert all(p.stat().st_size > 100_000 for p in temps)  # the converted 48x32x27 file, under its temporary name
+        leftovers.append(len(temps))
+    assert leftovers == [1] * 10  # each run removed the one before's leftover (they piled up: 1, 2, ..., 10)
+    assert _migrate(source, target) == 0
+    assert sorted(p.name for p in target.iterdir()) == [MANIFEST_NAME] + [f'sim_{s:06d}.npz' for s in range(4)]
+    assert verify_cache(target, PIPELINES['phiml'])
+    assert tree_state(source) == before
+
+
+@pytest.mark.parametrize('how', ['chmod', 'os-refuses'])
+def test_read_only_npz_dir_is_named(tmp_path, capsys, monkeypatch, how):
+    """The error names NPZ_DIR, not the random name of a temporary file in it."""
+    import errno
+    import os
+    source = _team_folder(tmp_path / 'team-legacy')
+    target = tmp_path / 'npz'
+    target.mkdir()
+    if how == 'chmod':
+        if os.geteuid() == 0:
+            pytest.skip('root writes into read-only folders')
+        target.chmod(0o555)
+    else:  # what the OS answers for a read-only folder (or mount), also where the tests run as root
+        original = os.open
+
+        def refuse_creating_in_target(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT and os.path.dirname(os.fspath(path)) == str(target):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return original(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, 'open', refuse_creating_in_target)
+    before = tree_state(source, target)
+    try:
+        message = _migrate_fails(capsys, source, target)
+    finally:
+        target.chmod(0o755)
+    assert message == f"cannot use {str(target)!r}: Permission denied"
+    assert tree_state(source, target) == before
+
+
+def test_a_teams_legacy_folder_with_its_own_manifest_migrates(tmp_path):
+    """The team's manifest.json in LEGACY_DIR is one of its files: read past, never verified against, never written."""
+    source = _team_folder(tmp_path / 'team-legacy')
+    (source / MANIFEST_NAME).write_text('{"dataset": "ocean-2024", "runs": 4}')
+    before = tree_state(source)
+    assert _migrate(source, tmp_path / 'npz') == 0
+    assert verify_cache(tmp_path / 'npz', PIPELINES['phiml']).sims == [0, 1, 2, 3]
+    assert tree_state(source) == before

@@ -54,6 +54,10 @@ class PeakMemory:
         file_backed_bytes: Growth of the file-backed resident set (`RssFile`: code pages of libraries, memory-mapped
             files) from the baseline to the end; part of the peaks, ~0 when the warm-up ran every code path.
         method: 'VmHWM after clear_refs' or 'ru_maxrss'.
+        anon_epoch_bytes: Highest anonymous resident memory (`RssAnon`: what is not backed by a file, so not the
+            pages of a memory-mapped cache) above its baseline, sampled after `open` and as each batch of the first
+            epoch is handed over (when the batch just built is complete and the one before it let go).
+        memory_mode: How the native dataset held the cache (`'load'` or `'map'`); None for other pipelines.
     """
     pipeline: str
     baseline_bytes: int
@@ -63,6 +67,8 @@ class PeakMemory:
     batch_bytes: int
     file_backed_bytes: int
     method: str
+    anon_epoch_bytes: int = 0
+    memory_mode: str | None = None
 
     @property
     def epoch_bytes(self) -> int:
@@ -104,9 +110,9 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
             result = Path(tmp) / f'{label}.json'
             command = [sys.executable, '-m', 'harness.bench.memory', class_spec(type(pipeline)), str(pipeline.cache_dir),
                        ','.join(map(str, sims)), str(rollout_steps), str(batch_size), str(seed), str(torch_threads),
-                       str(result)]
+                       str(result), *(['--memory', pipeline.memory] if getattr(pipeline, 'memory', None) else [])]
             worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore', 'PYTHONPATH': _import_path()})
             workers[label] = (worker, result)
         try:
             return {label: _result(label, worker, result, timeout_s) for label, (worker, result) in workers.items()}
@@ -115,6 +121,12 @@ def measure_peaks(pipelines: Mapping[str, AbstractPipeline], sims: Sequence[int]
                 if worker.poll() is None:
                     worker.kill()
                     worker.communicate()
+
+
+def _import_path() -> str:
+    """This process's `sys.path` as `PYTHONPATH`: a worker imports the pipeline class from where this process did (a
+    team's module importable here, e.g. from the working folder, is importable there)."""
+    return os.pathsep.join(str(Path(entry).resolve()) if entry else os.getcwd() for entry in sys.path)
 
 
 def _result(label: str, worker: subprocess.Popen, result: Path, timeout_s: float) -> dict:
@@ -182,6 +194,7 @@ def _worker(argv: Sequence[str]) -> int:
     parser.add_argument('seed', type=int)
     parser.add_argument('torch_threads', type=int)
     parser.add_argument('result', type=Path, help="JSON file the measurement is written to")
+    parser.add_argument('--memory', choices=['auto', 'load', 'map'], help="how the native dataset holds the cache")
     args = parser.parse_args(argv)
     import torch
     from harness.pipeline import drain
@@ -189,22 +202,28 @@ def _worker(argv: Sequence[str]) -> int:
     from harness.pipeline import load_pipeline
     torch.set_num_threads(args.torch_threads)
     cls = load_pipeline(args.pipeline)
+    options = {'memory': args.memory} if args.memory else {}  # the native dataset's mode (see measure_peaks)
     sims = [int(s) for s in args.sims.split(',')]
-    warm = cls(args.cache_dir, args.rollout_steps)  # code paths run once (see the module doc), then let go
+    make = lambda: cls(args.cache_dir, args.rollout_steps, **options)  # noqa: E731
+    warm = make()  # code paths run once (see the module doc), then let go
     warm.open(sims[:WARM_SIMS])
     drain(warm.batches(make_plan(warm.window_keys()[:2 * WARM_SIMS], WARM_SIMS, seed=args.seed, epoch=0)))
     del warm
     cls.forget_read_caches()
     release_free_memory()
-    pipeline = cls(args.cache_dir, args.rollout_steps)
+    pipeline = make()
     cached = sum(pipeline.cache_file(sim).stat().st_size for sim in sims)
-    baseline, file_baseline = _status_bytes('VmRSS'), _status_bytes('RssFile')
+    baseline, file_baseline, anon_baseline = (_status_bytes(key) for key in ('VmRSS', 'RssFile', 'RssAnon'))
     method = 'VmHWM after clear_refs' if _reset_peak() else 'ru_maxrss'
     if method == 'ru_maxrss':
         baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     pipeline.open(sims)
+    anon_peak = _status_bytes('RssAnon')
     plan = make_plan(pipeline.window_keys(), args.batch_size, seed=args.seed, epoch=0)
-    drain(pipeline.batches(plan))
+    batches = pipeline.batches(plan)
+    while (batch := next(batches, None)) is not None:  # each batch let go before the next is built, as in `drain`
+        anon_peak = max(anon_peak, _status_bytes('RssAnon'))
+        del batch
     peak = _peak(method)
     _reset_peak()
     batch = None
@@ -217,7 +236,9 @@ def _worker(argv: Sequence[str]) -> int:
                       for t in (value.values() if isinstance(value, dict) else [value]))
     args.result.write_text(json.dumps({'pipeline': cls.name, 'baseline_bytes': baseline, 'peak_bytes': peak,
                                        'loop_peak_bytes': loop_peak, 'cached_bytes': cached, 'batch_bytes': batch_bytes,
-                                       'file_backed_bytes': _status_bytes('RssFile') - file_baseline, 'method': method}))
+                                       'file_backed_bytes': _status_bytes('RssFile') - file_baseline, 'method': method,
+                                       'anon_epoch_bytes': anon_peak - anon_baseline,
+                                       'memory_mode': getattr(getattr(pipeline, 'dataset', None), 'memory', None)}))
     return 0
 
 

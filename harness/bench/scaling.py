@@ -1,6 +1,7 @@
-"""The scaling part of `python -m harness.bench`: one epoch of batch loading, legacy vs native, against the floor, and
-the cold open of all sims against `np.load` of `.npy` files, with 1-D frames (x=256), 32², 64², 128² frames, and 2x and
-4x the scenario's number of sims.
+"""The scaling part of `python -m harness.bench`: one epoch of batch loading, legacy vs native, against the floor and
+against the train step, and the cold open of all sims against `np.load` of `.npy` files and the train step, with 1-D
+frames (x=256), 32², 64², 128² and 3-D 32³ frames, and 2x and 4x the scenario's number of sims; and the native
+dataset's mapped mode against its loaded mode on a cache of at least `MAPPED_BYTES` (`bench_mapped`).
 
 Each size is simulated with the scenario's config, changed only where the size demands it (every change is listed in
 the entry's `adjustments`): the resolution, and the viscosity where explicit diffusion would be unstable on the finer
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
+from harness import model
 from harness.cache.build import write_cache
 from harness.config import ScenarioConfig, validate
 from harness.bench.bandwidth import BandwidthProbe, epoch_bytes, floor_seconds
@@ -24,11 +28,15 @@ from harness.bench.memory import measure_peaks
 from harness.pipeline import AbstractPipeline, drain
 from harness.plan import make_plan
 from harness.data.simulate import simulate
-from harness.bench.stages import time_cold_reads, write_npy
+from harness.bench.stages import frame_bytes as batch_frame_bytes, time_cold_reads, write_npy
 from harness.bench.timing import ratios
 
 logger = logging.getLogger(__name__)
-RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]))
+RESOLUTIONS = (('1d-256', [256]), ('32x32', [32, 32]), ('64x64', [64, 64]), ('128x128', [128, 128]),
+               ('32x32x32', [32, 32, 32]))
+STEP_REPEATS = 2  # timed train steps per size (after one untimed): a step takes seconds on a CPU
+MAPPED_BYTES = 2 ** 30  # the mapped-mode cache holds at least this many bytes of cache files
+MAPPED_FRAME = (128, 128)
 SIM_FACTORS = (2, 4)
 MAX_DIFFUSION_NUMBER = 0.45
 
@@ -72,7 +80,9 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
         `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor` (one epoch of batch
         loading), `bandwidth_bytes_per_s`, `epoch_bytes`, `cached_bytes`, `windows`, `batches`, `adjustments`,
         `read` (cold open of all sims: `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`,
-        `legacy_vs_npy_load`), and `memory` (per pipeline, see `harness.memory.PeakMemory.to_dict`) where measured.
+        `legacy_vs_npy_load`, `native_vs_step`), `step_s` (one native train step on a full batch, median of
+        `STEP_REPEATS`), `loading_share` (native loading per batch / (that + `step_s`)), and `memory` (per pipeline,
+        see `harness.memory.PeakMemory.to_dict`) where measured.
     """
     result = {'resolution': [], 'sims': []}
     for label, resolution in RESOLUTIONS:
@@ -126,7 +136,8 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
-    frame_bytes = pipelines['native'].dataset.frame_bytes
+    step_s = time_native_step(pipelines['native'], plan, config)
+    frame_bytes = batch_frame_bytes(next(pipelines['native'].batches(plan)))
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
     bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)
@@ -135,7 +146,8 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
             'npy_load_s': statistics.median(reads['npy']), 'fresh_memory': fresh_memory,
             'per_repetition': {'native_vs_npy_load': ratios(reads['native'], reads['npy'])}}
     read.update(speedup=read['legacy_s'] / read['native_s'], native_vs_npy_load=read['native_s'] / read['npy_load_s'],
-                legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'])
+                legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'], native_vs_step=read['native_s'] / step_s)
+    per_batch = native_s / len(plan)
     entry = {
         'label': label, 'resolution': list(config.sim.resolution), 'n_sims': len(sims), 'n_frames': config.sim.n_frames,
         'legacy_s': legacy_s, 'native_s': native_s, 'speedup': legacy_s / native_s, 'floor_s': floor,
@@ -143,7 +155,8 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
         'bandwidth_bytes_per_s': bandwidth.bytes_per_s, 'epoch_bytes': moved,
         'cached_bytes': {name: sum(p.cache_file(s).stat().st_size for s in sims)
                          for name, p in pipelines.items()},
-        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read,
+        'windows': plan.n_windows, 'batches': len(plan), 'repeats': repeats, 'read': read, 'step_s': step_s,
+        'loading_share': per_batch / (per_batch + step_s),
         'per_repetition': {'speedup': ratios(times['legacy'], times['native']),
                            'native_vs_floor': ratios(times['native'], [moved / b for b in probe.per_sample(samples_before)])},
     }
@@ -154,3 +167,77 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
                                         torch_threads=config.trainer.torch_threads)
     return entry
 
+
+
+def time_native_step(native: AbstractPipeline, plan, config: ScenarioConfig) -> float:
+    """Median seconds of `STEP_REPEATS` native train steps on the plan's first (full) batch, after one untimed."""
+    batch = next(iter(native.load_batches(plan)))
+    spatial = len(config.sim.resolution)
+    channels = sum(max(1, t.shape.channel.volume) for t in
+                   (batch['initial_state'].values() if isinstance(batch['initial_state'], dict) else [batch['initial_state']]))
+    network = model.make_network(config.model, channels, spatial, seed=config.seed)
+    optimizer = model.make_optimizer(network, config.trainer.learning_rate)
+    times = []
+    for _ in range(1 + STEP_REPEATS):
+        start = time.perf_counter()
+        model.train_step(network, optimizer, batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def bench_mapped(config: ScenarioConfig, native_cls: type[AbstractPipeline], workdir: Path, *, repeats: int, warmup: int,
+                 memory: bool = True) -> dict:
+    """The native dataset (`native_cls`, which takes `memory='load' | 'map'`) mapped against loaded, on a synthetic cache of `MAPPED_FRAME` velocity frames holding at
+    least `MAPPED_BYTES` (random values: batch loading copies bytes, whatever they are).
+
+    Each repetition times one epoch of the loaded dataset (opened once) and one of a freshly opened mapped dataset
+    (its maps fault their pages in from the warm page cache during the epoch), in alternating order.
+
+    Returns:
+        `n_sims`, `cached_bytes`, `batch_bytes`, `loaded_s`, `mapped_s` (medians), `mapped_vs_loaded`,
+        `per_repetition`, and with `memory` `memory` (`{'load': PeakMemory.to_dict(), 'map': ...}`, with
+        `anon_epoch_bytes`) and `anon_limit_bytes` (3 batches + 64 MB).
+    """
+    from phiml import math
+    rollout, frames = config.data.rollout_steps, config.sim.n_frames
+    sim_bytes = frames * MAPPED_FRAME[0] * MAPPED_FRAME[1] * 2 * 4
+    n_sims = -(-MAPPED_BYTES // sim_bytes)
+    folder = workdir / 'mapped'
+    writer = native_cls(folder, rollout)
+    rng = np.random.default_rng(config.seed)
+    shape = math.batch(time=frames) & math.spatial(x=MAPPED_FRAME[0], y=MAPPED_FRAME[1]) & math.channel(vector='x,y')
+    for sim in range(n_sims):
+        values = math.wrap(rng.random((frames, *MAPPED_FRAME, 2), np.float32), shape)
+        writer.write_fields(sim, {'velocity': values}, {'sim_index': sim, 'n_frames': frames, 'fields': ['velocity']})
+    sims = list(range(n_sims))
+    loaded = native_cls(folder, rollout, memory='load')
+    loaded.open(sims)
+    plan = make_plan(loaded.window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
+    times = {'load': [], 'map': []}
+    for rep in range(warmup + repeats):
+        for mode in (('load', 'map') if rep % 2 == 0 else ('map', 'load')):
+            pipeline = loaded if mode == 'load' else native_cls(folder, rollout, memory='map')
+            if mode == 'map':
+                pipeline.open(sims)
+            start = time.perf_counter()
+            drain(pipeline.load_batches(plan))
+            if rep >= warmup:
+                times[mode].append(time.perf_counter() - start)
+            del pipeline
+    loaded_s, mapped_s = statistics.median(times['load']), statistics.median(times['map'])
+    batch_bytes = config.data.batch_size * (1 + rollout) * MAPPED_FRAME[0] * MAPPED_FRAME[1] * 2 * 4
+    result = {'n_sims': n_sims, 'frame': list(MAPPED_FRAME), 'cached_bytes': sum(writer.cache_file(s).stat().st_size
+                                                                              for s in sims),
+              'batch_bytes': batch_bytes, 'loaded_s': loaded_s, 'mapped_s': mapped_s, 'batches': len(plan),
+              'mapped_vs_loaded': mapped_s / loaded_s, 'anon_limit_bytes': 3 * batch_bytes + 64 * 2 ** 20,
+              'per_repetition': {'mapped_vs_loaded': ratios(times['map'], times['load'])}}
+    del loaded
+    if memory:
+        result['memory'] = measure_peaks({mode: native_cls(folder, rollout, memory=mode) for mode in ('load', 'map')},
+                                         sims, rollout, config.data.batch_size, seed=config.seed,
+                                         torch_threads=config.trainer.torch_threads)
+        result['anon_vs_limit'] = result['memory']['map']['anon_epoch_bytes'] / result['anon_limit_bytes']
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("mapped %d sims (%.2f GB): epoch %.3f s mapped, %.3f s loaded", n_sims, result['cached_bytes'] / 1e9,
+                mapped_s, loaded_s)
+    return result

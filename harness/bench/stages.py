@@ -49,9 +49,10 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
 
     Returns:
         Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
-        against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`; `iterate` adds `floor_s`,
-        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`, `bandwidth_bytes_per_s`; `convert` adds per-batch figures
-        and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
+        against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`, `native_vs_step` (the cold open
+        over one native train step); `iterate` adds `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
+        `bandwidth_bytes_per_s`, `loading_share` (native loading per batch / (that + a native train step));
+        `convert` adds per-batch figures and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
     """
     sims = config.train_sims
     rollout = config.data.rollout_steps
@@ -99,9 +100,7 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
                           native_vs_npy_load=result['read']['native_s'] / npy_s,
                           legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory,
                           per_repetition={'native_vs_npy_load': ratios(timings['read'].native, npy_load)})
-    frame_bytes = sum(int(np.prod(t.shape.sizes[1:])) * t.dtype.bits // 8
-                      for t in _field_tensors(first['native']['initial_state']))
-    moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
+    moved = epoch_bytes(plan.n_windows, frame_bytes(first['native']), rollout)
     bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)
     result['iterate'].update(epoch_bytes=moved, bandwidth_bytes_per_s=bandwidth.bytes_per_s, floor_s=floor,
@@ -119,6 +118,12 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
                              per_repetition={'native_vs_step': ratios([c / len(plan) for c in timings['convert'].native],
                                                                       timings['step'].native)})
     result['step'].update(batch_size=len(plan.batches[0]), rollout_steps=rollout)
+    loading = result['iterate']['native_s'] / len(plan)
+    result['iterate']['loading_share'] = loading / (loading + result['step']['native_s'])
+    result['iterate']['per_repetition']['loading_share'] = [
+        it / len(plan) / (it / len(plan) + step) for it, step in zip(timings['iterate'].native, timings['step'].native)]
+    result['step']['per_repetition'] = {'speedup': ratios(timings['step'].legacy, timings['step'].native)}
+    result['read']['native_vs_step'] = result['read']['native_s'] / result['step']['native_s']
     return result
 
 
@@ -132,6 +137,11 @@ def network_inputs(batch: Batch) -> list:
     return natives
 
 
+def frame_bytes(batch: Batch) -> int:
+    """Bytes of one frame of all fields together, from a PhiML batch (its `initial_state` holds one frame per window)."""
+    return sum(int(np.prod(t.shape.sizes[1:])) * t.dtype.bits // 8 for t in _field_tensors(batch['initial_state']))
+
+
 def _field_tensors(value) -> list:
     return [value[name] for name in sorted(value)] if isinstance(value, dict) else [value]
 
@@ -141,10 +151,10 @@ def write_npy(native: AbstractPipeline, sims, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for sim in sims:
-        data = native.manager.load_cache(sim)
-        for name in sorted(data['metadata']['fields']):
+        fields, _ = native.read_fields(sim)
+        for name, values in sorted(fields.items()):
             path = folder / f'sim_{sim:06d}_{name}.npy'
-            np.save(path, data[name].numpy(data[name].shape.names))
+            np.save(path, values.numpy(values.shape.names))
             files.append(path)
     return files
 

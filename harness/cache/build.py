@@ -241,8 +241,7 @@ def _check_file(kind: CacheKind, folder: Path, sim: int, record: FileRecord | No
     if path.is_symlink() or not path.is_file():
         return FileProblem(sim, name, 'unreadable', "not a plain file (the harness writes only plain files)", True)
     foreign = record is None and not pending
-    whose = ('written by an interrupted harness build, not recorded yet' if pending
-             else f"not written by the harness")
+    whose = 'written by an interrupted harness build, not recorded yet' if pending else 'not written by the harness'
     size = path.stat().st_size
     if size == 0:
         return FileProblem(sim, name, 'empty', f"0 bytes{recorded}" if record else f"0 bytes, {whose}", foreign)
@@ -423,9 +422,8 @@ def build_cache(pipeline: AbstractPipeline, config: ScenarioConfig, simulation: 
     folder.mkdir(parents=True, exist_ok=True)
     removed = remove_leftovers(folder, kind)
     before = verify_cache(folder, kind, config, sims)
-    before_foreign = before.foreign_message()
-    if before_foreign:  # appeared since the check
-        raise CacheError(before_foreign)
+    if before.foreign_files:  # appeared since the check
+        raise CacheError(before.foreign_message())
     rebuilt = before.bad_sims
     if rebuilt:
         if simulation is None:
@@ -455,7 +453,7 @@ def check_writable(folder: Path, pipeline: PipelineLike, config: ScenarioConfig 
     """
     kind = cache_kind(pipeline)
     folder = Path(folder)
-    if folder.is_symlink() and not folder.exists() or folder.exists() and not folder.is_dir():
+    if (folder.is_symlink() and not folder.exists()) or (folder.exists() and not folder.is_dir()):
         raise CacheError(f"{folder}: cache folder is not a folder")
     report = verify_cache(folder, kind, config, sims)
     if not folder.exists():

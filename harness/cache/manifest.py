@@ -52,6 +52,8 @@ class FileRecord:
         metadata: The metadata stored in the file.
         config_digest: `config_digest` of the scenario that produced it; `None` when unknown (migrated files).
         source: For migrated files, `{'name', 'size', 'sha256'}` of the legacy file it was converted from.
+        health: For migrated files, the findings of the data health scan (`{'sim', 'frame', 'field', 'check',
+            'detail'}` each; `[]` when healthy); None when not scanned (caches built from a scanned simulation).
     """
     name: str
     sim: int
@@ -61,6 +63,7 @@ class FileRecord:
     metadata: dict[str, Any]
     config_digest: str | None = None
     source: dict[str, Any] | None = None
+    health: list[dict[str, Any]] | None = None
 
     @property
     def signature(self) -> tuple:
@@ -71,14 +74,15 @@ class FileRecord:
         fields = {name: {'dims': list(f.dims), 'shape': list(f.shape), 'dtype': f.dtype, 'item_names': list(f.item_names)}
                   for name, f in self.fields.items()}
         return {'name': self.name, 'sim': self.sim, 'size': self.size, 'sha256': self.sha256, 'fields': fields,
-                'metadata': self.metadata, 'config_digest': self.config_digest, 'source': self.source}
+                'metadata': self.metadata, 'config_digest': self.config_digest, 'source': self.source,
+                'health': self.health}
 
     @staticmethod
     def from_json(values: dict[str, Any]) -> 'FileRecord':
         fields = {name: FieldRecord(tuple(f['dims']), tuple(f['shape']), f['dtype'], tuple(f['item_names']))
                   for name, f in values['fields'].items()}
         return FileRecord(values['name'], int(values['sim']), int(values['size']), values['sha256'], fields,
-                          values['metadata'], values.get('config_digest'), values.get('source'))
+                          values['metadata'], values.get('config_digest'), values.get('source'), values.get('health'))
 
 
 @dataclass
@@ -191,11 +195,7 @@ class CacheKind:
 
     def sim_of(self, name: str) -> int | None:
         """The sim whose file is called `name`; None when `name` is not a sim file name of this kind."""
-        digits = name[4:-len(self.suffix)]
-        if name.startswith('sim_') and name.endswith(self.suffix) and digits.isdigit() \
-                and name == self.file_name(int(digits)):
-            return int(digits)
-        return None
+        return self.pipeline.sim_of_file(name)
 
     def describe(self, folder: Path, sim: int) -> tuple[dict[str, FieldRecord], dict]:
         """Reads one file with the pipeline's own safe reader and describes it.
@@ -226,8 +226,8 @@ def cache_kind(pipeline: type[AbstractPipeline] | AbstractPipeline | CacheKind) 
 
 
 def sims_on_disk(folder: Path, kind: CacheKind) -> list[int]:
-    """The sims whose files (`sim_XXXXXX<suffix>`) are in `folder`, sorted."""
-    return sorted(sim for path in folder.glob(f"sim_*{kind.suffix}") if (sim := kind.sim_of(path.name)) is not None)
+    """The sims whose files (`sim_XXXXXX<suffix>`, or the pipeline's own `file_name`s) are in `folder`, sorted."""
+    return sorted(sim for path in folder.glob(f"*{kind.suffix}") if (sim := kind.sim_of(path.name)) is not None)
 
 
 def record_file(kind: CacheKind, folder: Path, sim: int, *, digest: str | None = None,

@@ -10,10 +10,20 @@ same simulation. The dtype is kept (float16, float32 or float64); training needs
 Each written file is read back with the target's reader and compared with its source: every field bitwise, with its
 dims, dim types, item names and dtype, and the metadata with its types, before it is recorded in the target's
 `manifest.json` together with the size and SHA-256 of its source. A rerun skips the files whose record and bytes still
-match, so an interrupted migration resumes. The source folder is only read.
+match, so an interrupted
+migration resumes and removes the temporary files of writes killed in the target. The source folder is only read.
+
+The target must be new, empty, or a folder an earlier migration wrote: a file there that migrate's manifest does not
+record (a team's own `sim_000000.npz` or `manifest.json`, a native cache built from a simulation, anything else)
+is refused with its name and nothing is changed.
+
+The data health scan of `harness.data.health` runs on every converted file (NaN/Inf, constant or repeated frames,
+|value| beyond `HealthConfig.max_abs_value`): each finding is logged as one warning line and recorded with the file
+in the manifest; the conversion stays faithful (values are never changed).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,15 +31,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from phiml.math import Tensor
+from phiml import math
+from phiml.math import Tensor, batch
 
-from harness.cache.manifest import Manifest, cache_kind, dtype_name, record_file, sha256_file, sims_on_disk
+from harness.atomic import temp_name_of
+from harness.cache.manifest import (MANIFEST_NAME, Manifest, cache_kind, dtype_name, record_file, sha256_file,
+                                    sims_on_disk)
+from harness.config import HealthConfig
+from harness.data.health import scan_tensors
 from harness.equivalence.diff import Tolerance, compare_tensors
 from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline
 
 logger = logging.getLogger(__name__)
 LAYOUT_KEYS = ('spatial_dims', 'field_channels')
+NOT_MIGRATES = "NPZ_DIR must be a new or empty folder, or one that an earlier migrate wrote; nothing was changed"
 
 
 @dataclass
@@ -41,22 +57,32 @@ class MigrationReport:
         target_dir: The native folder.
         converted: Sims converted and verified in this run.
         skipped: Sims whose converted file already verified against its record and source.
+        health: Findings of the data health scan, `{'sim', 'frame', 'field', 'check', 'detail'}` each, of every
+            migrated file (converted now or before).
+        removed_temp_files: Leftovers of killed writes removed from the target.
         seconds: Wall time.
+        source: The `name` of the source pipeline.
     """
     source_dir: Path
     target_dir: Path
     converted: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = 'legacy'
 
     def summary(self) -> str:
-        return (f"migrated {len(self.converted) + len(self.skipped)} legacy cache files from {self.source_dir} to "
+        findings = (f"; {len(self.health)} data health findings (logged, and recorded in the manifest)"
+                    if self.health else '; data health scan: no findings')
+        return (f"migrated {len(self.converted) + len(self.skipped)} {self.source} cache files from {self.source_dir} to "
                 f"{self.target_dir} ({len(self.converted)} converted and verified bitwise, {len(self.skipped)} already "
-                f"done) in {self.seconds:.2f} s; manifest: {Manifest.path(self.target_dir)}")
+                f"done) in {self.seconds:.2f} s{findings}; manifest: {Manifest.path(self.target_dir)}")
 
 
 def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], None] | None = None, *,
-                  legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline]) -> MigrationReport:
+                  legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+                  health: HealthConfig = HealthConfig()) -> MigrationReport:
     """Converts every cache file of `legacy_dir` into `npz_dir`, verifies each, records each in the manifest.
 
     All sources are read and checked first (layout, dtypes, one resolution and one set of fields), so a bad source
@@ -64,37 +90,57 @@ def migrate_cache(legacy_dir: Path, npz_dir: Path, progress: Callable[[int], Non
 
     Args:
         legacy_dir: Folder of the source cache; never written to.
-        npz_dir: Folder of the target cache; created if needed.
+        npz_dir: Folder of the target cache; created if needed. New, empty or written by an earlier migration.
         progress: Called with 1 per file done.
         legacy_cls: The source pipeline (reads `legacy_dir`).
         native_cls: The target pipeline (writes `npz_dir`).
+        health: Thresholds of the data health scan of each converted file (findings are reported, not refused).
 
     Raises:
         CacheError: naming the file: missing or empty source folder, a source that does not load or is not
-            `[C, T, *spatial]`, sims of different shapes, a converted file that does not match its source.
-        OSError: `npz_dir` cannot be written.
+            `[C, T, *spatial]`, sims of different shapes, a converted file that does not match its source, a file in
+            `npz_dir` that migrate did not write (nothing is changed then).
+        OSError: `npz_dir` cannot be written (naming the folder).
     """
     start = time.perf_counter()
     legacy_dir, npz_dir = Path(legacy_dir), Path(npz_dir)
     source_pipe, target_pipe = legacy_cls(legacy_dir, 1), native_cls(npz_dir, 1)
     legacy, native = cache_kind(legacy_cls), cache_kind(native_cls)
     sims = _source_sims(legacy_dir, npz_dir, legacy)
+    manifest, leftovers = _target_manifest(npz_dir, native)
     check_signatures(legacy_dir, legacy, {sim: _signature(source_pipe.read_fields(sim)[0]) for sim in sims})
-    manifest = _target_manifest(npz_dir, native.name)
-    report = MigrationReport(legacy_dir, npz_dir)
+    report = MigrationReport(legacy_dir, npz_dir, source=legacy.name)
+    for path in leftovers:  # the folder is migrate's (its manifest says so): these are its own killed writes
+        path.unlink(missing_ok=True)
+        report.removed_temp_files.append(path.name)
+    if leftovers:
+        logger.info("%s: removed %d leftover temporary files of killed writes", npz_dir, len(leftovers))
+    sources, todo = {}, []
     for sim in sims:
         source_path = legacy_dir / legacy.file_name(sim)
-        source = {'name': source_path.name, 'size': source_path.stat().st_size, 'sha256': sha256_file(source_path)}
+        sources[sim] = {'name': source_path.name, 'size': source_path.stat().st_size, 'sha256': sha256_file(source_path)}
         record = manifest.files.get(native.file_name(sim))
-        if record is not None and record.source == source and _target_intact(npz_dir / record.name, record):
+        if record is not None and record.source == sources[sim] and _target_intact(npz_dir / record.name, record):
             report.skipped.append(sim)
+            _report_health(report, source_path, record.health or [])
+            if progress:
+                progress(1)
         else:
-            convert(source_pipe, target_pipe, sim)
-            manifest.files[native.file_name(sim)] = record_file(native, npz_dir, sim, source=source)
-            manifest.save(npz_dir)
-            report.converted.append(sim)
+            todo.append(sim)
+    if todo:  # listed first: a file that lands but is killed before its record is still known to be migrate's
+        manifest.pending |= {native.file_name(sim) for sim in todo}
+        manifest.save(npz_dir)
+    for sim in todo:
+        findings = convert(source_pipe, target_pipe, sim, health)
+        record = record_file(native, npz_dir, sim, source=sources[sim])
+        manifest.files[record.name] = dataclasses.replace(record, health=findings)
+        manifest.pending.discard(record.name)
+        manifest.save(npz_dir)
+        report.converted.append(sim)
+        _report_health(report, legacy_dir / legacy.file_name(sim), findings)
         if progress:
             progress(1)
+    report.converted.sort()
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())
     return report
@@ -112,7 +158,7 @@ def _source_sims(legacy_dir: Path, npz_dir: Path, legacy) -> list[int]:
     if not sims:
         raise CacheError(f"{legacy_dir}: empty cache folder (no {legacy.file_name(0).replace('000000', 'XXXXXX')} files "
                          f"to migrate)")
-    if Manifest.path(legacy_dir).is_file():  # a cache built by the harness: its sources must verify first
+    if _harness_manifest(legacy_dir):  # a cache built by the harness: its sources must verify first
         from harness.cache.build import verify_cache
         verify_cache(legacy_dir, legacy, sims=sims).raise_if_failed()
     return sims
@@ -132,22 +178,64 @@ def check_signatures(legacy_dir: Path, legacy, signatures: Mapping[int, str]) ->
                              f"resolution and one set of fields")
 
 
+def _report_health(report: MigrationReport, source_path: Path, findings: list[dict[str, Any]]) -> None:
+    for finding in findings:
+        logger.warning("%s: data health: sim %d frame %d %r: %s (%s)", source_path, finding['sim'], finding['frame'],
+                       finding['field'], finding['check'], finding['detail'])
+        report.health.append(finding)
+
+
+def _harness_manifest(folder: Path) -> bool:
+    """Whether `folder` has a manifest the harness wrote (a team's own `manifest.json` is just one of its files)."""
+    try:
+        return Manifest.load(folder) is not None
+    except CacheError:
+        return False
+
+
 def _signature(fields: Mapping[str, Tensor]) -> str:
     """`velocity (time=9, x=16, y=16, vector=2) float32; ...`: what must be equal for every sim of one cache."""
     return '; '.join(f"{name} ({', '.join(f'{n}={k}' for n, k in zip(t.shape.names, t.shape.sizes))}) "
                      f"{dtype_name(t.dtype)}" for name, t in sorted(fields.items()))
 
 
-def _target_manifest(npz_dir: Path, pipeline: str) -> Manifest:
+def _target_manifest(npz_dir: Path, native) -> tuple[Manifest, list[Path]]:
+    """The target's manifest (a new one for a new or empty folder) and the leftovers of migrate's killed writes there.
+
+    Raises:
+        CacheError: the target holds a manifest that is not the harness's, not a migration's, or a file the manifest
+            does not record: migrate writes only where it wrote before.
+    """
+    if not npz_dir.exists():
+        return Manifest(native.name), []
     try:
         manifest = Manifest.load(npz_dir)
     except CacheError as err:
-        logger.warning("%s; starting a new one, every file is converted again", err)
-        return Manifest(pipeline)
-    if manifest is not None and manifest.pipeline != pipeline:
+        raise CacheError(f"{err}; refusing to write into {npz_dir}, {NOT_MIGRATES}") from None
+    if manifest is not None and manifest.pipeline != native.name:
         raise CacheError(f"{Manifest.path(npz_dir)}: NPZ_DIR holds a {manifest.pipeline!r} cache, refusing to write the "
-                         f"{pipeline!r} cache into it")
-    return manifest or Manifest(pipeline)
+                         f"{native.name!r} cache into it; {NOT_MIGRATES}")
+    built = sorted(name for name, record in (manifest.files if manifest else {}).items() if record.source is None)
+    if built:
+        raise CacheError(f"{Manifest.path(npz_dir)}: records a native cache the harness built from a simulation "
+                         f"({built[0]} has no source), not a migration; {NOT_MIGRATES}")
+    leftovers, foreign = [], []
+    for path in sorted(npz_dir.iterdir()):
+        final = temp_name_of(path)
+        ours_by_name = path.is_file() and not path.is_symlink() and final is not None \
+            and (final == MANIFEST_NAME or native.sim_of(final) is not None)
+        if manifest is not None and (path.name == MANIFEST_NAME or manifest.owns(path.name)):
+            continue
+        if ours_by_name:  # a killed write's leftover: migrate's to remove only where its manifest is
+            if manifest is not None:
+                leftovers.append(path)
+            continue
+        foreign.append(path.name)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more: {', '.join(foreign[1:4])})" if len(foreign) > 1 else ''
+        raise CacheError(f"{npz_dir / foreign[0]}: not written by harness.migrate (not recorded in "
+                         f"{Manifest.path(npz_dir)}){more}; {NOT_MIGRATES}")
+    return manifest or Manifest(native.name), leftovers
 
 
 def _target_intact(path: Path, record) -> bool:
@@ -166,8 +254,13 @@ def native_metadata(source_path: Path, meta: dict, fields: list[str]) -> dict[st
     return result
 
 
-def convert(source: AbstractPipeline, target: AbstractPipeline, sim: int) -> Path:
-    """Converts, writes and verifies one sim; a written file that does not match its source is removed."""
+def convert(source: AbstractPipeline, target: AbstractPipeline, sim: int,
+            health: HealthConfig = HealthConfig()) -> list[dict[str, Any]]:
+    """Converts, writes and verifies one sim; a written file that does not match its source is removed.
+
+    Returns:
+        The findings of the data health scan of the converted fields (`harness.data.health`), as plain dicts.
+    """
     fields, meta = source.read_fields(sim)
     source_path = source.cache_file(sim)
     metadata = native_metadata(source_path, meta, sorted(fields))
@@ -176,11 +269,15 @@ def convert(source: AbstractPipeline, target: AbstractPipeline, sim: int) -> Pat
     except CacheError as err:
         raise CacheError(f"{source_path}: cannot be written to the {target.name!r} cache: {err}") from None
     try:
-        verify_converted(path, fields, *target.read_fields(sim), metadata)
+        loaded, loaded_metadata = target.read_fields(sim)
+        # a legacy target adds its layout hints to what it stores (as a legacy source's are dropped above)
+        loaded_metadata = {k: v for k, v in loaded_metadata.items() if k not in LAYOUT_KEYS or k in metadata}
+        verify_converted(path, fields, loaded, loaded_metadata, metadata)
     except CacheError:
         path.unlink(missing_ok=True)
         raise
-    return path
+    scan = scan_tensors({name: math.expand(t, batch(sim=1)) for name, t in fields.items()}, health, [sim])
+    return [{'sim': r.sim, 'frame': r.frame, 'field': r.field, 'check': r.check, 'detail': r.detail} for r in scan.rows]
 
 
 def verify_converted(path: Path, source: Mapping[str, Tensor], loaded: Mapping[str, Tensor], loaded_metadata: dict,

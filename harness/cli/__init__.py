@@ -1,13 +1,14 @@
-"""The command-line layer: one module per command (`compare`, `selftest`, `bench`, `migrate`) and the registry of the
-default pipelines, the only place in the harness that names `legacy` and `phiml_native`.
+"""The command-line layer: one module per command (`compare`, `selftest`, `bench`, `migrate`, `train`) and the
+registry of the default pipelines, the only place in the harness that names `legacy` and `phiml_native`.
 
-`launch` is what `python -m harness.<command>` runs. It imports the command inside its guard, so Ctrl-C at any time,
-during the imports too, is one line and exit code 130.
+`launch` is what `python -m harness.<command>` runs: Ctrl-C at any time, during the imports too, is one line and exit
+code 130.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 INTERRUPTED = 130
@@ -15,14 +16,22 @@ INTERRUPTED = 130
 
 def launch(command: str) -> int:
     """Imports `harness.cli.<command>` and runs its `main()`; returns the exit code (130 after Ctrl-C)."""
+    message = f"python -m harness.{command}: interrupted\n".encode()
+
+    def interrupted_while_importing(signum, frame):
+        # no KeyboardInterrupt into a library's import: some swallow it and leave a half-imported module behind
+        os.write(2, message)
+        os._exit(INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, interrupted_while_importing)
     try:
-        code = importlib.import_module(f'harness.cli.{command}').main()
-    except KeyboardInterrupt:  # during the imports: once the command runs, its own guard answers Ctrl-C
-        print(f"python -m harness.{command}: interrupted", file=sys.stderr)
-        code = INTERRUPTED
+        module = importlib.import_module(f'harness.cli.{command}')
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code = module.main()  # its guard turns a later Ctrl-C into one line and INTERRUPTED
     if code == INTERRUPTED:
-        # not a normal exit: after an interrupt inside Python code run by an extension (torch's import, a traced
-        # function) the interpreter kills itself with SIGINT at exit, whatever exit code was asked for
+        # not a normal exit: after an interrupt inside Python code run by an extension (a traced function) the
+        # interpreter kills itself with SIGINT at exit, whatever exit code was asked for
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(INTERRUPTED)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
-from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.cli.registry import add_pipeline_flags, configure_pipelines, pipeline_argv, report_folder
+from harness.config import default_flip, load_config, quick_overrides
 from harness.errors import ConfigError
 from harness.run import run_compare
 from harness.scale import open_executor
@@ -22,7 +22,8 @@ def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
-    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/)")
+    parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/; with other pipelines "
+                        "reports/<scenario>-<legacy name>-vs-<native name>/)")
     parser.add_argument('--cache-dir', type=Path, help="reuse the harness's caches in this folder (legacy/, phiml/; "
                         "default: <out>/cache, rebuilt as needed); they are verified against their manifests and a bad "
                         "file is an error; a folder of files the harness did not write is refused")
@@ -35,6 +36,7 @@ def make_parser() -> OneLineParser:
     parser.add_argument('--channels', action='append', default=[], metavar='FIELD=a,b,c',
                         help="channel names of a field whose channels its shape cannot name (repeatable; the same as "
                              "data.channels.FIELD=[a,b,c])")
+    add_pipeline_flags(parser)
     add_scale_arguments(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny run for smoke tests (~15 s)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bars")
@@ -57,20 +59,25 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError(f"--legacy-cache (={str(args.legacy_cache)!r}) judges an existing cache and writes nothing "
                           f"into it: --cache-dir and --repair (for the harness's simulated caches) do not apply")
     overrides = [*channel_overrides(args.channels), *args.overrides]
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *overrides])
-    out = args.out or Path('reports') / config.name
-    legacy_cls, native_cls = default_pipelines()
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *overrides])
+    config, (legacy_cls, native_cls) = configure_pipelines(config, args.legacy, args.native)
+    out = args.out or report_folder(config, (legacy_cls, native_cls))
     with open_executor(args.workers, args.scheduler) as executor:
         summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config),
-                              native_cls=native_cls, progress=not args.no_progress,
-                              overrides=[*(['--quick'] if args.quick else []), *overrides], repair=args.repair,
-                              legacy_cache=args.legacy_cache, native_cache=args.native_cache, executor=executor)
+                              native_cls=native_cls.configured(config), progress=not args.no_progress,
+                              overrides=[*(['--quick'] if args.quick else []), *pipeline_argv(args.legacy, args.native),
+                                         *overrides],
+                              repair=args.repair, legacy_cache=args.legacy_cache, native_cache=args.native_cache,
+                              executor=executor)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:
         if not check['passed']:
             print(f"  FAILED {check['name']}: {check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
+    flip = default_flip(config.name) if summary['verdict'] == 'go' else None
+    if flip and flip['current'] != 'phiml':
+        print(f"to train on the native pipeline by default ({flip['file']} line {flip['line']}): {flip['command']}")
     return 0 if summary['verdict'] == 'go' else 1
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from harness.cli.common import OneLineParser, guarded, setup_logging
-from harness.cli.registry import default_pipelines
-from harness.config import QUICK, load_config
+from harness.cli.registry import add_pipeline_flags, configure_pipelines
+from harness.config import load_config, quick_overrides
 from harness.selftest.run import run_selftest
 
 PROG = 'python -m harness.selftest'
@@ -21,6 +21,7 @@ def make_parser() -> OneLineParser:
     parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides")
     parser.add_argument('--quick', action='store_true', help="a tiny scenario (seconds)")
+    add_pipeline_flags(parser, native="the pipeline being judged; every bug of the catalogue is injected into it")
     parser.add_argument('-v', '--verbose', action='store_true')
     return parser
 
@@ -33,10 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     setup_logging(args.verbose)
-    config = load_config(args.scenario, [*(QUICK if args.quick else ()), *args.overrides])
-    result = run_selftest(config, *default_pipelines())
+    config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *args.overrides])
+    config, classes = configure_pipelines(config, args.legacy, args.native)
+    result = run_selftest(config, *classes)
     print(result.table())
     bad = [r.bug for r in result.rows if not r.ok]
-    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs"
+    skipped = f" ({len(result.skipped)} more not applicable here)" if result.skipped else ''
+    print(f"self-test: {'PASSED' if result else 'FAILED'}: {len(result.rows) - 1} injected bugs{skipped}"
           + (f"; wrong for: {', '.join(bad)}" if bad else ", all caught and diagnosed; clean pipeline passes"))
     return 0 if result else 1

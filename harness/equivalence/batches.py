@@ -120,7 +120,13 @@ def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans:
         tolerance: Value tier and tolerances.
         frames: When given, also identifies each delivered element by content and audits coverage per epoch.
         progress: Called with 1 per batch pair.
+
+    Raises:
+        ValueError: both pipelines have the same `name` (their batches would be taken for each other).
     """
+    if legacy.name == native.name:
+        raise ValueError(f"`legacy` and `native` are both pipelines named {legacy.name!r}; expected two different "
+                         f"`name`s (their batches are keyed by them)")
     result = EquivalenceResult()
     for plan in plans:
         delivered = {legacy.name: [], native.name: []}

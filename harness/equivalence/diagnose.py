@@ -127,8 +127,8 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
     failed = [d for d in diffs if not d]
     transform = _affine(a[first], b[first])
     if transform:
-        return Diagnosis('value transform', f"native = {transform[0]:.6g} * legacy + {transform[1]:.6g} "
-                         f"(data scaled or normalised differently, e.g. normalised twice)", **where)
+        return Diagnosis('value transform', f"native = {transform} (data scaled or normalised differently, e.g. "
+                         f"normalised twice)", **where)
     worst = max(failed, key=lambda d: d.max_rel) if failed else None
     if worst is not None and worst.max_rel <= DRIFT_RTOL:
         return Diagnosis('numerical drift', f"same windows with numerical drift: max relative error {worst.max_rel:.3g} "
@@ -239,19 +239,33 @@ def _target_offset(batch: dict, frames: FrameIndex) -> int | None:
     return wrong.pop() if len(wrong) == 1 else (1 if offsets == {1} else None)
 
 
-def _affine(a: dict, b: dict) -> tuple[float, float] | None:
-    """(scale, shift) with native = scale * legacy + shift for every tensor of the batch, if one fits exactly enough."""
-    xs, ys = [], []
+def _affine(a: dict, b: dict) -> str | None:
+    """`'s * legacy + t'` (per tensor where the fits differ, e.g. per-field normalisation) when every tensor of the
+    batch is such an affine map of its legacy counterpart and some map is not the identity; None otherwise."""
+    fits = {}
     for name, x in flatten_batch(a):
         y = dict(flatten_batch(b)).get(name)
         if y is None or x.shape.names != y.shape.names or sorted(x.shape.sizes) != sorted(y.shape.sizes) \
                 or x.shape.item_names != y.shape.item_names or x.dtype != y.dtype:
             return None
-        xs.append(x.numpy(x.shape.names).ravel().astype(np.float64))
-        ys.append(y.numpy(x.shape.names).ravel().astype(np.float64))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0:
+        fit = _affine_fit(x.numpy(x.shape.names).ravel().astype(np.float64), y.numpy(x.shape.names).ravel().astype(np.float64))
+        if fit is None:
+            return None
+        fits[name] = fit
+    if not fits or all(f == 'identity' for f in fits.values()):
         return None
+    words = {name: 'legacy' if f == 'identity' else f"{f[0]:.6g} * legacy + {f[1]:.6g}" for name, f in fits.items()}
+    if len(set(words.values())) == 1:
+        return next(iter(words.values()))
+    return '; '.join(f"{w} in {name!r}" for name, w in words.items())
+
+
+def _affine_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | str | None:
+    """(scale, shift) with y = scale * x + shift to within 1e-4 of |y|, `'identity'` for equal arrays, else None."""
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0:
+        return 'identity' if np.array_equal(x, y) else None
+    if np.array_equal(x, y):
+        return 'identity'
     scale, shift = np.polyfit(x, y, 1)
     residual = np.abs(scale * x + shift - y).max()
     magnitude = max(np.abs(y).max(), 1e-12)

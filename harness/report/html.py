@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.atomic import atomic_path  # noqa: E402
 from harness.bench.timing import STAGE_TITLES  # noqa: E402
+from harness.config import default_flip  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / 'templates'
@@ -28,13 +29,16 @@ def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_losses(summary['training'], out_dir / 'loss_curves.png')
     plot_timings(summary['performance'], out_dir / 'timings.png')
+    if summary.get('physics'):
+        plot_physics(summary['physics'], out_dir / 'physics.png')
     with atomic_path(out_dir / 'summary.json', '.json') as tmp:
         tmp.write_text(json.dumps(_finite(summary), indent=2))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.get_template('report.html.j2').render(
         s=summary, failed=[c for c in summary['checks'] if not c['passed']], titles=STAGE_TITLES,
         sections=[markupsafe.Markup(s) for s in extra_sections], worst_frame=worst_frame,
-        provenance_json=json.dumps(summary['provenance'], indent=2), bench=load_bench(out_dir / 'bench.json'))
+        provenance_json=json.dumps(summary['provenance'], indent=2), bench=load_bench(out_dir / 'bench.json'),
+        flip=default_flip(summary['scenario']) if summary['verdict'] == 'go' else None)
     index = out_dir / 'index.html'
     with atomic_path(index, '.html') as tmp:
         tmp.write_text(html)
@@ -140,6 +144,35 @@ def plot_worst_frame(diff, legacy, native, path: Path) -> None:
             fig.colorbar(im, ax=ax, shrink=.8)
         ax.set_title(title)
     fig.suptitle(f"worst frame of {diff.name!r}: {where} (max |diff| {diff.max_abs:.3g})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+PHYSICS_TITLES = {'energy': ('kinetic energy <|u|²>/2', 'linear'), 'mean velocity': ('|mean velocity|', 'linear'),
+                  'mass': ('smoke mass', 'linear'), 'divergence': ('max |div v|', 'log')}
+
+
+def plot_physics(physics: dict, path: Path) -> None:
+    """One panel per checked quantity: a line per sim of the simulation, the pipelines' served sims dashed over it."""
+    quantities = physics['quantities']
+    fig, axes = plt.subplots(1, len(quantities), figsize=(6 * len(quantities), 3.8), squeeze=False)
+    styles = {'simulation': dict(lw=2.2, alpha=.45), 'legacy': dict(lw=1, ls='--'), 'phiml': dict(lw=1, ls=':')}
+    for ax, quantity in zip(axes[0], quantities):
+        title, scale = PHYSICS_TITLES.get(quantity, (quantity, 'linear'))
+        for source in physics['sources']:
+            style = styles.get(source['source'], dict(lw=1, ls='-.'))
+            for i, (sim, curve) in enumerate(zip(source['sims'], source['curves'][quantity])):
+                ax.plot(curve, color=f"C{sim % 10}", label=source['source'] if i == 0 else None, **style)
+        if quantity == 'divergence':
+            bound = physics['tolerances']['max_divergence']
+            ax.axhline(bound, color='tab:red', lw=1, label=f"bound {bound:g}")
+        ax.set_yscale(scale)
+        ax.set_xlabel('frame')
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Physics sanity ({physics['physics']}): {'laws hold' if physics['passed'] else 'VIOLATED'}; colour = sim",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

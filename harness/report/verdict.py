@@ -107,3 +107,11 @@ def selftest_check(result) -> Check:
                      f"it cannot be told apart; fix that difference first")
     return Check('harness self-test', False, "the harness itself is unreliable here: " +
                  '; '.join(f"{r.bug}: caught={r.caught}, diagnosed {r.kind!r} (expected {r.expected_kind!r})" for r in bad[:3]))
+
+
+def physics_check(report) -> Check:
+    """The physics sanity of the data (`harness.data.physics.PhysicsReport`): not a pipeline bug, but no-go to train on."""
+    if report.passed:
+        return Check('physics sanity', True, report.detail)
+    return Check('physics sanity', False, report.detail + "; the data is physically wrong whatever the pipeline: fix the "
+                 "simulation (or its parameters, e.g. dt) before training on it")

@@ -2,7 +2,8 @@
 from the seed), each chunk of sims is stepped by a task on a worker, and the chunks are put back together.
 
 The fields are bitwise those of the in-process `harness.data.simulate.simulate`: the per-sim arithmetic does not depend
-on how many sims share a batch or on torch's thread count (tests/test_scale.py checks it).
+on how many sims share a batch or on torch's thread count (tests/test_scale.py checks it). Physics whose sims cannot be
+split (smoke: one batched pressure solve over all sims) are simulated here, in one run, as in-process.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from harness.data import simulate as local
 from harness.scale.cluster import AbstractExecutor
 
 logger = logging.getLogger(__name__)
+NOT_CHUNKED = "its sims cannot be split into chunks (see harness.data.simulate.CHUNKED)"
 
 
 def simulate(executor: AbstractExecutor, config: ScenarioConfig,
@@ -26,7 +28,9 @@ def simulate(executor: AbstractExecutor, config: ScenarioConfig,
         progress: Called with the number of time steps of the whole run that chunks finishing stand for (their sum
             is `config.sim.n_steps`, as in-process).
     """
-    if not executor.distributed:
+    if not executor.distributed or config.physics not in local.CHUNKED:
+        if executor.distributed:
+            logger.info("%s sims are simulated in one run here: %s", config.physics, NOT_CHUNKED)
         return local.simulate(config, progress)
     initial = local.initial_state(config)
     chunks = executor.chunks(config.all_sims)

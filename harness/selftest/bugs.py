@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from phiml import math
-from phiml.math import Tensor, channel
+from phiml.math import Shape, Tensor, channel
 
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 
@@ -37,6 +37,12 @@ class InjectedBug(AbstractPipeline):
         inner: The pipeline being judged; it owns the cache.
     """
     expected_kind: str = 'none'
+
+    @classmethod
+    def not_applicable(cls, frames: Mapping[str, Shape], plan: BatchPlan) -> str | None:
+        """Why this bug cannot occur in a scenario whose fields have these frame shapes (spatial [+ `vector`]) with
+        this plan, e.g. an x/y transposition in 1-D; None where it can."""
+        return None
 
     def __init__(self, inner: AbstractPipeline):
         super().__init__(inner.cache_dir, inner.rollout_steps)
@@ -94,6 +100,12 @@ class TransposedXY(InjectedBug):
     """x and y swapped in the data (the classic `[H, W]` vs `(x, y)` mix-up); names kept."""
     expected_kind = 'layout'
 
+    @classmethod
+    def not_applicable(cls, frames, plan):
+        if not any('x' in f and 'y' in f and f.get_size('x') == f.get_size('y') for f in frames.values()):
+            return "needs x and y dims of one size (a 1-D scenario has no y)"
+        return None
+
     def transform(self, batch):
         def swap(key, t):
             a, shape = _native(t)
@@ -103,23 +115,44 @@ class TransposedXY(InjectedBug):
         return _map(batch, swap)
 
 
+def _vector_fields(frames: Mapping[str, Shape]) -> str | None:
+    if not any('vector' in f and f.get_size('vector') > 1 for f in frames.values()):
+        return "needs a vector field of 2 or more components (1-D velocity has one)"
+    return None
+
+
 class SwappedVector(InjectedBug):
-    """Vector components stored in reverse order (`vector='x,y'` holding y, x)."""
+    """Vector components stored in reverse order (`vector='x,y'` holding y, x); scalar fields untouched."""
     expected_kind = 'layout'
+
+    @classmethod
+    def not_applicable(cls, frames, plan):
+        return _vector_fields(frames)
 
     def transform(self, batch):
         def swap(key, t):
+            if 'vector' not in t.shape:
+                return t
             a, shape = _native(t)
             return _rewrap(np.flip(a, axis=list(shape.names).index('vector')), shape)
         return _map(batch, swap)
 
 
 class RelabelledVector(InjectedBug):
-    """Vector item names written as `'y,x'` while the data stays x, y (a wrong `channel(vector=...)`)."""
+    """Vector item names written reversed (`'y,x'`) while the data stays x, y (a wrong `channel(vector=...)`)."""
     expected_kind = 'structure'
 
+    @classmethod
+    def not_applicable(cls, frames, plan):
+        return _vector_fields(frames)
+
     def transform(self, batch):
-        return _map(batch, lambda key, t: math.rename_dims(t, 'vector', channel(vector='y,x')) if 'vector' in t.shape else t)
+        def relabel(key, t):
+            if 'vector' not in t.shape:
+                return t
+            names = ','.join(reversed(t.shape.get_item_names('vector')))
+            return math.rename_dims(t, 'vector', channel(vector=names))
+        return _map(batch, relabel)
 
 
 class TargetsShifted(InjectedBug):
@@ -160,6 +193,12 @@ class UpcastFloat64(InjectedBug):
 class DropLastPartial(InjectedBug):
     """The last, smaller batch of an epoch is dropped (`drop_last=True` left on)."""
     expected_kind = 'batch count'
+
+    @classmethod
+    def not_applicable(cls, frames, plan):
+        if not plan.batches or len(plan.batches[-1]) == len(plan.batches[0]):
+            return "the plan has no partial batch (the windows divide by data.batch_size)"
+        return None
 
     def load_batches(self, plan):
         full = len(plan.batches[0]) if plan.batches else 0

@@ -3,7 +3,7 @@ catches and diagnoses it, and that the clean pipeline passes."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +38,9 @@ class SelftestRow:
 
 @dataclass
 class SelftestResult:
+    """One row per bug injected (the clean pipeline first); `skipped`: bug -> why it cannot occur in this scenario."""
     rows: list[SelftestRow]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -48,7 +50,10 @@ class SelftestResult:
         return self.passed
 
     def to_dicts(self) -> list[dict]:
-        return [{**asdict(r), 'ok': r.ok} for r in self.rows]
+        """The rows, then each skipped bug as a row with `kind` 'n/a' (`ok`: nothing to catch)."""
+        return [{**asdict(r), 'ok': r.ok} for r in self.rows] + [
+            {'bug': bug, 'caught': False, 'check': '-', 'diagnosis': f"not applicable: {why}", 'kind': 'n/a',
+             'expected_kind': 'n/a', 'ok': True} for bug, why in self.skipped.items()]
 
     def table(self) -> str:
         header = f"{'bug':32} {'caught':7} {'check that named it':38} {'ok':3} diagnosis"
@@ -56,6 +61,7 @@ class SelftestResult:
         for r in self.rows:
             lines.append(f"{r.bug:32} {'yes' if r.caught else 'no':7} {r.check[:38]:38} {'ok' if r.ok else 'BAD':3} "
                          f"{r.kind}: {r.diagnosis}")
+        lines += [f"{bug:32} {'-':7} {'-':38} {'n/a':3} not applicable: {why}" for bug, why in self.skipped.items()]
         return '\n'.join(lines)
 
 
@@ -83,8 +89,13 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
         legacy.open(config.train_sims)
         expected = expected or Expected.of(config, simulation)
         plan, frames, tolerances = expected.plans[0], expected.frames, expected.tolerances
-        rows = []
+        rows, skipped = [], {}
+        shapes = {name: f.values.shape.without(('sim', 'time')) for name, f in simulation.fields.items()}
         for bug, wrap in [('none (clean native pipeline)', None), *CATALOGUE.items()]:
+            why = wrap.not_applicable(shapes, plan) if wrap is not None else None
+            if why:
+                skipped[bug] = why
+                continue
             native = native_cls(native_dir, r) if wrap is None else wrap(native_cls(native_dir, r))
             native.open(config.train_sims)
             equivalence = compare_pipelines(legacy, native, [plan], tolerances, frames)
@@ -94,4 +105,4 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
             diagnosis = diagnose_epoch(legacy, native, plan, frames, tolerances)
             rows.append(SelftestRow(bug, caught=bool(failed), check=', '.join(failed) or '-', diagnosis=diagnosis.summary,
                                     kind=diagnosis.kind, expected_kind=getattr(wrap, 'expected_kind', 'none')))
-    return SelftestResult(rows)
+    return SelftestResult(rows, skipped)

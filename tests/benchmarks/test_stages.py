@@ -1,6 +1,6 @@
 """Per-stage benchmarks of both pipelines, grouped by stage so they stand side by side in pytest-benchmark's table:
-cache write, cold cache read, one epoch of batches (with the migration plan's naive loader as a third, reference
-entry), conversion to the network's torch tensors, one train step. `extra_info` carries bytes and counts.
+cache write, cold cache read, one epoch of batches (with the native dataset's mapped mode, and the migration plan's
+naive loader as a reference entry), conversion to the network's torch tensors, one train step. `extra_info` carries bytes and counts.
 
 `python -m harness.bench burgers` measures the same stages with interleaving, baselines and the bandwidth floor.
 """
@@ -42,11 +42,13 @@ def opened(bench_sim, tmp_path_factory):
         _write_all(pipeline, bench_sim)
         pipeline.open(sims)
         pipelines[cls.name] = pipeline
+    mapped = NativePipeline(root / 'phiml', config.data.rollout_steps, memory='map')
+    mapped.open(sims)
     plan = make_plan(pipelines['phiml'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
     raw = {name: list(p.load_batches(plan)) for name, p in pipelines.items()}
     network = model.make_network(config.model, 2, 2, seed=config.seed)
-    frame_bytes = pipelines['phiml'].dataset.arrays['velocity'][0, 0].nbytes
-    return {'pipelines': pipelines, 'sims': sims, 'plan': plan, 'raw': raw, 'network': network, 'config': config,
+    frame_bytes = pipelines['phiml'].dataset.frame_bytes
+    return {'pipelines': pipelines, 'mapped': mapped, 'sims': sims, 'plan': plan, 'raw': raw, 'network': network, 'config': config,
             'epoch_bytes': epoch_bytes(plan.n_windows, frame_bytes, config.data.rollout_steps)}
 
 
@@ -72,13 +74,15 @@ def test_cache_read(benchmark, name, opened):
     benchmark.extra_info.update(bytes=_cache_bytes(pipeline, sims), sims=len(sims))
 
 
-@pytest.mark.parametrize('name', [*IDS, 'naive'])
+@pytest.mark.parametrize('name', [*IDS, 'phiml-mapped', 'naive'])
 def test_epoch_of_batches(benchmark, name, opened):
     benchmark.group = 'one epoch of batches'
     plan = opened['plan']
     if name == 'naive':  # the migration plan's sketch: one file read per sample, samples stacked one by one
         native = opened['pipelines']['phiml']
         source = NaiveWindowLoader(native.manager, native.rollout_steps).iterate_plan
+    elif name == 'phiml-mapped':  # the native dataset with the cache files memory-mapped
+        source = opened['mapped'].load_batches
     else:
         source = opened['pipelines'][name].load_batches
 
@@ -109,7 +113,7 @@ def test_train_step(benchmark, name, opened):
     batch = pipeline.to_phiml(opened['raw'][name][0])
     net = model.clone_network(opened['network'])
     optimizer = model.make_optimizer(net, opened['config'].trainer.learning_rate)
-    loss = benchmark.pedantic(model.train_step, args=(net, optimizer, batch), rounds=5, warmup_rounds=1)
+    loss = benchmark.pedantic(model.train_step, args=(net, optimizer, batch), rounds=3, warmup_rounds=1)
     assert loss == loss  # not NaN
     benchmark.extra_info.update(batch_size=batch['initial_state'].shape.get_size('batch'),
                                 rollout_steps=batch['targets'].shape.get_size('time'),
