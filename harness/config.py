@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -195,30 +194,6 @@ def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
     if not path.is_file():
         raise ConfigError(f"unknown scenario {scenario!r}: expected one of {available_scenarios()}")
     return load_config_file(path, overrides)
-
-
-def default_flip(scenario: str) -> dict | None:
-    """The one-line change of `harness/configs/<scenario>.yaml` that makes the native pipeline the training default.
-
-    Returns:
-        `{'file', 'line', 'before', 'after', 'current', 'command'}` (`line` counts from 1; `command` is a `sed` that
-        makes exactly that change), or None when the scenario has no YAML file or no `data.pipeline` line.
-    """
-    path = CONFIG_DIR / f'{scenario}.yaml'
-    if not path.is_file():
-        return None
-    section = None
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line[:1].strip() and not line.startswith('#'):
-            section = line.split(':', 1)[0]
-        match = re.match(r'^\s+pipeline: (\w+)', line)
-        if section == 'data' and match:
-            current = match.group(1)
-            after = line.replace(f"pipeline: {current}", "pipeline: phiml", 1)  # what `command` does
-            return {'file': f"harness/configs/{scenario}.yaml", 'line': number, 'before': line, 'after': after,
-                    'current': current,
-                    'command': f"sed -i '{number}s/pipeline: {current}/pipeline: phiml/' harness/configs/{scenario}.yaml"}
-    return None
 
 
 def quick_overrides(scenario: str) -> list[str]:

@@ -94,7 +94,8 @@ def test_selftest_passes_in_every_scenario(scenario_caches):
 
 def test_the_flip_is_one_line_that_makes_phiml_the_default(tmp_path):
     import subprocess
-    from harness.config import CONFIG_DIR, default_flip, load_config_file
+    from harness.config import CONFIG_DIR, load_config_file
+    from harness.report.flip import default_flip
     flip = default_flip('smoke')
     lines = (CONFIG_DIR / 'smoke.yaml').read_text().splitlines()
     assert flip['file'] == 'harness/configs/smoke.yaml' and flip['current'] == 'legacy'

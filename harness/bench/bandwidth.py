@@ -69,8 +69,8 @@ def measure_bandwidth(array_bytes: int = DEFAULT_ARRAY_BYTES, repeats: int = 5) 
 
 class BandwidthProbe:
     """Measures the streaming copy bandwidth between the timed runs of a benchmark, so that each figure's floor comes
-    from the same minutes, and the same load on a shared machine, as the figure (runs on a shared 2-core VM measured
-    8-13 GB/s; a bandwidth taken once at the start moved every `/ floor` ratio with it).
+    from the same minutes, and the same load on a shared machine, as the figure (a bandwidth taken once at the start
+    moves every `/ floor` ratio with the machine's load).
 
     Args:
         array_bytes: Bytes per array; must dwarf the CPU cache.

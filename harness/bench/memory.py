@@ -1,9 +1,9 @@
 """Peak resident memory of one pipeline's epoch, measured in a fresh subprocess so that peaks of pipelines never mix.
 
-The worker (`python -m harness.memory`) imports everything and runs the pipeline once on its first two sims (open, one
+The worker (`python -m harness.bench.memory`) imports everything and runs the pipeline once on its first two sims (open, one
 batch of two windows, then another), so that the code pages of every library on the path are resident before the
-baseline is taken: a first call faults in the pages of the shared libraries it runs (~1 MB of file-backed pages for the
-first batch and plan on a 2-core VM, more than a 32x32 batch), and those belong to the interpreter's baseline, not to
+baseline is taken: a first call faults in the pages of the shared libraries it runs (more file-backed pages than a small
+batch holds), and those belong to the interpreter's baseline, not to
 the data. Their growth during the measurement is reported (`file_backed_bytes`, counted in the peaks). It then
 hands freed memory back to the OS, notes its resident set as the baseline, resets the kernel's peak counter
 (`/proc/self/clear_refs`), opens the pipeline on the cached sims and builds one epoch of model-ready batches
@@ -145,10 +145,9 @@ def release_free_memory() -> bool:
     get fresh pages, as in a new process; False where the C library has no such call (the memory stays warm then).
 
     Cold-read timings call this before each read: without it, `np.load`'s many small arrays landed in warm memory
-    freed by the previous read, while a pipeline's one large array got fresh pages (a 2-core VM measured the native
-    read at 1.5-2x `np.load` that way, against 0.6-1.3x in fresh processes). Only memory already freed is handed
-    back: results are freed by reference counting when dropped (no `gc.collect()`, which walks every object and left
-    the next read 2x slower for its cold CPU caches).
+    freed by the previous read, while a pipeline's one large array got fresh pages. Only memory already freed is handed
+    back: results are freed by reference counting when dropped (no `gc.collect()`, which walks every object and leaves
+    the next read with cold CPU caches).
     """
     trim = getattr(_libc(), 'malloc_trim', None)
     if trim is None:

@@ -32,6 +32,7 @@ assertions), 2 for bad usage or a bad config.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -112,7 +113,7 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
         if scaling:
             result['scaling'] = bench_scaling(config, legacy_cls, native_cls, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
                                               memory_at=MEMORY_AT if memory else ())
-        if mapped:
+        if mapped and 'memory' in inspect.signature(native_cls).parameters:  # a pipeline with a mapped mode
             result['mapped'] = bench_mapped(config, native_cls, workdir, repeats=repeats, warmup=warmup, memory=memory)
         result['bandwidth'] = probe.bandwidth(since=warm).to_dict()
     finally:

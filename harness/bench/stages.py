@@ -70,8 +70,8 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     optimizers = {name: model.make_optimizer(net, config.trainer.learning_rate) for name, net in nets.items()}
 
     timings = {stage: StageTiming(stage) for stage in STAGES}
-    # cold reads in a loop of their own: right after a timed cache write, the write-back of its dirty pages slowed the
-    # next read by ~15 %, and only the pipelines' reads, not the np.load baseline, came right after one
+    # cold reads in a loop of their own: right after a timed cache write, the write-back of its dirty pages slows the
+    # next read, and only the pipelines' reads, not the np.load baseline, would come right after one
     reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
     timings['read'].legacy, timings['read'].native, npy_load = reads['legacy'], reads['native'], reads['npy']
     samples_before = len(probe.samples)
@@ -186,10 +186,9 @@ def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: lis
     return times, cold.fresh_memory
 
 
-# A read right after a legacy open (torch.load and its Python) runs ~10 % slower than one after a light read: the
-# CPU caches hold torch's code and data. Taking these two orders by turns, the native read and its np.load baseline
-# each follow the legacy read half of the time and the other one the other half; always native then np.load (the
-# order of an earlier version) put the baseline after a light read every time and cost native 0.05-0.1 of its ratio.
+# A read right after a legacy open (torch.load and its Python) runs slower than one after a light read: the CPU caches
+# hold torch's code and data. Taking these two orders by turns, the native read and its np.load baseline each follow
+# the legacy read half of the time.
 COLD_READ_ORDERS = (('legacy', 'native', 'npy'), ('legacy', 'npy', 'native'))
 
 

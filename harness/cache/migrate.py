@@ -164,20 +164,6 @@ def _source_sims(legacy_dir: Path, npz_dir: Path, legacy) -> list[int]:
     return sims
 
 
-def check_signatures(legacy_dir: Path, legacy, signatures: Mapping[int, str]) -> None:
-    """Refuses sources of different shapes (`signatures`: sim -> `_signature` of its fields), naming the first.
-
-    Raises:
-        CacheError: naming the file whose fields differ from the first sim's.
-    """
-    first = min(signatures)
-    for sim in sorted(signatures):
-        if signatures[sim] != signatures[first]:
-            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
-                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
-                             f"resolution and one set of fields")
-
-
 def _report_health(report: MigrationReport, source_path: Path, findings: list[dict[str, Any]]) -> None:
     for finding in findings:
         logger.warning("%s: data health: sim %d frame %d %r: %s (%s)", source_path, finding['sim'], finding['frame'],
@@ -191,6 +177,20 @@ def _harness_manifest(folder: Path) -> bool:
         return Manifest.load(folder) is not None
     except CacheError:
         return False
+
+
+def check_signatures(legacy_dir: Path, legacy, signatures: Mapping[int, str]) -> None:
+    """Refuses sources of different shapes (`signatures`: sim -> `_signature` of its fields), naming the first.
+
+    Raises:
+        CacheError: naming the file whose fields differ from the first sim's.
+    """
+    first = min(signatures)
+    for sim in sorted(signatures):
+        if signatures[sim] != signatures[first]:
+            raise CacheError(f"{legacy_dir / legacy.file_name(sim)}: fields {signatures[sim]} differ from "
+                             f"{legacy.file_name(first)}: {signatures[first]}; one cache must hold sims of one "
+                             f"resolution and one set of fields")
 
 
 def _signature(fields: Mapping[str, Tensor]) -> str:

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import add_pipeline_flags, configure_pipelines, pipeline_argv, report_folder
-from harness.config import default_flip, load_config, quick_overrides
+from harness.config import load_config, quick_overrides
+from harness.report.flip import default_flip
 from harness.errors import ConfigError
 from harness.run import run_compare
 from harness.scale import open_executor

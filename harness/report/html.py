@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.atomic import atomic_path  # noqa: E402
 from harness.bench.timing import STAGE_TITLES  # noqa: E402
-from harness.config import default_flip  # noqa: E402
+from harness.report.flip import default_flip  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / 'templates'
