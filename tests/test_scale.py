@@ -21,6 +21,7 @@ from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
 from harness.cli.compare import main as compare_main
 from harness.cli.migrate import main as migrate_main
+from harness.cli.train import main as train_main
 from harness.equivalence.batches import compare_pipelines as compare_here
 from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
@@ -244,6 +245,12 @@ def ran_on(local) -> set[str]:
     return set(local.scheduler.task_prefixes)
 
 
+def tasks_seen(local, name: str) -> int:
+    """How many tasks called `name` have finished on the cluster (each enters the state `memory` once)."""
+    prefix = local.scheduler.task_prefixes.get(name)
+    return prefix.state_counts['memory'] if prefix is not None else 0
+
+
 @pytest.mark.slow
 def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster, tmp_path, capsys):
     local, _ = cluster
@@ -295,6 +302,19 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
     assert ran_on(local) >= {'write-cache', 'compare'}  # the simulation runs on the client (harness.scale.simulate)
 
 
+@pytest.mark.slow
+def test_train_builds_its_cache_on_the_cluster(quick_here, cluster, tmp_path, capsys):
+    """Each write task simulates its own chunk (no simulation at hand): the cache equals compare's in-process one."""
+    local, _ = cluster
+    here_out, _ = quick_here
+    before = tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')
+    assert train_main(['burgers', '--quick', 'trainer.epochs=1', 'data.pipeline=phiml', '--out', str(tmp_path / 'run'),
+                       '--scheduler', local.scheduler_address, '--no-progress']) == 0
+    assert capsys.readouterr().err == ''
+    assert_same_cache(tmp_path / 'run' / 'cache' / 'phiml', here_out / 'cache' / 'phiml')
+    assert (tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')) == (before[0] + 4, before[1])  # 4 chunks
+
+
 class SlowNative(NativePipeline):
     """The native pipeline, one second slower per file written: a worker can be killed while it converts."""
 
@@ -337,3 +357,4 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     assert outcome['report'].converted == [0, 1, 2, 3] and outcome['report'].skipped == []
     assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
     assert victim not in client.scheduler_info()['workers']
+    assert local.scheduler.task_prefixes['migrate'].suspicious >= 1  # a task that was running on a worker that died
