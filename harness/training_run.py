@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from harness import model
 from harness.atomic import atomic_path
-from harness.cache.build import build_cache
 from harness.config import ScenarioConfig
 from harness.errors import ConfigError, HarnessError
 from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey
 from harness.plan import make_plan
+from harness.scale import IN_PROCESS, AbstractExecutor, stages
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = 'checkpoints'
@@ -124,7 +124,7 @@ def window_plan(keys: Sequence[WindowKey], batch_size: int, seed: int, epoch: in
 
 def run_training(config: ScenarioConfig, out: Path, pipeline_cls: type[AbstractPipeline], *,
                  cache_dir: Path | None = None, resume: bool = False, progress: bool = True,
-                 simulation=None) -> TrainingRunResult:
+                 simulation=None, executor: AbstractExecutor = IN_PROCESS) -> TrainingRunResult:
     """Trains the scenario's model on `pipeline_cls`'s cache; see the module doc for what is written.
 
     Args:
@@ -135,6 +135,8 @@ def run_training(config: ScenarioConfig, out: Path, pipeline_cls: type[AbstractP
         resume: Continue from the last checkpoint in `out/checkpoints`.
         progress: Show a progress bar on stderr.
         simulation: The scenario's simulation, if at hand (simulated only when the cache must be written).
+        executor: Where the cache is built (`harness.scale`: by chunks of sims on Dask workers, each simulating its
+            chunk; default: in this process).
 
     Raises:
         HarnessError: `out` cannot be written; `resume` without a checkpoint, or a checkpoint of another config;
@@ -151,7 +153,7 @@ def run_training(config: ScenarioConfig, out: Path, pipeline_cls: type[AbstractP
     device = resolve_device(config.trainer.device)
     _seed_everything(config)
     pipeline = pipeline_cls(Path(cache_dir) if cache_dir else out / 'cache' / pipeline_cls.name, config.data.rollout_steps)
-    built = build_cache(pipeline, config, simulation)
+    built = stages.build_cache(executor, pipeline, config, simulation)
     cache = {'folder': str(pipeline.cache_dir), 'rebuilt': built.rebuilt, 'reused': built.skipped}
     pipeline.open(config.train_sims)
     val = None

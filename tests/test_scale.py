@@ -21,13 +21,15 @@ from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
 from harness.cli.compare import main as compare_main
 from harness.cli.migrate import main as migrate_main
+from harness.cli.train import main as train_main
 from harness.equivalence.batches import compare_pipelines as compare_here
 from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
 from harness.scale import InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
 from harness.scale.tasks import pipeline_ref
-from harness.config import load_config
+from harness.config import load_config, quick_overrides
+from harness.data.simulate import simulate as simulate_here
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from built_caches import built  # noqa: F401  (fixture)
@@ -100,7 +102,8 @@ def test_a_scheduler_that_does_not_answer_is_one_clear_error():
 
 @pytest.mark.parametrize('argv, message', [
     (['--workers', '0'], "error: `--workers` (=0) must be a whole number of at least 1\n"),
-    (['--workers', '2', '--scheduler', 'tcp://h:1'], "error: argument --scheduler: not allowed with argument --workers"),
+    (['--workers', '2', '--scheduler', 'tcp://h:1'],
+     "error: argument --scheduler: not allowed with argument --workers"),
 ], ids=['no-workers', 'both'])
 def test_cli_flags_refused_in_one_line_with_exit_2(built, tmp_path, capsys, argv, message):
     assert migrate_main([str(built / 'legacy'), str(tmp_path / 'npz'), *argv]) == 2
@@ -144,6 +147,19 @@ def test_chunked_simulation_is_bitwise_the_in_process_one(tiny_config, tiny_sim)
         assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
     assert chunked.fields['velocity'].geometry == tiny_sim.fields['velocity'].geometry
     assert chunked.fields['velocity'].extrapolation == tiny_sim.fields['velocity'].extrapolation
+
+
+@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d', pytest.param('smoke', marks=pytest.mark.slow)])
+def test_chunked_simulation_of_every_scenario_is_bitwise_the_in_process_one(scenario, caplog):
+    config = load_config(scenario, [*quick_overrides(scenario), 'sim.n_steps=3', 'data.rollout_steps=1'])
+    here = simulate_here(config)
+    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
+        chunked = stages.simulate(Chunked(), config)
+    for name, values in arrays(here).items():
+        assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
+    assert chunked.constants == here.constants
+    split = scenario != 'smoke'  # smoke's pressure solve runs batched over all sims: simulated here in one run
+    assert ("smoke sims are simulated in one run here" in caplog.text) is not split
 
 
 @pytest.mark.parametrize('shipped', [True, False], ids=['fields-shipped', 'simulated-on-workers'])
@@ -229,6 +245,12 @@ def ran_on(local) -> set[str]:
     return set(local.scheduler.task_prefixes)
 
 
+def tasks_seen(local, name: str) -> int:
+    """How many tasks called `name` have finished on the cluster (each enters the state `memory` once)."""
+    prefix = local.scheduler.task_prefixes.get(name)
+    return prefix.state_counts['memory'] if prefix is not None else 0
+
+
 @pytest.mark.slow
 def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster, tmp_path, capsys):
     local, _ = cluster
@@ -280,6 +302,19 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
     assert ran_on(local) >= {'write-cache', 'compare'}  # the simulation runs on the client (harness.scale.simulate)
 
 
+@pytest.mark.slow
+def test_train_builds_its_cache_on_the_cluster(quick_here, cluster, tmp_path, capsys):
+    """Each write task simulates its own chunk (no simulation at hand): the cache equals compare's in-process one."""
+    local, _ = cluster
+    here_out, _ = quick_here
+    before = tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')
+    assert train_main(['burgers', '--quick', 'trainer.epochs=1', 'data.pipeline=phiml', '--out', str(tmp_path / 'run'),
+                       '--scheduler', local.scheduler_address, '--no-progress']) == 0
+    assert capsys.readouterr().err == ''
+    assert_same_cache(tmp_path / 'run' / 'cache' / 'phiml', here_out / 'cache' / 'phiml')
+    assert (tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')) == (before[0] + 4, before[1])  # 4 chunks
+
+
 class SlowNative(NativePipeline):
     """The native pipeline, one second slower per file written: a worker can be killed while it converts."""
 
@@ -322,3 +357,4 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     assert outcome['report'].converted == [0, 1, 2, 3] and outcome['report'].skipped == []
     assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
     assert victim not in client.scheduler_info()['workers']
+    assert local.scheduler.task_prefixes['migrate'].suspicious >= 1  # a task that was running on a worker that died

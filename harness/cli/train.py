@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli.common import OneLineParser, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
 from harness.cli.registry import pipeline_class
 from harness.config import load_config, quick_overrides
+from harness.scale import open_executor
 from harness.training_run import LOG_NAME, PLOT_NAME, run_training
 
 PROG = 'python -m harness.train'
@@ -26,6 +27,7 @@ def make_parser() -> OneLineParser:
     parser.add_argument('--cache-dir', type=Path, help="the chosen pipeline's cache folder, built or completed as "
                         "needed (default: <out>/cache/<pipeline>)")
     parser.add_argument('--resume', action='store_true', help="continue from the last checkpoint in <out>/checkpoints")
+    add_scale_arguments(parser)
     parser.add_argument('--quick', action='store_true', help="a tiny scenario (seconds)")
     parser.add_argument('--no-progress', action='store_true', help="no progress bar")
     parser.add_argument('-v', '--verbose', action='store_true', help="log each epoch")
@@ -42,8 +44,9 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.verbose)
     config = load_config(args.scenario, [*(quick_overrides(args.scenario) if args.quick else ()), *args.overrides])
     out = args.out or Path('runs') / f"{config.name}-{config.data.pipeline}"
-    result = run_training(config, out, pipeline_class(config.data.pipeline), cache_dir=args.cache_dir,
-                          resume=args.resume, progress=not args.no_progress)
+    with open_executor(args.workers, args.scheduler) as executor:  # the cache build; training runs here
+        result = run_training(config, out, pipeline_class(config.data.pipeline), cache_dir=args.cache_dir,
+                              resume=args.resume, progress=not args.no_progress, executor=executor)
     last = result.history[-1]
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ''
     print(f"trained {config.name} on the {result.pipeline} pipeline ({result.device}) for {last.epoch} epoch(s){resumed}: "

@@ -4,6 +4,9 @@ The fields are produced once and handed to both pipelines; each converts them it
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
 import logging
 import random
 import warnings
@@ -45,7 +48,7 @@ class Simulation:
         return {name: f.sim[sim] for name, f in self.fields.items()}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Field name -> float32 array with axes (time, sim, *spatial, [vector]): what a task on a worker is shipped."""
+        """Field name -> float32 array with axes (time, sim, *spatial[, vector]): what `simulate_chunk` returns."""
         return {name: _numpy(f.values, ('time', 'sim')) for name, f in self.fields.items()}
 
     def metadata(self, sim: int) -> dict[str, Any]:
@@ -58,28 +61,6 @@ class Simulation:
             'resolution': list(c.sim.resolution), 'domain_size': c.sim.domain_size, 'dt': c.sim.dt,
             'viscosity': c.sim.viscosity, 'n_frames': c.sim.n_frames, 'fields': sorted(self.fields),
         }
-
-
-def assemble(config: ScenarioConfig, chunks: Sequence[Mapping[str, np.ndarray]]) -> Simulation:
-    """A `Simulation` of `config` from the `Simulation.arrays` of consecutive chunks of sims (sim `i` of it is the
-    `i`-th sim of the chunks), for a task that writes those sims' cache files."""
-    from phi.torch import flow  # noqa: F401  (selects the torch backend)
-    from phi.flow import Box, CenteredGrid, extrapolation
-    from phiml.math import batch, channel, spatial, tensor
-    dims = config.sim.spatial_dims
-    fields = {}
-    for name in chunks[0]:
-        values = np.concatenate([chunk[name] for chunk in chunks], axis=1)
-        vector = [channel(vector=','.join(dims))] if values.ndim == len(dims) + 3 else []
-        fields[name] = CenteredGrid(tensor(torch.from_numpy(values), batch('time'), batch('sim'), spatial(','.join(dims)),
-                                           *vector), extrapolation.ZERO,
-                                    bounds=Box(**{d: config.sim.domain_size for d in dims}))
-    return Simulation(config, fields)
-
-
-def _numpy(values, leading: tuple[str, ...]) -> np.ndarray:
-    order = [*leading, *values.shape.spatial.names, *values.shape.channel.names]
-    return np.ascontiguousarray(values.numpy(order), dtype=np.float32)
 
 
 def simulate(config: ScenarioConfig, progress: Callable[[int], None] | None = None) -> Simulation:
@@ -101,19 +82,46 @@ def simulate(config: ScenarioConfig, progress: Callable[[int], None] | None = No
     return Simulation(config, fields, constants)
 
 
-def _burgers(config: ScenarioConfig, progress, math, batch) -> dict[str, Any]:
-    from phi.flow import CenteredGrid, Noise, Box, extrapolation, diffuse, advect, jit_compile
-    from phiml.math import channel
+def _burgers(config: ScenarioConfig, progress, math, batch) -> tuple[dict[str, Any], dict[str, float]]:
+    return _burgers_steps(config, _burgers_initial(config), progress), {}
+
+
+def _burgers_initial(config: ScenarioConfig) -> dict[str, Any]:
+    """Smooth noise velocity of every sim, drawn at once from the seed (the draw depends on the number of sims)."""
+    from phi import math
+    from phi.flow import CenteredGrid, Noise, extrapolation
+    from phiml.math import batch, channel
     sim = config.sim
     dims = sim.spatial_dims
-    n = len(config.all_sims)
-    bounds = Box(**{d: sim.domain_size for d in dims})
-    resolution = dict(zip(dims, sim.resolution))
     with _restored_global_rng():
         math.seed(config.seed)
-        noise = Noise(batch(sim=n), channel(vector=','.join(dims)), scale=sim.noise_scale, smoothness=sim.noise_smoothness)
-        velocity = CenteredGrid(noise, extrapolation.PERIODIC, bounds=bounds, **resolution)
+        noise = Noise(batch(sim=len(config.all_sims)), channel(vector=','.join(dims)), scale=sim.noise_scale,
+                      smoothness=sim.noise_smoothness)
+        velocity = CenteredGrid(noise, extrapolation.PERIODIC, bounds=_bounds(config),
+                                **dict(zip(dims, sim.resolution)))
+    return {'velocity': velocity}
 
+
+def _burgers_steps(config: ScenarioConfig, initial: Mapping[str, Any], progress) -> dict[str, Any]:
+    from phi.field import stack
+    from phiml.math import batch
+    velocity = initial['velocity']
+    step = _stepper(config, _burgers_step, velocity.shape.get_size('sim'))
+    frames = [velocity]
+    for _ in range(config.sim.n_steps):
+        velocity = step(velocity)
+        frames.append(velocity)
+        if progress:
+            progress(1)
+    trajectory = stack(frames, batch('time'))
+    logger.info("simulated %d sims x %d frames of %s", velocity.shape.get_size('sim'), config.sim.n_frames,
+                dict(zip(config.sim.spatial_dims, config.sim.resolution)))
+    return {'velocity': trajectory}
+
+
+def _burgers_step(config: ScenarioConfig) -> Callable:
+    from phi.flow import advect, diffuse, jit_compile
+    sim = config.sim
     # torch's grid_sample has no 1-D mode, so semi-Lagrangian advection fails in 1-D: there the conservative Rusanov
     # flux (exact mean-velocity conservation, no energy gain) advects instead
     advection = _rusanov_advect if sim.burgers_advection == 'rusanov' else advect.semi_lagrangian
@@ -122,17 +130,24 @@ def _burgers(config: ScenarioConfig, progress, math, batch) -> dict[str, Any]:
     def step(v):
         v = diffuse.explicit(v, sim.viscosity, sim.dt)
         return advection(v, v, sim.dt)
+    return step
 
-    frames = [velocity]
-    for _ in range(sim.n_steps):
-        velocity = step(velocity)
-        frames.append(velocity)
-        if progress:
-            progress(1)
-    from phi.field import stack
-    trajectory = stack(frames, batch('time'))
-    logger.info("simulated %d sims x %d frames of %s", n, sim.n_frames, resolution)
-    return {'velocity': trajectory}, {}
+
+_STEPS: collections.OrderedDict[str, Callable] = collections.OrderedDict()
+MAX_STEPS = 8
+
+
+def _stepper(config: ScenarioConfig, factory: Callable[[ScenarioConfig], Callable], n_sims: int) -> Callable:
+    """The jit-compiled step of `config` for batches of `n_sims`, made once per process (a trace cannot be pickled, so
+    each worker builds its own; its chunks of equal size reuse one trace); the last `MAX_STEPS` are kept."""
+    key = json.dumps({'physics': config.physics, 'sim': dataclasses.asdict(config.sim), 'n_sims': n_sims},
+                     sort_keys=True)
+    if key not in _STEPS:
+        _STEPS[key] = factory(config)
+        while len(_STEPS) > MAX_STEPS:
+            _STEPS.popitem(last=False)
+    _STEPS.move_to_end(key)
+    return _STEPS[key]
 
 
 def _rusanov_advect(u, velocity, dt):
@@ -227,6 +242,80 @@ def _upwind_advect(rho, velocity, dt, math):
 
 
 _SIMULATORS = {'burgers': _burgers, 'smoke': _smoke}
+# physics whose sims can be simulated in chunks, bitwise as in one run: initial state for all sims, steps for some.
+# Not smoke: its pressure solve runs batched over the sims (CG iterates until the last one converges), on staggered
+# state.
+CHUNKED = {'burgers': (_burgers_initial, _burgers_steps)}
+
+
+def initial_state(config: ScenarioConfig) -> dict[str, np.ndarray]:
+    """The initial frame of every sim, drawn for all sims at once from `config.seed` (as `simulate` draws it).
+
+    Returns:
+        Field name -> float32 array with axes (sim, *spatial[, vector]).
+
+    Raises:
+        ValueError: the physics cannot be simulated in chunks (not in `CHUNKED`).
+    """
+    from phi.torch import flow  # noqa: F401  (selects the torch backend)
+    initial, _ = _chunked(config)
+    return {name: _numpy(grid.values, ('sim',)) for name, grid in initial(config).items()}
+
+
+def simulate_chunk(config: ScenarioConfig, initial: Mapping[str, np.ndarray],
+                   progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Simulates the sims whose initial frames are `initial` (rows of `initial_state`): bitwise what `simulate`
+    gives for them, in another process too (the per-sim arithmetic depends neither on how many sims share the batch
+    nor on torch's thread count).
+
+    Returns:
+        Field name -> float32 array with axes (time, sim, *spatial[, vector]).
+    """
+    from phi.torch import flow  # noqa: F401  (selects the torch backend)
+    from phi.flow import CenteredGrid, extrapolation
+    from phiml.math import batch, channel, spatial, tensor
+    _, steps = _chunked(config)
+    dims = ','.join(config.sim.spatial_dims)
+    grids = {}
+    for name, values in initial.items():
+        vector = [channel(vector=dims)] if values.ndim == len(config.sim.spatial_dims) + 2 else []
+        grids[name] = CenteredGrid(tensor(torch.from_numpy(np.array(values, np.float32)), batch('sim'), spatial(dims),
+                                          *vector), extrapolation.PERIODIC, bounds=_bounds(config))
+    return {name: _numpy(f.values, ('time', 'sim')) for name, f in steps(config, grids, progress).items()}
+
+
+def assemble(config: ScenarioConfig, chunks: Sequence[Mapping[str, np.ndarray]]) -> Simulation:
+    """A `Simulation` of `config` from consecutive chunks of sims (`simulate_chunk` results or `Simulation.arrays`;
+    sim `i` of it is the `i`-th sim of the chunks): for `CHUNKED` physics covering `config.all_sims`, bitwise the
+    fields `simulate` gives (periodic `CenteredGrid`s; for others the values only, enough to write caches)."""
+    from phi.torch import flow  # noqa: F401
+    from phi.flow import CenteredGrid, extrapolation
+    from phiml.math import batch, channel, spatial, tensor
+    dims = ','.join(config.sim.spatial_dims)
+    fields = {}
+    for name in chunks[0]:
+        values = np.concatenate([chunk[name] for chunk in chunks], axis=1)
+        vector = [channel(vector=dims)] if values.ndim == len(config.sim.spatial_dims) + 3 else []
+        values = tensor(torch.from_numpy(values), batch('time'), batch('sim'), spatial(dims), *vector)
+        fields[name] = CenteredGrid(values, extrapolation.PERIODIC, bounds=_bounds(config))
+    return Simulation(config, fields)
+
+
+def _chunked(config: ScenarioConfig):
+    if config.physics not in CHUNKED:
+        raise ValueError(f"`physics` (={config.physics!r}) cannot be simulated in chunks of sims; expected one of "
+                         f"{sorted(CHUNKED)}")
+    return CHUNKED[config.physics]
+
+
+def _numpy(values, leading: tuple[str, ...]) -> np.ndarray:
+    order = [*leading, *values.shape.spatial.names, *values.shape.channel.names]
+    return np.ascontiguousarray(values.numpy(order), dtype=np.float32)
+
+
+def _bounds(config: ScenarioConfig):
+    from phi.flow import Box
+    return Box(**{d: config.sim.domain_size for d in config.sim.spatial_dims})
 
 
 class _restored_global_rng:

@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 from harness.cache import build as local
 from harness.cache.manifest import cache_kind, config_digest
 from harness.config import ScenarioConfig
-from harness.data.simulate import Simulation, simulate
+from harness.data.simulate import CHUNKED, Simulation, initial_state, simulate
 from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline
 from harness.scale import tasks
 from harness.scale.cluster import AbstractExecutor
+from harness.scale.simulate import NOT_CHUNKED, chunk_rows
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,21 @@ def build_caches(executor: AbstractExecutor, pipelines: Sequence[AbstractPipelin
 def _write(executor, pipelines, kinds, rebuilt, todo, config, simulation, progress) -> None:
     manifests = [local.begin_writes(p.cache_dir, kind, bad) if bad else None
                  for p, kind, bad in zip(pipelines, kinds, rebuilt)]
-    arrays = (simulation or simulate(config)).arrays()
+    if simulation is None and config.physics not in CHUNKED:
+        logger.info("%s: simulated here, in one run: %s", config.physics, NOT_CHUNKED)
+        simulation = simulate(config)
+    arrays = simulation.arrays() if simulation is not None else None
+    initial = initial_state(config) if simulation is None else None
     arguments = []
     for chunk in executor.chunks(todo):
         writes = [(tasks.pipeline_ref(type(p)), p.cache_dir, [s for s in chunk if s in set(bad)])
                   for p, bad in zip(pipelines, rebuilt)]
-        arguments.append((config, chunk, writes, {name: a[:, chunk].copy() for name, a in arrays.items()}))
+        if arrays is not None:  # the metadata too: a simulation read from a cache carries the stored one
+            fields = {name: a[:, chunk].copy() for name, a in arrays.items()}
+            shipped = fields, None, [simulation.metadata(s) for s in chunk]
+        else:
+            shipped = None, chunk_rows(initial, chunk), None
+        arguments.append((config, chunk, writes, *shipped))
     logger.info("writing %d sims of %s in %d chunks", len(todo), [p.name for p in pipelines], len(arguments))
     for _, records in executor.run(tasks.write_chunk, arguments, name='write-cache'):
         for pipeline, manifest, written in zip(pipelines, manifests, records):

@@ -8,7 +8,6 @@ the files that already verify. No task writes a `manifest.json`: the client reco
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -19,8 +18,8 @@ import numpy as np
 
 from harness.cache.manifest import FileRecord, cache_kind, config_digest, record_file, sha256_file
 from harness.cache.migrate import _signature, _target_intact, convert
-from harness.config import ScenarioConfig
-from harness.data.simulate import assemble
+from harness.config import HealthConfig, ScenarioConfig
+from harness.data.simulate import assemble, simulate_chunk
 from harness.equivalence.batches import MAX_REPORTED, BatchFailure
 from harness.equivalence.diff import TensorDiff, ToleranceMap, compare_batches, flatten_batch
 from harness.equivalence.identify import FrameIndex
@@ -48,55 +47,59 @@ def _pipeline(ref: PipelineRef, folder: Path, rollout_steps: int = 1) -> Abstrac
     return cls(Path(folder), rollout_steps)
 
 
-def describe_sources(source_spec: PipelineRef, folder: Path,
-                     sims: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
-    """For each source sim of a migration: its field signature and `{'name', 'size', 'sha256'}`."""
-    source = _pipeline(source_spec, folder)
+def describe_sources(source_ref: PipelineRef, folder: Path, target_dir: Path,
+                     items: Sequence[tuple[int, FileRecord | None]]) -> list[tuple[int, str, dict[str, Any], bool]]:
+    """For each `(sim, recorded target or None)` of a migration: the source's field signature, its
+    `{'name', 'size', 'sha256'}`, and whether the recorded target still matches that source and its own bytes."""
+    source = _pipeline(source_ref, folder)
     rows = []
-    for sim in sims:
+    for sim, recorded in items:
         path = source.cache_file(sim)
         signature = _signature(source.read_fields(sim)[0])
-        rows.append((sim, signature, {'name': path.name, 'size': path.stat().st_size, 'sha256': sha256_file(path)}))
+        described = {'name': path.name, 'size': path.stat().st_size, 'sha256': sha256_file(path)}
+        intact = recorded is not None and recorded.source == described \
+            and _target_intact(Path(target_dir) / recorded.name, recorded)
+        rows.append((sim, signature, described, intact))
     return rows
 
 
-def migrate_chunk(source_spec: PipelineRef, target_spec: PipelineRef, source_dir: Path, target_dir: Path,
-                  items: Sequence[tuple[int, dict[str, Any], FileRecord | None]]
-                  ) -> list[tuple[int, FileRecord | None]]:
-    """Converts, verifies and describes the sims of `items` (`(sim, source, recorded target or None)`).
+def migrate_chunk(source_ref: PipelineRef, target_ref: PipelineRef, source_dir: Path, target_dir: Path,
+                  items: Sequence[tuple[int, dict[str, Any]]], health: HealthConfig) -> list[tuple[int, FileRecord]]:
+    """Converts, verifies, scans and describes the sims of `items` (`(sim, source description)`).
 
     Returns:
-        `(sim, record)` per sim; `record` is None where the recorded target still matches its source and bytes
-        (skipped).
+        `(sim, record)` per sim, the data health findings in the record.
     """
-    source, target = _pipeline(source_spec, source_dir), _pipeline(target_spec, target_dir)
+    source, target = _pipeline(source_ref, source_dir), _pipeline(target_ref, target_dir)
     kind = cache_kind(type(target))
     done = []
-    for sim, source_record, recorded in items:
-        if recorded is not None and recorded.source == source_record \
-                and _target_intact(Path(target_dir) / recorded.name, recorded):
-            done.append((sim, None))
-            continue
-        findings = convert(source, target, sim)
-        record = record_file(kind, Path(target_dir), sim, source=source_record)
+    for sim, described in items:
+        findings = convert(source, target, sim, health)
+        record = record_file(kind, Path(target_dir), sim, source=described)
         done.append((sim, dataclasses.replace(record, health=findings)))
     return done
 
 
 def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tuple[PipelineRef, Path, Sequence[int]]],
-                fields: Mapping[str, np.ndarray]) -> list[list[FileRecord]]:
+                fields: Mapping[str, np.ndarray] | None = None, initial: Mapping[str, np.ndarray] | None = None,
+                metadata: Sequence[Mapping[str, Any]] | None = None) -> list[list[FileRecord]]:
     """Writes the cache files of one chunk of sims with each pipeline of `writes` and describes each for the manifest.
 
     Args:
         config: The scenario.
         sims: The chunk's sims, in the order of `fields` / `initial`.
         writes: `(pipeline_ref, cache folder, sims to write)` per pipeline; the sims lie in the chunk.
-        fields: The chunk's simulated fields (`Simulation.arrays`, axes (time, sim, ...)).
+        fields: The chunk's simulated fields (`simulate_chunk`'s arrays, axes (time, sim, ...)), or None to
+            simulate them here from `initial`.
+        initial: The chunk's rows of `initial_state`.
+        metadata: Per sim of the chunk, what to store beside its fields; default: from `config`.
 
     Returns:
         The records of the files written, per entry of `writes`.
     """
     sims = list(sims)
+    if fields is None:
+        fields = simulate_chunk(config, initial)
     simulation = assemble(config, [fields])  # sim i of it is sims[i]
     digest = config_digest(config)
     records = []
@@ -105,7 +108,9 @@ def write_chunk(config: ScenarioConfig, sims: Sequence[int], writes: Sequence[tu
         kind = cache_kind(type(pipeline))
         written = []
         for sim in chunk:
-            pipeline.write_cache(sim, simulation.sim_fields(sims.index(sim)), simulation.metadata(sim))
+            local = sims.index(sim)
+            meta = simulation.metadata(sim) if metadata is None else dict(metadata[local])
+            pipeline.write_cache(sim, simulation.sim_fields(local), meta)
             written.append(record_file(kind, Path(folder), sim, digest=digest))
         records.append(written)
     return records
