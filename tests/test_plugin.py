@@ -20,7 +20,7 @@ from harness.equivalence.batches import compare_pipelines
 from harness.errors import CacheError, ConfigError
 from harness.pipeline import AbstractPipeline, load_pipeline
 from harness.plan import make_plan
-from harness.selftest.bugs import CATALOGUE
+from harness.selftest.run import catalogue
 from harness.selftest.run import run_selftest
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
@@ -107,8 +107,8 @@ def test_selftest_wraps_the_foreign_pipeline(tiny_config, tiny_sim):
     result = run_selftest(tiny_config, LegacyPipeline, Counting, tiny_sim)
     assert result, result.table()
     assert [(r.bug, r.kind) for r in result.rows] == [('none (clean native pipeline)', 'none')] + \
-        [(name, bug.expected_kind) for name, bug in CATALOGUE.items()]
-    assert set(served) == {'Counting'} and len(served) > 6 * len(CATALOGUE)  # every bug's batches came from it
+        [(name, bug.expected_kind) for name, bug in catalogue().items()]
+    assert set(served) == {'Counting'} and len(served) > 6 * len(catalogue())  # every bug's batches came from it
 
 
 # --- choosing the classes ----------------------------------------------------------------------------------------
@@ -199,9 +199,9 @@ def test_compare_judges_the_npy_pipeline_go(tmp_path, capsys):
 def test_selftest_catches_every_bug_in_the_npy_pipeline(capsys):
     assert selftest_cli.main(['burgers', '--quick', '--native', NPY]) == 0
     out = capsys.readouterr().out
-    assert f"self-test: PASSED: {len(CATALOGUE)} injected bugs, all caught and diagnosed; clean pipeline passes" in out
-    rows = out.splitlines()[2:2 + len(CATALOGUE) + 1]
-    assert [row[:32].strip() for row in rows] == ['none (clean native pipeline)', *CATALOGUE]
+    assert f"self-test: PASSED: {len(catalogue())} injected bugs, all caught and diagnosed; clean pipeline passes" in out
+    rows = out.splitlines()[2:2 + len(catalogue()) + 1]
+    assert [row[:32].strip() for row in rows] == ['none (clean native pipeline)', *catalogue()]
     assert all(row[80:83] == 'ok ' for row in rows), rows
 
 

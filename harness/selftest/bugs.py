@@ -37,6 +37,7 @@ class InjectedBug(AbstractPipeline):
         inner: The pipeline being judged; it owns the cache.
     """
     expected_kind: str = 'none'
+    judged_by: str = 'batches'  # the self-test judge family that must catch it (`harness.selftest.run.JUDGES`)
 
     @classmethod
     def not_applicable(cls, frames: Mapping[str, Shape], plan: BatchPlan) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from harness.cache.build import write_cache
 from harness.config import ScenarioConfig
@@ -15,8 +15,9 @@ from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
 from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
-from harness.selftest.bugs import CATALOGUE
+from harness.selftest.bugs import CATALOGUE, InjectedBug
 
+CLEAN = 'none (clean native pipeline)'
 
 
 @dataclass
@@ -65,10 +66,55 @@ class SelftestResult:
         return '\n'.join(lines)
 
 
+@dataclass(frozen=True)
+class SelftestContext:
+    """What every judge of the self-test needs: the run's config, the opened legacy pipeline (the reference), the
+    classes and cache folders, the simulation and the expected windows, plans, frames and tolerances."""
+    config: ScenarioConfig
+    legacy: AbstractPipeline
+    legacy_cls: type[AbstractPipeline]
+    native_cls: type[AbstractPipeline]
+    legacy_dir: Path
+    native_dir: Path
+    simulation: object
+    expected: Expected
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one judge found for one (clean or bug-injected) pipeline: the checks that failed (none: not caught) and
+    the diagnosis, its kind first."""
+    failed: list[str]
+    kind: str
+    summary: str
+
+
+def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
+    """The plan-driven comparison of the first epoch: window enumeration, batch equality, coverage, diagnosis."""
+    plan = ctx.expected.plans[0]
+    equivalence = compare_pipelines(ctx.legacy, native, [plan], ctx.expected.tolerances, ctx.expected.frames)
+    checks = [window_keys_check(ctx.expected.keys, {native.name: native.window_keys()}),
+              equivalence_check(equivalence, ctx.config), coverage_check(equivalence)]
+    diagnosis = diagnose_epoch(ctx.legacy, native, plan, ctx.expected.frames, ctx.expected.tolerances)
+    return Finding([c.name for c in checks if not c], diagnosis.kind, diagnosis.summary)
+
+
+# judge family -> how a pipeline is judged in it; each bug names its family (`InjectedBug.judged_by`); the clean
+# pipeline goes through every family and must pass them all
+JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
+    'batches': judge_batches,
+}
+
+
+def catalogue() -> dict[str, type[InjectedBug]]:
+    """Every injected bug, by name, in the order the self-test runs them."""
+    return {**CATALOGUE}
+
+
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
                  simulation=None, legacy_dir: Path | None = None, native_dir: Path | None = None, *,
                  expected: Expected | None = None) -> SelftestResult:
-    """Runs the comparison of one epoch for the clean native pipeline and every bug of `harness.selftest.bugs.CATALOGUE`.
+    """Judges the clean native pipeline and every bug of `catalogue()`, each by its judge family (`JUDGES`).
 
     Args:
         legacy_cls: The reference pipeline.
@@ -87,22 +133,33 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
             write_cache(native_cls(native_dir, r), simulation, config.train_sims)
         legacy = legacy_cls(legacy_dir, r)
         legacy.open(config.train_sims)
-        expected = expected or Expected.of(config, simulation)
-        plan, frames, tolerances = expected.plans[0], expected.frames, expected.tolerances
+        ctx = SelftestContext(config, legacy, legacy_cls, native_cls, Path(legacy_dir), Path(native_dir), simulation,
+                              expected or Expected.of(config, simulation))
         rows, skipped = [], {}
         shapes = {name: f.values.shape.without(('sim', 'time')) for name, f in simulation.fields.items()}
-        for bug, wrap in [('none (clean native pipeline)', None), *CATALOGUE.items()]:
-            why = wrap.not_applicable(shapes, plan) if wrap is not None else None
+        rows.append(_judge_clean(ctx))
+        for bug, wrap in catalogue().items():
+            why = wrap.not_applicable(shapes, ctx.expected.plans[0])
             if why:
                 skipped[bug] = why
                 continue
-            native = native_cls(native_dir, r) if wrap is None else wrap(native_cls(native_dir, r))
+            native = wrap(native_cls(native_dir, r))
             native.open(config.train_sims)
-            equivalence = compare_pipelines(legacy, native, [plan], tolerances, frames)
-            checks = [window_keys_check(expected.keys, {native.name: native.window_keys()}),
-                      equivalence_check(equivalence, config), coverage_check(equivalence)]
-            failed = [c.name for c in checks if not c]
-            diagnosis = diagnose_epoch(legacy, native, plan, frames, tolerances)
-            rows.append(SelftestRow(bug, caught=bool(failed), check=', '.join(failed) or '-', diagnosis=diagnosis.summary,
-                                    kind=diagnosis.kind, expected_kind=getattr(wrap, 'expected_kind', 'none')))
+            found = JUDGES[wrap.judged_by](ctx, native)
+            rows.append(SelftestRow(bug, caught=bool(found.failed), check=', '.join(found.failed) or '-',
+                                    diagnosis=found.summary, kind=found.kind, expected_kind=wrap.expected_kind))
     return SelftestResult(rows, skipped)
+
+
+def _judge_clean(ctx: SelftestContext) -> SelftestRow:
+    """The clean native pipeline through every judge: caught when any judge fails it (named by the first that does)."""
+    findings = []
+    for judge in JUDGES.values():
+        native = ctx.native_cls(ctx.native_dir, ctx.config.data.rollout_steps)
+        native.open(ctx.config.train_sims)
+        findings.append(judge(ctx, native))
+    failed = [name for f in findings for name in f.failed]
+    first = next((f for f in findings if f.failed), findings[0])
+    summary = first.summary if failed else findings[0].summary
+    return SelftestRow(CLEAN, caught=bool(failed), check=', '.join(failed) or '-', diagnosis=summary,
+                       kind=first.kind if failed else 'none', expected_kind='none')
