@@ -16,6 +16,8 @@ from harness.equivalence.expected import Expected
 from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 from harness.selftest.bugs import CATALOGUE, InjectedBug
+from harness.selftest.bugs_speed import CATALOGUE as SPEED_BUGS, judge_speed
+from harness.selftest.finding import Finding
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -80,15 +82,6 @@ class SelftestContext:
     expected: Expected
 
 
-@dataclass(frozen=True)
-class Finding:
-    """What one judge found for one (clean or bug-injected) pipeline: the checks that failed (none: not caught) and
-    the diagnosis, its kind first."""
-    failed: list[str]
-    kind: str
-    summary: str
-
-
 def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
     """The plan-driven comparison of the first epoch: window enumeration, batch equality, coverage, diagnosis."""
     plan = ctx.expected.plans[0]
@@ -103,12 +96,13 @@ def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
 # pipeline goes through every family and must pass them all
 JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'batches': judge_batches,
+    'speed': judge_speed,
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE}
+    return {**CATALOGUE, **SPEED_BUGS}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
@@ -139,7 +133,7 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
         shapes = {name: f.values.shape.without(('sim', 'time')) for name, f in simulation.fields.items()}
         rows.append(_judge_clean(ctx))
         for bug, wrap in catalogue().items():
-            why = wrap.not_applicable(shapes, ctx.expected.plans[0])
+            why = wrap.not_applicable(shapes, ctx.expected.plans[0]) or wrap.not_judged(config)
             if why:
                 skipped[bug] = why
                 continue
