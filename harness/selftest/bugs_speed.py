@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from harness.bench.stats import MISS, OFF
+from harness.bench.stats import MISS, OFF, PASS, STRADDLE, RatioJudgement
 from harness.bench.timing import time_paired
 from harness.pipeline import AbstractPipeline, BatchPlan, drain
 from harness.selftest.bugs import InjectedBug
@@ -56,14 +56,16 @@ def judge_speed(ctx, native: AbstractPipeline) -> Finding:
     timing = time_paired({'iterate': lambda side, rep: _timed_epoch(sides[side], plan)},
                          repeats=cmp.timing_repeats, warmup=1, thresholds={'iterate': cmp.min_speedup.iterate},
                          confidence=cmp.confidence, extra_s=cmp.timing_extra_s)["iterate"]
-    j = timing.judgement
+    return speed_finding(timing.judgement)
+
+
+def speed_finding(j: RatioJudgement) -> Finding:
+    """Caught only on a clear miss; a pass, an inconclusive measurement (straddle) or no judgement is not caught."""
     summary = f"batch loading: {j.describe()}, threshold {j.threshold}"
     if j.outcome == MISS:
-        return Finding(['batch loading not slower'], SLOWER_STAGE,
-                       f"native is slower at batch loading: {summary}")
-    if j.outcome == OFF:
-        return Finding([], 'none', f"{summary}: not judged")
-    return Finding([], 'none', f"{summary}: {'inconclusive, not counted as caught' if j.outcome != 'pass' else 'pass'}")
+        return Finding(['batch loading not slower'], SLOWER_STAGE, f"native is slower at batch loading: {summary}")
+    why = {PASS: 'pass', STRADDLE: 'inconclusive, not counted as caught', OFF: 'not judged'}[j.outcome]
+    return Finding([], 'none', f"{summary}: {why}")
 
 
 def _timed_epoch(pipeline: AbstractPipeline, plan: BatchPlan) -> float:
