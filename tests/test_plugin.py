@@ -185,7 +185,7 @@ def test_compare_judges_the_npy_pipeline_go(tmp_path, capsys):
                          '--no-progress'])
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert code == 0 and summary['verdict'] == 'go', capsys.readouterr().out
-    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 15
+    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 14
     assert summary['equivalence']['identical'] is True and summary['equivalence']['batches_compared'] == 14
     assert summary['training']['first_divergent_step'] is None  # loss curves bitwise equal
     assert {r['pipeline'] for r in summary['equivalence']['own_shuffling']} == {'legacy', 'npy'}
