@@ -13,7 +13,7 @@ from phiml_native import NativePipeline
 
 GENERIC = ['sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2', 'data.batch_size=4',
            'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=5',
-           'compare.min_speedup.write=0']
+           'compare.min_speedup.write=0', 'compare.min_speedup.read=0']
 VECTOR_BUGS = {'x and y transposed', 'vector components swapped', 'vector item names swapped'}
 
 
