@@ -1,0 +1,204 @@
+"""Everything a cache carries besides its tensors: the metadata of each sim, compared with the source and between the
+two caches, keys, values and types.
+
+The source is what the caches were written from: the simulation's `metadata(sim)`, or, for an existing cache, that
+cache's own files as its reader returns them (the source of truth). Each cache is read through the interface
+(`read_fields`), so any pipeline is judged the same way. A value must arrive with its type: a float64 `dt` read back as
+a float32, an int as a float, a list as a tuple or an array is a finding, as is a key dropped or added.
+
+A pipeline may store its own hint keys (the legacy reader's `spatial_dims`, `field_channels`): they are found by
+asking its writer (`hint_keys`: the keys it stores beyond the ones it is given), so no pipeline is named here. Hint
+keys are not findings, and a hint key of the source's own reader need not arrive in the other cache. The contract's
+`fields` (the sorted field names, which `harness.cache.migrate` adds) may be added where the source lacks it.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from harness.pipeline import AbstractPipeline
+
+CONTRACT_KEYS = ('fields',)
+MAX_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class MetadataFinding:
+    """One key of one sim's metadata that did not arrive as it left.
+
+    Attributes:
+        pipeline: The cache it was read from (or `'legacy vs phiml'` for the comparison of the two caches).
+        sim: Simulation index.
+        key: Metadata key.
+        kind: `'missing'`, `'extra'`, `'type'` or `'value'`.
+        detail: What was expected and found, with types.
+    """
+    pipeline: str
+    sim: int
+    key: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.pipeline} sim {self.sim} {self.key!r}: {self.detail}"
+
+
+@dataclass
+class MetadataReport:
+    """The metadata of every sim of both caches against the source; `__bool__` is `passed`.
+
+    Attributes:
+        source: Where the reference metadata came from (`'simulation'` or the folder of an existing cache).
+        sims: The sims compared.
+        keys: The source's keys (of the first sim).
+        hints: Pipeline name -> the hint keys its writer adds.
+        findings: Every key that did not arrive as it left.
+    """
+    source: str
+    sims: list[int]
+    keys: list[str]
+    hints: dict[str, list[str]]
+    findings: list[MetadataFinding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def kind(self) -> str:
+        """`'none'`, or the kind of the first finding (`'metadata type'`, `'metadata missing'`, ...)."""
+        return f"metadata {self.findings[0].kind}" if self.findings else 'none'
+
+    @property
+    def detail(self) -> str:
+        pipelines = ', '.join(self.hints)
+        if self.passed:
+            hints = '; '.join(f"{name} adds its hints {keys}" for name, keys in self.hints.items() if keys)
+            return (f"every key of the {self.source} metadata ({len(self.keys)} keys) arrived in the {pipelines} caches "
+                    f"with its value and type, in all {len(self.sims)} sims" + (f" ({hints})" if hints else ''))
+        shown = '; '.join(map(str, self.findings[:MAX_SHOWN]))
+        more = f" and {len(self.findings) - MAX_SHOWN} more" if len(self.findings) > MAX_SHOWN else ''
+        return f"{len(self.findings)} metadata finding(s) against the {self.source} metadata: {shown}{more}"
+
+    def to_dict(self) -> dict:
+        return {'passed': self.passed, 'detail': self.detail, 'source': self.source, 'sims': self.sims,
+                'keys': self.keys, 'hints': self.hints,
+                'findings': [{'pipeline': f.pipeline, 'sim': f.sim, 'key': f.key, 'kind': f.kind, 'detail': f.detail}
+                             for f in self.findings]}
+
+
+def hint_keys(make: Callable[[Path], AbstractPipeline], fields: Mapping[str, Any]) -> list[str]:
+    """The keys a pipeline's writer stores beyond the ones it is given: one sim's `fields` (canonical tensors, as
+    `read_fields` returns them) written with only the contract's `fields` key into a scratch folder, and read back.
+
+    Args:
+        make: Folder -> a new pipeline of the kind judged, with its cache in that folder.
+    """
+    given = {'fields': sorted(fields)}
+    with tempfile.TemporaryDirectory(prefix='metadata-hints-') as tmp:
+        probe = make(Path(tmp))
+        probe.write_fields(0, fields, given)
+        _, stored = probe.read_fields(0)
+    return sorted(k for k in stored if k not in given)
+
+
+def compare_metadata(source: Sequence[Mapping[str, Any]], caches: Mapping[str, Sequence[Mapping[str, Any]]],
+                     sims: Sequence[int], hints: Mapping[str, Sequence[str]], *, source_name: str = 'simulation',
+                     source_hints: Sequence[str] = (), field_names: Sequence[str] = ()) -> MetadataReport:
+    """Compares each sim's metadata in each cache with the source's and the caches with each other.
+
+    Args:
+        source: The source's metadata, one dict per entry of `sims`.
+        caches: Pipeline name -> its metadata as read back, one dict per entry of `sims`.
+        sims: The sim index of each entry.
+        hints: Pipeline name -> its hint keys (`hint_keys`): not findings in its own cache.
+        source_name: Named in the detail.
+        source_hints: Hint keys of the source's own reader (an existing cache): they need not arrive elsewhere.
+        field_names: The sorted field names, the value the contract's `fields` key must have where it is added.
+    """
+    findings: list[MetadataFinding] = []
+    for position, sim in enumerate(sims):
+        expected = source[position]
+        for name, metas in caches.items():
+            own = set(hints.get(name, ()))
+            found = metas[position]
+            for key in expected:
+                if key in found:
+                    findings += _differences(name, sim, key, expected[key], found[key])
+                elif key not in source_hints:
+                    findings.append(MetadataFinding(name, sim, key, 'missing', f"dropped (the source has "
+                                                    f"{_show(expected[key])})"))
+            for key in found:
+                if key in expected or key in own:
+                    continue
+                if key in CONTRACT_KEYS and _same(found[key], list(field_names)):
+                    continue
+                findings.append(MetadataFinding(name, sim, key, 'extra', f"not in the source, found {_show(found[key])}"))
+        if len(caches) == 2:  # what both carry beyond the source, compared with each other
+            (a, ma), (b, mb) = ((n, m[position]) for n, m in caches.items())
+            for key in sorted(set(ma) & set(mb) - set(expected) - set(hints.get(a, ())) - set(hints.get(b, ()))):
+                findings += _differences(f"{a} vs {b}", sim, key, ma[key], mb[key])
+    keys = sorted(source[0]) if source else []
+    return MetadataReport(source_name, list(sims), keys, {n: sorted(hints.get(n, ())) for n in caches}, findings)
+
+
+def _differences(pipeline: str, sim: int, key: str, expected: Any, found: Any) -> list[MetadataFinding]:
+    if _same(expected, found):
+        return []
+    kind = 'type' if _same_value(expected, found) else 'value'
+    detail = f"{_show(found)} instead of {_show(expected)}"
+    return [MetadataFinding(pipeline, sim, key, kind, detail)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of the same types, all the way down (NaN equals NaN; 1, 1.0, True, np.float64(1) all differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in 'fc'))
+    if isinstance(a, (float, np.floating)) and math.isnan(a):
+        return bool(math.isnan(b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return repr(a) == repr(b)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal when compared as plain Python values (the types may differ): a float32 `dt` equals its float64 only
+    where no rounding happened, so this compares as written, e.g. `0.01` and `np.float32(0.01)` are the same number
+    in words."""
+    return _plain(a) == _plain(b)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (np.floating, float)) and not isinstance(value, bool):
+        return float(f"{float(value):.6g}")
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _show(value: Any) -> str:
+    """`value` with its type, e.g. `0.01 (float32)`, `[16, 16] (list)`."""
+    if isinstance(value, np.ndarray):
+        return f"{value.tolist()!r} (ndarray {value.dtype})"
+    kind = type(value).__name__ if not isinstance(value, np.generic) else str(value.dtype)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return f"{text[:80]}{'...' if len(text) > 80 else ''} ({kind})"
