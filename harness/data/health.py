@@ -177,6 +177,32 @@ def with_pipeline_data(report: HealthReport, scans: Mapping[str, HealthReport]) 
     return dataclasses.replace(report, rows=rows, sources=[*report.sources, *scans])
 
 
+def scan_pipelines(report: HealthReport, pipelines: Sequence, read_back: Mapping[str, Sequence[tuple[Mapping, Any]]],
+                   read_sims: Sequence[int], served_sims: Sequence[int], simulation, health: HealthConfig
+                   ) -> HealthReport:
+    """`report` (of the simulation) with the scans of what each pipeline reads and serves (`with_pipeline_data`).
+
+    Args:
+        pipelines: Opened on `served_sims`.
+        read_back: Pipeline name -> its `read_fields(sim)` for each of `read_sims`.
+        simulation: For the dims of the served trajectories.
+    """
+    frames = {name: f.values.shape.without('sim') for name, f in simulation.fields.items()}
+    scans, unscanned = {}, []
+    for pipeline in pipelines:
+        for label, scan in ((f"{pipeline.name} reads", lambda p=pipeline: scan_read([f for f, _ in read_back[p.name]],
+                                                                                    read_sims, health)),
+                            (f"{pipeline.name} serves", lambda p=pipeline: scan_served(p, served_sims, frames, health))):
+            try:
+                scans[label] = scan()
+            except (ValueError, KeyError, IndexError, AssertionError) as err:  # dims unlike the simulation's
+                reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+                logger.warning("health scan of what %s: not scanned (%s)", label, reason)
+                unscanned.append(f"{label} (not scanned: {reason})")
+    combined = with_pipeline_data(report, scans)
+    return dataclasses.replace(combined, sources=[*combined.sources, *unscanned])
+
+
 def scan_dataset(dataset, health: HealthConfig) -> HealthReport:
     """Scans what a `phiml_native.PhiMLDataset` serves: its arrays `(sim, time, *spatial, [vector])`."""
     tensors = {name: math.wrap(array, math.batch('sim'), dataset.shapes[name]) for name, array in dataset.arrays.items()}

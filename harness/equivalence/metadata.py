@@ -13,6 +13,7 @@ keys are not findings, and a hint key of the source's own reader need not arrive
 """
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline
 
+logger = logging.getLogger(__name__)
 CONTRACT_KEYS = ('fields',)
 MAX_SHOWN = 5
 
@@ -202,3 +205,33 @@ def _show(value: Any) -> str:
     kind = type(value).__name__ if not isinstance(value, np.generic) else str(value.dtype)
     text = repr(value.item() if isinstance(value, np.generic) else value)
     return f"{text[:80]}{'...' if len(text) > 80 else ''} ({kind})"
+
+
+def carried_metadata(simulation, sims: Sequence[int], makers: Mapping[str, Callable[[Path], AbstractPipeline]],
+                     read_back: Mapping[str, Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]], *,
+                     source: tuple[str, str] | None = None) -> MetadataReport:
+    """The metadata both caches carry against the source, for a run.
+
+    Args:
+        simulation: The source's `metadata(sim)` (for an existing cache: its files' metadata as read).
+        sims: The sims of both caches.
+        makers: Pipeline name -> folder -> a new pipeline of that kind (for `hint_keys`).
+        read_back: Pipeline name -> `read_fields(sim)` of each of `sims`.
+        source: For an existing cache: its folder and the name of the pipeline whose files it is (their reader's hint
+            keys need not arrive in the other cache); None for a simulation.
+    """
+    fields = next(iter(read_back.values()))[0][0]
+    hints = {name: _hints(name, make, fields) for name, make in makers.items()}
+    return compare_metadata([simulation.metadata(sim) for sim in sims],
+                            {name: [meta for _, meta in rows] for name, rows in read_back.items()}, sims, hints,
+                            source_name='simulation' if source is None else f"cache {source[0]}",
+                            source_hints=() if source is None else hints[source[1]], field_names=sorted(fields))
+
+
+def _hints(name: str, make: Callable[[Path], AbstractPipeline], fields: Mapping[str, Any]) -> list[str]:
+    try:
+        return hint_keys(make, fields)
+    except (CacheError, NotImplementedError, OSError, ValueError, TypeError) as err:
+        logger.warning("%s: its writer could not be asked for its metadata hint keys (%s); every key it adds is a "
+                       "finding", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return []
