@@ -145,20 +145,25 @@ def compare_metadata(source: Sequence[Mapping[str, Any]], caches: Mapping[str, S
                 if key in CONTRACT_KEYS and _same(found[key], list(field_names)):
                     continue
                 findings.append(MetadataFinding(name, sim, key, 'extra', f"not in the source, found {_show(found[key])}"))
-        if len(caches) == 2:  # what both carry beyond the source, compared with each other
+        if len(caches) == 2:  # what both carry beyond the source (hints they share too) must agree between them
             (a, ma), (b, mb) = ((n, m[position]) for n, m in caches.items())
-            for key in sorted(set(ma) & set(mb) - set(expected) - set(hints.get(a, ())) - set(hints.get(b, ()))):
+            for key in sorted(set(ma) & set(mb) - set(expected)):
                 findings += _differences(f"{a} vs {b}", sim, key, ma[key], mb[key])
     keys = sorted(source[0]) if source else []
     return MetadataReport(source_name, list(sims), keys, {n: sorted(hints.get(n, ())) for n in caches}, findings)
 
 
 def _differences(pipeline: str, sim: int, key: str, expected: Any, found: Any) -> list[MetadataFinding]:
+    """No finding for the same value of the same types; `'type'` where a type differs anywhere inside (an int read
+    back as a float, a list as a tuple, a float64 as a float32), else `'value'`."""
     if _same(expected, found):
         return []
-    kind = 'type' if _same_value(expected, found) else 'value'
     detail = f"{_show(found)} instead of {_show(expected)}"
-    return [MetadataFinding(pipeline, sim, key, kind, detail)]
+    if _types(expected) != _types(found):
+        return [MetadataFinding(pipeline, sim, key, 'type', detail)]
+    if isinstance(expected, float) and isinstance(found, float) and float(np.float32(expected)) == found:
+        detail += ": the source's value rounded to float32"
+    return [MetadataFinding(pipeline, sim, key, 'value', detail)]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -166,7 +171,7 @@ def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)  # key order carries no meaning
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, np.ndarray):
@@ -179,23 +184,15 @@ def _same(a: Any, b: Any) -> bool:
         return repr(a) == repr(b)
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    """Equal when compared as plain Python values (the types may differ): a float32 `dt` equals its float64 only
-    where no rounding happened, so this compares as written, e.g. `0.01` and `np.float32(0.01)` are the same number
-    in words."""
-    return _plain(a) == _plain(b)
-
-
-def _plain(value: Any) -> Any:
+def _types(value: Any) -> Any:
+    """The type structure of `value`: its type, and those of its items (arrays: their dtype)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, (np.floating, float)) and not isinstance(value, bool):
-        return float(f"{float(value):.6g}")
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return float(value)
-    return value
+        return dict, tuple(sorted(((repr(k), _types(v)) for k, v in value.items()), key=lambda kv: kv[0]))
+    if isinstance(value, (list, tuple)):
+        return type(value), tuple(_types(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return np.ndarray, value.dtype.str
+    return type(value)
 
 
 def _show(value: Any) -> str:
