@@ -108,9 +108,9 @@ def test_every_check_of_a_clean_run_passes(quick_run):
         'data health': "healthy: 4 sims x 11 frames of 'velocity' and what the pipelines read and serve (legacy reads, "
                        "legacy serves, phiml reads, phiml serves); no NaN/Inf, constant or repeated frames, no |value| "
                        "> 100",
-        'metadata carried': "every key of the simulation metadata (10 keys) arrived in the legacy, phiml caches with "
-                            "its value and type, in all 4 sims (legacy adds its hints ['field_channels', "
-                            "'spatial_dims'])",
+        'metadata carried': "every key of the source metadata (simulation, 10 keys) arrived in the legacy, phiml "
+                            "caches with its value and type, in all 4 sims (hint keys of a writer, not findings: legacy "
+                            "['field_channels', 'spatial_dims'])",
         'window enumeration': 'both pipelines enumerate the same 27 windows (n_frames - rollout_steps per sim)',
         'batches equal': '6 batch pairs, 41,472 elements: bitwise identical',
         'every window delivered exactly once': 'both pipelines delivered each planned window exactly once in all 1 '

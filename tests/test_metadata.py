@@ -37,8 +37,9 @@ def test_both_caches_carry_the_simulations_metadata(cache_dirs, tiny_sim):
     assert report.hints == {'legacy': ['field_channels', 'spatial_dims'], 'phiml': []}
     assert report.keys == ['domain_size', 'dt', 'fields', 'n_frames', 'physics', 'resolution', 'scenario', 'seed',
                            'sim_index', 'viscosity']
-    assert report.detail == ("every key of the simulation metadata (10 keys) arrived in the legacy, phiml caches with "
-                             "its value and type, in all 4 sims (legacy adds its hints ['field_channels', 'spatial_dims'])")
+    assert report.detail == ("every key of the source metadata (simulation, 10 keys) arrived in the legacy, phiml "
+                             "caches with its value and type, in all 4 sims (hint keys of a writer, not findings: legacy "
+                             "['field_channels', 'spatial_dims'])")
 
 
 def test_a_foreign_pipeline_is_read_through_the_interface(tmp_path, tiny_sim):
@@ -72,7 +73,7 @@ def test_every_change_of_a_key_is_a_finding(tiny_sim, change, kind, detail):
                                                               and repr(changed[2][k]) != repr(source[2][k])})
     assert report.findings == [MetadataFinding('phiml', 2, key, kind, detail)]
     assert not report and report.kind == f"metadata {kind}"
-    assert report.detail == f"1 metadata finding(s) against the simulation metadata: phiml sim 2 {key!r}: {detail}"
+    assert report.detail == f"1 metadata finding(s) against the source metadata (simulation): phiml sim 2 {key!r}: {detail}"
 
 
 def test_nan_equals_nan_and_key_order_does_not_matter(tiny_sim):

@@ -56,11 +56,11 @@ def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
         "same windows in a different order: 21 of 21 positions differ",
         "native = 1.09658 * legacy + -0.0342323 (data scaled or normalised differently, e.g. normalised twice)",
         "same windows with numerical drift: max relative error 1.06e-06 (would pass with rtol >= 1.06e-06)",
-        "9 metadata finding(s) against the simulation metadata: phiml sim 0 'domain_size': 1.0 (float32) instead of 1.0 "
+        "9 metadata finding(s) against the source metadata (simulation): phiml sim 0 'domain_size': 1.0 (float32) instead of 1.0 "
         "(float); phiml sim 0 'dt': 0.009999999776482582 (float32) instead of 0.01 (float); phiml sim 0 'viscosity': "
         "0.003000000026077032 (float32) instead of 0.003 (float); phiml sim 1 'domain_size': 1.0 (float32) instead of "
         "1.0 (float); phiml sim 1 'dt': 0.009999999776482582 (float32) instead of 0.01 (float) and 4 more",
-        "3 metadata finding(s) against the simulation metadata: phiml sim 0 'dt': dropped (the source has 0.01 "
+        "3 metadata finding(s) against the source metadata (simulation): phiml sim 0 'dt': dropped (the source has 0.01 "
         "(float)); phiml sim 1 'dt': dropped (the source has 0.01 (float)); phiml sim 2 'dt': dropped (the source has "
         "0.01 (float))",
         "windows served from the wrong simulation: 21 of 21 windows are another sim's frames at the planned t0 (e.g. "

@@ -84,12 +84,13 @@ class MetadataReport:
     def detail(self) -> str:
         pipelines = ', '.join(self.hints)
         if self.passed:
-            hints = '; '.join(f"{name} adds its hints {keys}" for name, keys in self.hints.items() if keys)
-            return (f"every key of the {self.source} metadata ({len(self.keys)} keys) arrived in the {pipelines} caches "
-                    f"with its value and type, in all {len(self.sims)} sims" + (f" ({hints})" if hints else ''))
+            hints = ', '.join(f"{name} {keys}" for name, keys in self.hints.items() if keys)
+            return (f"every key of the source metadata ({self.source}, {len(self.keys)} keys) arrived in the {pipelines} "
+                    f"caches with its value and type, in all {len(self.sims)} sims" +
+                    (f" (hint keys of a writer, not findings: {hints})" if hints else ''))
         shown = '; '.join(map(str, self.findings[:MAX_SHOWN]))
         more = f" and {len(self.findings) - MAX_SHOWN} more" if len(self.findings) > MAX_SHOWN else ''
-        return f"{len(self.findings)} metadata finding(s) against the {self.source} metadata: {shown}{more}"
+        return f"{len(self.findings)} metadata finding(s) against the source metadata ({self.source}): {shown}{more}"
 
     def to_dict(self) -> dict:
         return {'passed': self.passed, 'detail': self.detail, 'source': self.source, 'sims': self.sims,
