@@ -28,7 +28,7 @@ from harness.data.health import scan_pipelines, scan_simulation
 from harness.data.physics import check_physics
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
-from harness.equivalence.metadata import carried_metadata
+from harness.equivalence.metadata import carried_metadata, read_back
 from harness.equivalence.sizes import memory_variants, probe_sizes
 from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
 from harness.equivalence.training import ensemble, train_both
@@ -120,12 +120,13 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
     with durations('evidence_s'):  # what each cache carries and serves: metadata, and the health of its data
-        read_back = {p.name: [p.read_fields(sim) for sim in config.all_sims] for p in (legacy, native)}
+        read = {p.name: read_back(p, config.all_sims, config.health) for p in (legacy, native)}
         metadata = carried_metadata(simulation, config.all_sims,
                                     {p.name: functools.partial(_new, type(p), rollout_steps=r) for p in (legacy, native)},
-                                    read_back, source=None if source is None else (source.folder, legacy.name))
-        health = scan_pipelines(scan_simulation(simulation, config.health), (legacy, native), read_back,
-                                config.all_sims, config.train_sims, simulation, config.health)
+                                    read, source=None if source is None else (source.folder, legacy.name))
+        health = scan_pipelines(scan_simulation(simulation, config.health), (legacy, native),
+                                {name: back.health for name, back in read.items()}, config.train_sims, simulation,
+                                config.health)
     physics = check_physics(simulation, {legacy.name: legacy, native.name: native}) if config.sanity.enabled else None
 
     expected = Expected.of(config, simulation)

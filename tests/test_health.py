@@ -179,7 +179,7 @@ def test_what_pipelines_read_and_serve_is_scanned(both_pipelines, tiny_sim, tiny
     sims, health = tiny_config.train_sims, HealthConfig(allow_nonfinite=True)
     frames = {name: f.values.shape.without('sim') for name, f in tiny_sim.fields.items()}
     native = both_pipelines['phiml']
-    read = scan_read([native.read_fields(sim)[0] for sim in sims], sims, health)
+    read = scan_read((native.read_fields(sim)[0] for sim in sims), sims, health)
     assert read and read.rows == [] and (read.sims, read.n_frames) == (sims, 9)
     clean = with_pipeline_data(scan_simulation(tiny_sim, health),
                                {'legacy serves': scan_served(both_pipelines['legacy'], sims, frames, health),
@@ -204,3 +204,21 @@ def test_a_finding_the_simulation_has_is_not_the_pipelines(values):
     simulated, served = _scan(bad, HealthConfig(allow_nonfinite=True)), _scan(bad, HealthConfig(allow_nonfinite=True))
     report = with_pipeline_data(simulated, {'phiml serves': served})
     assert report and report.rows == simulated.rows and report.rows[0].source == 'simulation'
+
+
+def test_a_nan_in_what_a_pipeline_reads_is_its_own(tmp_path, tiny_sim, tiny_config, cache_dirs):
+    """A cache file holding a NaN the simulation does not have (written by stock phiml.math.save), read one sim at a
+    time."""
+    from phiml_native import NativePipeline
+    source = NativePipeline(cache_dirs['phiml'], 2)
+    fields = {sim: source.read_fields(sim)[0] for sim in (0, 1)}
+    values = fields[1]['velocity'].numpy('time,x,y,vector').copy()
+    values[2, 4, 4, 1] = np.nan
+    math.save(str(tmp_path / 'sim_000001.npz'), {'velocity': math.wrap(values, fields[1]['velocity'].shape),
+                                                  'metadata': {'fields': ['velocity']}})
+    math.save(str(tmp_path / 'sim_000000.npz'), {'velocity': fields[0]['velocity'], 'metadata': {'fields': ['velocity']}})
+    damaged = NativePipeline(tmp_path, 2)
+    read = scan_read((damaged.read_fields(sim)[0] for sim in (0, 1)), [0, 1], HealthConfig())
+    assert read.rows == [HealthFinding(1, 2, 'velocity', 'nonfinite', '1 NaN, 0 Inf of 512 values', False)]
+    report = with_pipeline_data(scan_simulation(tiny_sim, tiny_config.health), {'phiml reads': read})
+    assert [(r.sim, r.frame, r.source) for r in report.failures] == [(1, 2, 'phiml reads')]

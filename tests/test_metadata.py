@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from harness.cache.migrate import migrate_cache
-from harness.equivalence.metadata import (MetadataFinding, carried_metadata, compare_metadata, hint_keys)
+from harness.config import HealthConfig
+from harness.equivalence.metadata import MetadataFinding, carried_metadata, compare_metadata, hint_keys, read_back
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from tests.npy_pipeline import NpyPipeline
@@ -15,7 +16,7 @@ SIMS = [0, 1, 2, 3]
 
 
 def _read_back(pipeline, sims=SIMS):
-    return [pipeline.read_fields(sim) for sim in sims]
+    return read_back(pipeline, sims, HealthConfig())
 
 
 def _makers(*classes, rollout_steps=2):
@@ -30,9 +31,12 @@ def test_hint_keys_are_asked_from_each_writer(cache_dirs):
 
 
 def test_both_caches_carry_the_simulations_metadata(cache_dirs, tiny_sim):
-    read_back = {'legacy': _read_back(LegacyPipeline(cache_dirs['legacy'], 2)),
-                 'phiml': _read_back(NativePipeline(cache_dirs['phiml'], 2))}
-    report = carried_metadata(tiny_sim, SIMS, _makers(LegacyPipeline, NativePipeline), read_back)
+    read = {'legacy': _read_back(LegacyPipeline(cache_dirs['legacy'], 2)),
+            'phiml': _read_back(NativePipeline(cache_dirs['phiml'], 2))}
+    report = carried_metadata(tiny_sim, SIMS, _makers(LegacyPipeline, NativePipeline), read)
+    assert [back.health.rows for back in read.values()] == [[], []]
+    assert read['phiml'].health.detail == ("healthy: 4 sims x 9 frames of 'velocity'; no NaN/Inf, constant or repeated "
+                                           "frames, no |value| > 100")
     assert report and report.findings == [] and report.kind == 'none'
     assert report.hints == {'legacy': ['field_channels', 'spatial_dims'], 'phiml': []}
     assert report.keys == ['domain_size', 'dt', 'fields', 'n_frames', 'physics', 'resolution', 'scenario', 'seed',
@@ -106,9 +110,9 @@ def test_an_existing_cache_is_the_source_and_its_readers_hints_need_not_arrive(t
     simulation, source, _ = read_cache(legacy, SIMS, load_config('burgers', ['data.rollout_steps=2']))
     migrate_cache(team, tmp_path / 'npz', legacy_cls=LegacyPipeline, native_cls=NativePipeline)
     native = NativePipeline(tmp_path / 'npz', 2)
-    read_back = {'legacy': _read_back(legacy), 'phiml': _read_back(native)}
-    assert sorted(read_back['phiml'][0][1]) == sorted({*TEAM_META, 'run', 'sim_index', 'n_frames', 'fields'})
-    report = carried_metadata(simulation, SIMS, _makers(LegacyPipeline, NativePipeline), read_back,
+    read = {'legacy': _read_back(legacy), 'phiml': _read_back(native)}
+    assert sorted(read['phiml'].metadata[0]) == sorted({*TEAM_META, 'run', 'sim_index', 'n_frames', 'fields'})
+    report = carried_metadata(simulation, SIMS, _makers(LegacyPipeline, NativePipeline), read,
                               source=(source.folder, 'legacy'))
     assert report, report.detail
     assert report.source == f"cache {team}"
@@ -117,8 +121,8 @@ def test_an_existing_cache_is_the_source_and_its_readers_hints_need_not_arrive(t
     fields = {sim: native.read_fields(sim)[0] for sim in SIMS}
     for sim in SIMS:
         NativePipeline(bare, 2).write_fields(sim, fields[sim], {'fields': ['velocity']})
-    read_back['phiml'] = _read_back(NativePipeline(bare, 2))
-    report = carried_metadata(simulation, SIMS, _makers(LegacyPipeline, NativePipeline), read_back,
+    read['phiml'] = _read_back(NativePipeline(bare, 2))
+    report = carried_metadata(simulation, SIMS, _makers(LegacyPipeline, NativePipeline), read,
                               source=(source.folder, 'legacy'))
     assert not report and report.kind == 'metadata missing'
     assert [(f.sim, f.key) for f in report.findings[:7]] == [(0, k) for k in ('team', 'solver', 'dt', 'notes', 'run',

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from phiml import math
@@ -145,11 +145,14 @@ def scan_simulation(simulation, health: HealthConfig) -> HealthReport:
     return scan_tensors({name: f.values for name, f in simulation.fields.items()}, health)
 
 
-def scan_read(fields_per_sim: Sequence[Mapping[str, Tensor]], sims: Sequence[int], health: HealthConfig) -> HealthReport:
-    """Scans what a pipeline reads: `read_fields` of each sim of `sims` (fields with dims time, *spatial, [vector])."""
-    names = sorted(fields_per_sim[0])
-    return scan_tensors({name: math.stack([fields[name] for fields in fields_per_sim], math.batch('sim'))
-                         for name in names}, health, sims)
+def scan_read(fields_per_sim: Iterable[Mapping[str, Tensor]], sims: Sequence[int], health: HealthConfig) -> HealthReport:
+    """Scans what a pipeline reads, one sim at a time: `read_fields` of each sim of `sims` (fields with dims time,
+    *spatial, [vector]), e.g. a generator reading them (every check is one of a sim's frames)."""
+    rows, n_frames, names = [], 0, []
+    for sim, fields in zip(sims, fields_per_sim):
+        part = scan_tensors({name: math.expand(t, math.batch(sim=1)) for name, t in fields.items()}, health, [sim])
+        rows, n_frames, names = rows + part.rows, part.n_frames, part.fields
+    return HealthReport(health, list(sims), n_frames, names, rows)
 
 
 def scan_served(pipeline, sims: Sequence[int], frames: Mapping[str, Shape], health: HealthConfig) -> HealthReport:
@@ -177,28 +180,25 @@ def with_pipeline_data(report: HealthReport, scans: Mapping[str, HealthReport]) 
     return dataclasses.replace(report, rows=rows, sources=[*report.sources, *scans])
 
 
-def scan_pipelines(report: HealthReport, pipelines: Sequence, read_back: Mapping[str, Sequence[tuple[Mapping, Any]]],
-                   read_sims: Sequence[int], served_sims: Sequence[int], simulation, health: HealthConfig
-                   ) -> HealthReport:
+def scan_pipelines(report: HealthReport, pipelines: Sequence, read: Mapping[str, HealthReport],
+                   served_sims: Sequence[int], simulation, health: HealthConfig) -> HealthReport:
     """`report` (of the simulation) with the scans of what each pipeline reads and serves (`with_pipeline_data`).
 
     Args:
         pipelines: Opened on `served_sims`.
-        read_back: Pipeline name -> its `read_fields(sim)` for each of `read_sims`.
+        read: Pipeline name -> the scan of what it reads (`scan_read`).
         simulation: For the dims of the served trajectories.
     """
     frames = {name: f.values.shape.without('sim') for name, f in simulation.fields.items()}
     scans, unscanned = {}, []
     for pipeline in pipelines:
-        for label, scan in ((f"{pipeline.name} reads", lambda p=pipeline: scan_read([f for f, _ in read_back[p.name]],
-                                                                                    read_sims, health)),
-                            (f"{pipeline.name} serves", lambda p=pipeline: scan_served(p, served_sims, frames, health))):
-            try:
-                scans[label] = scan()
-            except (ValueError, KeyError, IndexError, AssertionError) as err:  # dims unlike the simulation's
-                reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-                logger.warning("health scan of what %s: not scanned (%s)", label, reason)
-                unscanned.append(f"{label} (not scanned: {reason})")
+        scans[f"{pipeline.name} reads"] = read[pipeline.name]
+        try:
+            scans[f"{pipeline.name} serves"] = scan_served(pipeline, served_sims, frames, health)
+        except (ValueError, KeyError, IndexError, AssertionError) as err:  # served dims unlike the simulation's
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            logger.warning("health scan of what %s serves: not scanned (%s)", pipeline.name, reason)
+            unscanned.append(f"{pipeline.name} serves (not scanned: {reason})")
     combined = with_pipeline_data(report, scans)
     return dataclasses.replace(combined, sources=[*combined.sources, *unscanned])
 

@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from harness.config import HealthConfig
+from harness.data.health import HealthReport, scan_read
 from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline
 
@@ -205,23 +207,46 @@ def _show(value: Any) -> str:
     return f"{text[:80]}{'...' if len(text) > 80 else ''} ({kind})"
 
 
+@dataclass
+class ReadBack:
+    """What one pipeline reads back of its cache (`read_fields`, one sim at a time): each sim's metadata, the health
+    scan of its fields (`harness.data.health.scan_read`) and the fields of the first sim (to ask writers for hints)."""
+    metadata: list[dict]
+    health: HealthReport
+    first_fields: dict
+
+
+def read_back(pipeline: AbstractPipeline, sims: Sequence[int], health: HealthConfig) -> ReadBack:
+    """Reads every sim of `sims` through `pipeline.read_fields`, holding one sim's fields at a time."""
+    metadata, first = [], []
+
+    def fields():
+        for sim in sims:
+            values, meta = pipeline.read_fields(sim)
+            metadata.append(meta)
+            if not first:
+                first.append(values)
+            yield values
+    scan = scan_read(fields(), sims, health)
+    return ReadBack(metadata, scan, first[0] if first else {})
+
+
 def carried_metadata(simulation, sims: Sequence[int], makers: Mapping[str, Callable[[Path], AbstractPipeline]],
-                     read_back: Mapping[str, Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]], *,
-                     source: tuple[str, str] | None = None) -> MetadataReport:
+                     read: Mapping[str, ReadBack], *, source: tuple[str, str] | None = None) -> MetadataReport:
     """The metadata both caches carry against the source, for a run.
 
     Args:
         simulation: The source's `metadata(sim)` (for an existing cache: its files' metadata as read).
         sims: The sims of both caches.
         makers: Pipeline name -> folder -> a new pipeline of that kind (for `hint_keys`).
-        read_back: Pipeline name -> `read_fields(sim)` of each of `sims`.
+        read: Pipeline name -> what it read back of `sims` (`read_back`).
         source: For an existing cache: its folder and the name of the pipeline whose files it is (their reader's hint
             keys need not arrive in the other cache); None for a simulation.
     """
-    fields = next(iter(read_back.values()))[0][0]
+    fields = next(iter(read.values())).first_fields
     hints = {name: _hints(name, make, fields) for name, make in makers.items()}
     return compare_metadata([simulation.metadata(sim) for sim in sims],
-                            {name: [meta for _, meta in rows] for name, rows in read_back.items()}, sims, hints,
+                            {name: back.metadata for name, back in read.items()}, sims, hints,
                             source_name='simulation' if source is None else f"cache {source[0]}",
                             source_hints=() if source is None else hints[source[1]], field_names=sorted(fields))
 

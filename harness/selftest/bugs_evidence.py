@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from phiml.math import Tensor
 
-from harness.equivalence.metadata import carried_metadata
+from harness.equivalence.metadata import carried_metadata, read_back
 from harness.equivalence.sizes import memory_variants, probe_sizes
 from harness.pipeline import AbstractPipeline, WindowKey
 from harness.report.verdict import metadata_check, size_probe_check
@@ -126,9 +126,9 @@ def judge_metadata(ctx, native: AbstractPipeline) -> tuple[list[str], str, str]:
     sims, r = list(ctx.config.train_sims), ctx.config.data.rollout_steps
     makers = {ctx.legacy.name: lambda folder: ctx.legacy_cls(folder, r),
               native.name: lambda folder: like(native, ctx.native_cls(folder, r))}
-    read_back = {p.name: [p.read_fields(sim) for sim in sims] for p in (ctx.legacy, native)}
+    read = {p.name: read_back(p, sims, ctx.config.health) for p in (ctx.legacy, native)}
     existing = ctx.simulation.stored_metadata is not None
-    report = carried_metadata(ctx.simulation, sims, makers, read_back,
+    report = carried_metadata(ctx.simulation, sims, makers, read,
                               source=(str(ctx.legacy_dir), ctx.legacy.name) if existing else None)
     check = metadata_check(report)
     return ([] if check else [check.name]), report.kind, report.detail
