@@ -242,3 +242,18 @@ def test_identify_prefers_the_planned_window(tiny_sim, tiny_config, both_pipelin
     batch = both_pipelines['phiml'].dataset.gather([WindowKey(0, 2), WindowKey(2, 5)])
     assert frames.identify(batch) == [WindowKey(0, 2), WindowKey(2, 5)]
     assert frames.identify(batch, [WindowKey(1, 2), WindowKey(1, 5)]) == [WindowKey(1, 2), WindowKey(2, 5)]
+
+
+def test_a_window_of_a_validation_sim_names_it(setup, cache_dirs, tiny_sim, tiny_config):
+    """The last training sim's windows served from the next sim, a validation sim (an off-by-one without wrapping)."""
+    from conftest import open_pipeline
+    plan, ref, _, _ = setup
+    every = open_pipeline('phiml', cache_dirs, tiny_config, sims=tiny_config.all_sims).dataset
+    frames = FrameIndex(tiny_sim, tiny_config.all_sims)
+    stream = [every.gather([WindowKey(3, k.t0) if k.sim == 2 else k for k in keys]) for keys in plan.batches]
+    first = next((i, k) for i, keys in enumerate(plan.batches) for k in keys if k.sim == 2)
+    d = diagnose_streams(ref, stream, plan, frames)
+    assert (d.kind, d.first_batch) == ('wrong simulation', first[0])
+    assert d.summary == (f"windows served from the wrong simulation: 7 of 21 windows are another sim's frames at the "
+                         f"planned t0 (e.g. planned {first[1]}, served {WindowKey(3, first[1].t0)}); sims served: sim 3 "
+                         f"in place of sim 2")
