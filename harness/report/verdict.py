@@ -129,5 +129,5 @@ def size_probe_check(probe) -> Check:
     """The first epoch equal at batch sizes 1 and all, and in every memory mode (`harness.equivalence.sizes`)."""
     if probe.passed:
         return Check('size-gated paths', True, probe.detail)
-    return Check('size-gated paths', False, probe.detail + "; a path taken only at some batch size or memory mode "
-                 "differs from legacy: the plan's batches alone would not show it")
+    return Check('size-gated paths', False, probe.detail + "; the native pipeline differs from legacy at these batch "
+                 "sizes or memory modes (paths the plan's batches may never take)")
