@@ -103,7 +103,8 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys)
     native.mkdir()
     for sim, arrays in written.items():
         velocity = math.wrap(np.moveaxis(arrays['velocity'], 0, -1), batch('time'), spatial('x,y'), channel(vector='x,y'))
-        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {'fields': ['velocity']}})
+        meta = torch.load(team / f'sim_{sim:06d}.pt', weights_only=True)['metadata']  # carried over, as it must be
+        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {**meta, 'fields': ['velocity']}})
     before = tree_state(team, native)
     code, output = _compare(capsys, '--legacy-cache', team, '--native-cache', native, '--out', tmp_path / 'out', *FAST)
     assert code == 0, output

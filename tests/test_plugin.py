@@ -185,11 +185,11 @@ def test_compare_judges_the_npy_pipeline_go(tmp_path, capsys):
                          '--no-progress'])
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert code == 0 and summary['verdict'] == 'go', capsys.readouterr().out
-    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 10
+    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 12
     assert summary['equivalence']['identical'] is True and summary['equivalence']['batches_compared'] == 14
     assert summary['training']['first_divergent_step'] is None  # loss curves bitwise equal
     assert {r['pipeline'] for r in summary['equivalence']['own_shuffling']} == {'legacy', 'npy'}
-    assert all(r['ok'] for r in summary['equivalence']['selftest']) and len(summary['equivalence']['selftest']) == 12
+    assert all(r['ok'] for r in summary['equivalence']['selftest']) and len(summary['equivalence']['selftest']) == 17
     assert summary['provenance']['config']['pipelines'] == {'legacy': 'legacy:LegacyPipeline', 'native': NPY}
     assert summary['provenance']['overrides'] == ['--quick', '--native', NPY, 'compare.min_speedup=0']
     assert Manifest.load(tmp_path / 'cache' / 'phiml').pipeline == 'npy'

@@ -16,6 +16,7 @@ from harness.equivalence.expected import Expected
 from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 from harness.selftest.bugs import CATALOGUE, InjectedBug
+from harness.selftest.bugs_evidence import CATALOGUE as EVIDENCE_CATALOGUE, judge_metadata, judge_sizes
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -103,12 +104,14 @@ def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
 # pipeline goes through every family and must pass them all
 JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'batches': judge_batches,
+    'metadata': lambda ctx, native: Finding(*judge_metadata(ctx, native)),
+    'sizes': lambda ctx, native: Finding(*judge_sizes(ctx, native)),
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE}
+    return {**CATALOGUE, **EVIDENCE_CATALOGUE}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
