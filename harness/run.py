@@ -28,7 +28,7 @@ from harness.data.health import scan_simulation
 from harness.data.physics import check_physics
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
-from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
+from harness.equivalence.everyday import audit_everyday, rows_to_dicts
 from harness.equivalence.training import ensemble, train_both
 from harness.errors import CacheError, HarnessError
 from harness.pipeline import AbstractPipeline
@@ -37,7 +37,7 @@ from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
 from harness.report.verdict import (Check, coverage_check, equivalence_check, physics_check, selftest_check,
-                                    shuffle_check, speed_check, training_check, verdict, window_keys_check)
+                                    everyday_check, speed_check, training_check, verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
-    batches (diff, coverage, diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
+    batches (diff, coverage, diagnosis) -> everyday paths -> timings -> training -> self-test -> checks -> report.
 
     Args:
         cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
@@ -128,7 +128,10 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
             diagnosis = diagnose_epoch(legacy, native, expected.plans[failing], expected.frames, expected.tolerances)
-        shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
+
+    with durations('everyday_s'):
+        everyday_rows = [row for pipeline in (legacy, native) for row in audit_everyday(
+            pipeline, functools.partial(_opened, type(pipeline), pipeline.cache_dir, r), config, simulation)]
 
     def network(seed: int = config.seed):
         return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
@@ -168,7 +171,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
-        shuffle_check(shuffle_rows),
+        everyday_check(everyday_rows),
         *([selftest_check(selftest)] if selftest is not None else []),
         *([physics_check(physics)] if physics is not None else []),
     ]
@@ -182,7 +185,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             **equivalence.to_dict(),
             'tolerance': expected.tolerances.describe(),
             'diagnosis': diagnosis.to_dict() if diagnosis else None,
-            'own_shuffling': rows_to_dicts(shuffle_rows),
+            'everyday': rows_to_dicts(everyday_rows),
             'selftest': selftest.to_dicts() if selftest else None,
         },
         'health': health.to_dict(),
@@ -195,6 +198,13 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     }
     _write_report(out, summary, equivalence)
     return summary
+
+
+def _opened(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int, sims) -> AbstractPipeline:
+    """A new instance of `cls` on `cache_dir`, opened on `sims`."""
+    pipeline = cls(cache_dir, rollout_steps)
+    pipeline.open(sims)
+    return pipeline
 
 
 def _validation(config: ScenarioConfig, legacy_cls, native_cls, legacy_dir: Path, native_dir: Path):

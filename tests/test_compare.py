@@ -111,7 +111,7 @@ def test_every_check_of_a_clean_run_passes(quick_run):
         'loss curves agree': '6 steps: loss curves bitwise equal',
         'own shuffling audited': "12 audits of both pipelines' own shuffling passed (each window once per epoch, "
                                  "seeded, no train/validation mixing)",
-        'harness self-test': 'all 11 injected migration bugs caught and diagnosed; clean pipeline passes',
+        'harness self-test': 'all 15 injected migration bugs caught and diagnosed; clean pipeline passes',
         'physics sanity': 'burgers laws hold on simulation, legacy, phiml: energy: worst -0.0447 (bound 0.0001); mean '
                           'velocity: worst 0.824 (bound 1.44)',
     }

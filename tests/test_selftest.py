@@ -71,6 +71,6 @@ def test_cli_quick(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ['bug', '-' * len(lines[0])]
     assert [line[:32].rstrip() for line in lines[2:-1]] == [bug for bug, _, _ in EXPECTED]
-    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 11
-    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 12  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
-    assert lines[-1] == "self-test: PASSED: 11 injected bugs, all caught and diagnosed; clean pipeline passes"
+    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 15
+    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 16  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
+    assert lines[-1] == "self-test: PASSED: 15 injected bugs, all caught and diagnosed; clean pipeline passes"

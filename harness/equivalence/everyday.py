@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from harness import model
-from harness.config import ScenarioConfig
+from harness.config import ModelConfig, ScenarioConfig
 from harness.data.simulate import Simulation
 from harness.equivalence.identify import FrameIndex, frame_digest
 from harness.equivalence.training import TrainingResult
@@ -29,6 +29,8 @@ from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 from harness.plan import make_plan, window_keys
 
 EVERYDAY, LIFETIME, VARIANT = 'everyday path', 'batch lifetime', 'loader variant'  # the diagnosis kinds
+# the trainer audit's network: small, since what is fed decides whether two trainings agree, not the model's size
+AUDIT_MODEL = ModelConfig(kind='conv_net', levels=1, filters=4)
 
 
 @dataclass(frozen=True)
@@ -226,22 +228,30 @@ def audit_trainer(pipeline: AbstractPipeline, network, config: ScenarioConfig, s
     return rows
 
 
+def audit_network(config: ScenarioConfig, simulation: Simulation):
+    """An `AUDIT_MODEL` network for the scenario's channels and spatial rank, weights drawn from `config.seed`."""
+    channels = sum(f.values.shape.channel.volume if f.values.shape.channel else 1 for f in simulation.fields.values())
+    return model.make_network(AUDIT_MODEL, channels, len(config.sim.resolution), seed=config.seed)
+
+
 def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[int]], AbstractPipeline],
-                   config: ScenarioConfig, simulation: Simulation, network, *, epochs: int | None = None
-                   ) -> list[EverydayRow]:
+                   config: ScenarioConfig, simulation: Simulation, network=None, *, epochs: int | None = None,
+                   val_sims: Sequence[int] | None = None) -> list[EverydayRow]:
     """Every audit of one pipeline's everyday path.
 
     Args:
         pipeline: Opened on `config.train_sims`.
         open_fresh: Returns a new instance of the same pipeline opened on the given sims.
         simulation: The trajectories the cache holds (training and validation sims).
-        network: Trained as clones only; left untouched.
+        network: What the trainer audit trains, as clones only (left untouched); default `audit_network`.
         epochs: Epochs judged (default `compare.everyday_epochs`).
+        val_sims: The validation sims in the cache (default `config.val_sims`; none: that audit is left out).
     """
     name, b, seed = pipeline.name, config.data.batch_size, config.seed
     epochs = epochs or config.compare.everyday_epochs
-    wps, train_sims, val_sims = config.windows_per_sim, config.train_sims, config.val_sims
-    frames = FrameIndex(simulation, config.all_sims)
+    wps, train_sims = config.windows_per_sim, config.train_sims
+    val_sims = config.val_sims if val_sims is None else list(val_sims)
+    frames = FrameIndex(simulation, [*train_sims, *val_sims])
     variants = pipeline.loader_variants()
     served = serve(pipeline, b, seed=seed, epochs=epochs, frames=frames, variant=variants[0], keep=True)
     rows = []
@@ -281,7 +291,7 @@ def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[in
         digests.append(batch_digest(batch))
         kept.append((0, index, batch))
     rows.append(_lifetime(name, 'plan-driven batches keep their values', kept, [digests], "batches of a plan-driven epoch"))
-    rows += audit_trainer(pipeline, network, config, simulation, frames,
+    rows += audit_trainer(pipeline, network or audit_network(config, simulation), config, simulation, frames,
                           [k for e in range(epochs) for k in served.epoch_keys(e)], epochs)
     for variant in variants[1:]:
         other = serve(pipeline, b, seed=seed, epochs=epochs, frames=frames, variant=variant)
