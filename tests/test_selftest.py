@@ -23,6 +23,10 @@ EXPECTED = [
     ('different shuffle order', 'batches equal', 'reorder'),
     ('data normalised twice', BOTH, 'value transform'),
     ('tiny numerical drift', BOTH, 'numerical drift'),
+    ('everyday epochs all alike', 'everyday paths', 'everyday path'),
+    ('everyday last batch dropped', 'everyday paths', 'everyday path'),
+    ('output buffer reused', 'everyday paths', 'batch lifetime'),
+    ('loader variant reorders', 'everyday paths', 'loader variant'),
 ]
 
 
@@ -51,6 +55,13 @@ def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
         "same windows in a different order: 21 of 21 positions differ",
         "native = 1.09658 * legacy + -0.0342323 (data scaled or normalised differently, e.g. normalised twice)",
         "same windows with numerical drift: max relative error 1.06e-06 (would pass with rtol >= 1.06e-06)",
+        "epochs in different orders: epochs 0 ... 1: epoch 1 repeats the order of epoch 0",
+        "epoch 0: each window exactly once: 20 windows served, 20 distinct, expected 21 (= 3 sims x 7 windows)",
+        "everyday batches keep their values: 12 of 12 batches of 2 epochs changed after later ones were built (first: "
+        "epoch 0, batch 0): the pipeline reuses an output buffer, so a batch a user keeps is overwritten",
+        "loader variant background_threads=2: 2 epochs against prefetch=False: epoch 0, batch 0 differs: windows "
+        "[(sim=1, t0=5), (sim=2, t0=0), (sim=1, t0=0), ...] instead of [(sim=2, t0=2), (sim=1, t0=3), (sim=2, t0=1), "
+        "...]",
     ]
 
 
