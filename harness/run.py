@@ -30,7 +30,7 @@ from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
 from harness.equivalence.metadata import carried_metadata, read_back
 from harness.equivalence.sizes import memory_variants, probe_sizes
-from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
+from harness.equivalence.everyday import audit_everyday, rows_to_dicts
 from harness.equivalence.training import ensemble, train_both
 from harness.errors import CacheError, HarnessError
 from harness.pipeline import AbstractPipeline
@@ -39,7 +39,7 @@ from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
 from harness.report.verdict import (Check, coverage_check, equivalence_check, metadata_check, physics_check,
-                                    selftest_check, shuffle_check, size_probe_check, speed_check, training_check,
+                                    selftest_check, everyday_check, size_probe_check, speed_check, training_check,
                                     verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
@@ -69,7 +69,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
-    batches (diff, coverage, diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
+    batches (diff, coverage, diagnosis) -> everyday paths -> timings -> training -> self-test -> checks -> report.
 
     Args:
         cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
@@ -138,11 +138,13 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
             diagnosis = diagnose_epoch(legacy, native, expected.plans[failing], expected.frames, expected.tolerances)
-        shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
     with durations('probe_s'):  # the first epoch again at batch sizes 1 and all, and in every memory mode
         variants = {name: functools.partial(_opened, cls, native.cache_dir, r, config.train_sims)
                     for name, cls in memory_variants(native_cls, config).items()}
         sizes = probe_sizes(legacy, native, expected.plans[0], expected.frames, expected.tolerances, variants)
+    with durations('everyday_s'):
+        everyday_rows = [row for pipeline in (legacy, native) for row in audit_everyday(
+            pipeline, functools.partial(_opened, type(pipeline), pipeline.cache_dir, r), config, simulation)]
 
     def network(seed: int = config.seed):
         return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
@@ -184,7 +186,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
-        shuffle_check(shuffle_rows),
+        everyday_check(everyday_rows),
         *([selftest_check(selftest)] if selftest is not None else []),
         *([physics_check(physics)] if physics is not None else []),
     ]
@@ -198,7 +200,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             **equivalence.to_dict(),
             'tolerance': expected.tolerances.describe(),
             'diagnosis': diagnosis.to_dict() if diagnosis else None,
-            'own_shuffling': rows_to_dicts(shuffle_rows),
+            'everyday': rows_to_dicts(everyday_rows),
             'selftest': selftest.to_dicts() if selftest else None,
         },
         'health': health.to_dict(),

@@ -27,7 +27,8 @@ PERF_STAGES = ('write', 'read', 'iterate', 'convert', 'step')
 # `speed_check` would fail from noise (a known problem, fixed separately). Every other check decides the verdict.
 NO_TIMING_VERDICT = 'compare.min_speedup=0'
 CHECK_NAMES = ['data health', 'metadata carried', 'window enumeration', 'batches equal',
-               'every window delivered exactly once', 'size-gated paths', 'loss curves agree', 'batch loading not slower', 'train step not slower', 'own shuffling audited',
+               'every window delivered exactly once', 'size-gated paths', 'loss curves agree',
+               'batch loading not slower', 'train step not slower', 'everyday paths',
                'harness self-test', 'physics sanity']
 
 
@@ -48,6 +49,9 @@ def test_quick_writes_every_file(quick_run):
     assert 'src="loss_curves.png"' in html and 'src="timings.png"' in html
     assert html.index('Verdict') < html.index('Checks') < html.index('Equivalence') < html.index('Performance') \
         < html.index('Training') < html.index('Provenance')
+    assert html.index('Equivalence') < html.index('Everyday paths') < html.index('Performance')
+    assert '<td>legacy</td><td>loader variant num_workers=2, persistent_workers=True</td><td>loader variant</td>' \
+        '<td class="pass">pass</td>' in html
 
 
 def test_summary_has_every_key(quick_run):
@@ -62,10 +66,19 @@ def test_summary_has_every_key(quick_run):
     assert [(r['bug'], r['caught'], r['check'], r['kind'], r['expected_kind'], r['ok'])
             for r in s['equivalence']['selftest']] == [(bug, bug != SELFTEST_ROWS[0][0], check, kind, kind, True)
                                                        for bug, check, kind in SELFTEST_ROWS]
-    audits = ['epoch 0: each window exactly once', 'epoch 1: each window exactly once', 'same seed, same order',
-              'other seed, other order', 'other epoch, other order', 'training and validation sims never mix']
-    assert [(r['pipeline'], r['check'], r['passed']) for r in s['equivalence']['own_shuffling']] == [
-        (name, check, True) for name in ('legacy', 'phiml') for check in audits]
+    audits = ['epoch 0: each window exactly once', 'epoch 0: batch sizes, last partial batch kept',
+              'epoch 1: each window exactly once', 'epoch 1: batch sizes, last partial batch kept',
+              'epochs in different orders', 'same seed, same batches', 'other seed, other order',
+              'training and validation sims apart', 'everyday batches keep their values',
+              'plan-driven batches keep their values', 'everyday trainer feeds what its loader serves',
+              'everyday trainer = plan-driven training', 'network inputs keep their values']
+    variants = {'legacy': ['loader variant num_workers=2, persistent_workers=False',
+                           'loader variant num_workers=2, persistent_workers=True'],
+                'phiml': ['loader variant prefetch=True']}
+    assert [(r['pipeline'], r['check'], r['passed']) for r in s['equivalence']['everyday']] == [
+        (name, check, True) for name in ('legacy', 'phiml') for check in audits + variants[name]]
+    sizes = {r['detail'] for r in s['equivalence']['everyday'] if 'batch sizes' in r['check']}
+    assert sizes == {'5 x 5, 1 x 2'}  # 27 windows in batches of 5: the last partial batch of 2 kept
     assert [c['name'] for c in s['checks']] == CHECK_NAMES
     assert all(set(c) == {'name', 'passed', 'detail'} for c in s['checks'])
     e = s['equivalence']
@@ -119,9 +132,10 @@ def test_every_check_of_a_clean_run_passes(quick_run):
                             "batch size 1 (27 batches), one batch of all 27 windows (1 batches), data.memory=load (6 "
                             "batches), data.memory=map (6 batches)",
         'loss curves agree': '6 steps: loss curves bitwise equal',
-        'own shuffling audited': "12 audits of both pipelines' own shuffling passed (each window once per epoch, "
-                                 "seeded, no train/validation mixing)",
-        'harness self-test': 'all 16 injected migration bugs caught and diagnosed; clean pipeline passes',
+        'everyday paths': "29 audits of legacy and phiml passed: their own loaders serve each window once per epoch, "
+                          "seeded, train and validation apart, batches keep their values, every loader variant serves "
+                          "the same batches, and their own trainers train as the plan-driven path does",
+        'harness self-test': 'all 20 injected migration bugs caught and diagnosed; clean pipeline passes',
         'physics sanity': 'burgers laws hold on simulation, legacy, phiml: energy: worst -0.0447 (bound 0.0001); mean '
                           'velocity: worst 0.824 (bound 1.44)',
     }

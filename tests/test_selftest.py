@@ -28,6 +28,10 @@ EXPECTED = [
     ('windows of the wrong simulation', BOTH, 'wrong simulation'),
     ('NaN in served data', BOTH, 'non-finite values'),
     ('large batches take another path', 'size-gated paths', 'size-gated'),
+    ('everyday epochs all alike', 'everyday paths', 'everyday path'),
+    ('everyday last batch dropped', 'everyday paths', 'everyday path'),
+    ('output buffer reused', 'everyday paths', 'batch lifetime'),
+    ('loader variant reorders', 'everyday paths', 'loader variant'),
 ]
 
 
@@ -70,6 +74,13 @@ def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
         "window(s), first in window (sim=2, t0=0) at time=0, x=0, y=0, vector=x (legacy -1.1834)",
         "in one batch of all 21 windows (1 batch(es) of up to 21 windows): reorder: same windows in a different order: "
         "21 of 21 positions differ",
+        "epochs in different orders: epochs 0 ... 1: epoch 1 repeats the order of epoch 0",
+        "epoch 0: each window exactly once: 20 windows served, 20 distinct, expected 21 (= 3 sims x 7 windows)",
+        "everyday batches keep their values: 12 of 12 batches of 2 epochs changed after later ones were built (first: "
+        "epoch 0, batch 0): the pipeline reuses an output buffer, so a batch a user keeps is overwritten",
+        "loader variant background_threads=2: 2 epochs against prefetch=False: epoch 0, batch 0 differs: windows "
+        "[(sim=1, t0=5), (sim=2, t0=0), (sim=1, t0=0), ...] instead of [(sim=2, t0=2), (sim=1, t0=3), (sim=2, t0=1), "
+        "...]",
     ]
 
 
@@ -90,6 +101,6 @@ def test_cli_quick(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ['bug', '-' * len(lines[0])]
     assert [line[:32].rstrip() for line in lines[2:-1]] == [bug for bug, _, _ in EXPECTED]
-    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 16
-    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 17  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
-    assert lines[-1] == "self-test: PASSED: 16 injected bugs, all caught and diagnosed; clean pipeline passes"
+    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 20
+    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 21  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
+    assert lines[-1] == "self-test: PASSED: 20 injected bugs, all caught and diagnosed; clean pipeline passes"

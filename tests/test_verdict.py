@@ -8,9 +8,8 @@ from harness.equivalence.batches import BatchFailure, CoverageResult, Equivalenc
 from harness.equivalence.training import TrainingResult
 from harness.pipeline import WindowKey
 from harness.selftest.run import SelftestResult, SelftestRow
-from harness.equivalence.shuffle_audit import AuditRow
 from harness.bench.timing import StageTiming
-from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check,
+from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, speed_check,
                              training_check, verdict, window_keys_check)
 from conftest import TINY
 
@@ -109,24 +108,6 @@ def test_speed_check():
         'train step not slower', True, "native 200.00 ms vs legacy 100.00 ms (median of 2), speedup 0.50x")
     with pytest.raises(KeyError):
         speed_check(timings, 'read', 'cache read', 0.9)
-
-
-def _audits(name, failing=()):
-    checks = ['epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order']
-    return [AuditRow(name, c, c not in failing, f"{c} detail") for c in checks]
-
-
-def test_shuffle_check():
-    assert shuffle_check(_audits('legacy') + _audits('phiml')) == Check(
-        'own shuffling audited', True, "6 audits of both pipelines' own shuffling passed (each window once per epoch, "
-                                       "seeded, no train/validation mixing)")
-    every = ('epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order')
-    assert shuffle_check(_audits('legacy', every[1:]) + _audits('phiml', every)) == Check(
-        'own shuffling audited', False, "legacy: same seed, same order: same seed, same order detail; legacy: other "
-                                        "seed, other order: other seed, other order detail; phiml: epoch 0: each "
-                                        "window exactly once: epoch 0: each window exactly once detail; the everyday "
-                                        "(unplanned) loader would train on the wrong windows")
-    assert shuffle_check([]) == Check('own shuffling audited', False, "own shuffling was not audited")
 
 
 def _row(bug, expected_kind, kind=None, caught=True):

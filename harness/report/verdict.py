@@ -84,15 +84,19 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_
                  f"profile it (python -m harness.bench) before switching")
 
 
-def shuffle_check(rows) -> Check:
+def everyday_check(rows) -> Check:
+    """The everyday audits (`harness.equivalence.everyday.EverydayRow`): each pipeline's own loader, trainer and loader
+    variants, judged by what they deliver."""
     failed = [r for r in rows if not r.passed]
     if not rows:
-        return Check("own shuffling audited", False, "own shuffling was not audited")
+        return Check('everyday paths', False, "the everyday paths were not audited")
+    pipelines = ' and '.join(dict.fromkeys(r.pipeline for r in rows))
     if not failed:
-        return Check("own shuffling audited", True, f"{len(rows)} audits of both pipelines' own shuffling passed "
-                     "(each window once per epoch, seeded, no train/validation mixing)")
-    return Check("own shuffling audited", False, '; '.join(f"{r.pipeline}: {r.check}: {r.detail}" for r in failed[:3]) +
-                 "; the everyday (unplanned) loader would train on the wrong windows")
+        return Check('everyday paths', True, f"{len(rows)} audits of {pipelines} passed: their own loaders serve each "
+                     f"window once per epoch, seeded, train and validation apart, batches keep their values, every loader "
+                     f"variant serves the same batches, and their own trainers train as the plan-driven path does")
+    return Check('everyday paths', False, '; '.join(f"{r.pipeline}: {r.check} ({r.kind}): {r.detail}" for r in failed[:3])
+                 + "; the code a user runs every day does not deliver what the comparison judged")
 
 
 def selftest_check(result) -> Check:

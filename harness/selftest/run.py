@@ -17,6 +17,7 @@ from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 from harness.selftest.bugs import CATALOGUE, InjectedBug
 from harness.selftest.bugs_evidence import CATALOGUE as EVIDENCE_CATALOGUE, judge_metadata, judge_sizes
+from harness.selftest.bugs_everyday import CATALOGUE as EVERYDAY_CATALOGUE, judge_everyday
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -106,12 +107,13 @@ JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'batches': judge_batches,
     'metadata': lambda ctx, native: Finding(*judge_metadata(ctx, native)),
     'sizes': lambda ctx, native: Finding(*judge_sizes(ctx, native)),
+    'everyday': lambda ctx, native: Finding(*judge_everyday(ctx, native)),
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE, **EVIDENCE_CATALOGUE}
+    return {**CATALOGUE, **EVIDENCE_CATALOGUE, **EVERYDAY_CATALOGUE}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
