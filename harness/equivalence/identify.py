@@ -19,7 +19,9 @@ from harness.data.simulate import Simulation
 
 
 def frame_digest(frame: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
+    """The digest of a frame's bytes in C order (hashed from the array's own buffer, without a copy where it is
+    contiguous)."""
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(frame)).cast('B'), digest_size=16).digest()
 
 
 class FrameIndex:
