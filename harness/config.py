@@ -136,6 +136,7 @@ class CompareConfig:
     fields: Dict[str, FieldTolerance] = field(default_factory=dict)
     selftest: bool = True            # run the injected-bug catalogue and show it in the report
     parity_seeds: int = 1            # >1: also train from N seeds and report the spread of the final-loss difference
+    everyday_epochs: int = 2         # epochs of each pipeline's own loader and trainer that the everyday audit judges
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,8 @@ def validate(config: ScenarioConfig) -> None:
     _positive(cmp.max_memory_ratio, 'compare.max_memory_ratio')
     if cmp.timing_extra_s < 0:
         raise ConfigError(f"`compare.timing_extra_s` (={cmp.timing_extra_s}) must be >= 0 (0: no re-measurement)")
+    if cmp.everyday_epochs < 2:
+        raise ConfigError(f"`compare.everyday_epochs` (={cmp.everyday_epochs}) must be >= 2 (epochs must differ)")
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
         raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
                           f"(={cmp.timing_warmup}) >= 0")

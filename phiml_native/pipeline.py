@@ -1,6 +1,7 @@
 """The PhiML-native pipeline behind the harness's `Pipeline` interface."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -61,10 +62,6 @@ class NativePipeline(AbstractPipeline):
     def window_keys(self) -> list[WindowKey]:
         return self._require_open().window_keys()
 
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
-        keys = self._require_open().epoch_order(seed=seed, epoch=epoch)
-        return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-
     def load_batches(self, plan: BatchPlan) -> Iterator[Batch]:
         return self._require_open().iterate_plan(plan)
 
@@ -75,7 +72,27 @@ class NativePipeline(AbstractPipeline):
         trainer = PhiMLSyntheticTrainer(network, optimizer)  # batches come from the plan
         return [loss for plan in plans for loss in trainer.train_batches(self.load_batches(plan))]
 
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int, prefetch: bool = False
+                        ) -> Iterator[Iterator[Batch]]:
+        dataset = self._require_open()
+        return (dataset.iterate_batches(batch_size, True, seed=seed, epoch=e, prefetch=prefetch) for e in range(epochs))
+
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        return PhiMLSyntheticTrainer(network, optimizer, batch_size, seed=seed).train(self._require_open(), epochs)
+
+    def loader_variants(self) -> list[dict]:
+        return [{'prefetch': False}, {'prefetch': True}]
+
     def _require_open(self) -> PhiMLDataset:
         if self.dataset is None:
             raise RuntimeError("NativePipeline.open(sims) must be called before loading batches")
         return self.dataset
+
+    @classmethod
+    def configured(cls, config) -> type['NativePipeline']:
+        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so."""
+        options = {'memory': config.data.memory, 'memory_budget': config.data.memory_budget}
+        if options == {'memory': 'auto', 'memory_budget': 0.5}:
+            return cls
+        return type(cls.__name__, (cls,), {'__init__': functools.partialmethod(cls.__init__, **options),
+                                           '__module__': cls.__module__, '__qualname__': cls.__qualname__})

@@ -85,7 +85,7 @@ def test_selftest_passes_in_every_scenario(scenario_caches):
     result = run_selftest(simulation.config, LegacyPipeline, NativePipeline, simulation, root / 'legacy', root / 'phiml')
     assert result, result.table()
     assert set(result.skipped) == (VECTOR_BUGS if scenario == 'burgers1d' else set())
-    assert len(result.rows) + len(result.skipped) == 13  # the clean pipeline and all 12 bugs
+    assert len(result.rows) + len(result.skipped) == 22  # the clean pipeline and all 21 bugs
     rows = {r.bug: r for r in result.rows}
     if scenario != 'burgers1d':
         assert rows['vector components swapped'].kind == 'layout'

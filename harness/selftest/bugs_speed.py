@@ -15,7 +15,6 @@ from harness.bench.stats import MISS, OFF, PASS, STRADDLE, RatioJudgement
 from harness.bench.timing import time_paired
 from harness.pipeline import AbstractPipeline, BatchPlan, drain
 from harness.selftest.bugs import InjectedBug
-from harness.selftest.finding import Finding
 
 SLOWER_STAGE = 'slower stage'
 EXTRA_S_PER_BATCH = 0.003  # on top of twice its own time: a slowdown no noise of a shared machine can hide
@@ -47,9 +46,10 @@ class SlowerBatchLoading(InjectedBug):
         return self.inner.to_phiml(raw)
 
 
-def judge_speed(ctx, native: AbstractPipeline) -> Finding:
+def judge_speed(ctx, native: AbstractPipeline) -> tuple[list[str], str, str]:
     """Batch loading of `native` against the reference (`ctx.legacy`), judged at `compare.min_speedup.iterate` from
-    `compare.timing_repeats` paired repetitions (re-measured when the interval straddles)."""
+    `compare.timing_repeats` paired repetitions (re-measured when the interval straddles); returns the fields of a
+    `harness.selftest.run.Finding` (failed checks, kind, summary)."""
     cmp = ctx.config.compare
     plan = ctx.expected.plans[0]
     sides = {'legacy': ctx.legacy, 'native': native}
@@ -59,13 +59,13 @@ def judge_speed(ctx, native: AbstractPipeline) -> Finding:
     return speed_finding(timing.judgement)
 
 
-def speed_finding(j: RatioJudgement) -> Finding:
+def speed_finding(j: RatioJudgement) -> tuple[list[str], str, str]:
     """Caught only on a clear miss; a pass, an inconclusive measurement (straddle) or no judgement is not caught."""
     summary = f"batch loading: {j.describe()}, threshold {j.threshold}"
     if j.outcome == MISS:
-        return Finding(['batch loading not slower'], SLOWER_STAGE, f"native is slower at batch loading: {summary}")
+        return ['batch loading not slower'], SLOWER_STAGE, f"native is slower at batch loading: {summary}"
     why = {PASS: 'pass', STRADDLE: 'inconclusive, not counted as caught', OFF: 'not judged'}[j.outcome]
-    return Finding([], 'none', f"{summary}: {why}")
+    return [], 'none', f"{summary}: {why}"
 
 
 def _timed_epoch(pipeline: AbstractPipeline, plan: BatchPlan) -> float:

@@ -16,8 +16,9 @@ from harness.equivalence.expected import Expected
 from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 from harness.selftest.bugs import CATALOGUE, InjectedBug
-from harness.selftest.bugs_speed import CATALOGUE as SPEED_BUGS, judge_speed
-from harness.selftest.finding import Finding
+from harness.selftest.bugs_evidence import CATALOGUE as EVIDENCE_CATALOGUE, judge_metadata, judge_sizes
+from harness.selftest.bugs_everyday import CATALOGUE as EVERYDAY_CATALOGUE, judge_everyday
+from harness.selftest.bugs_speed import CATALOGUE as SPEED_CATALOGUE, judge_speed
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -82,6 +83,15 @@ class SelftestContext:
     expected: Expected
 
 
+@dataclass(frozen=True)
+class Finding:
+    """What one judge found for one (clean or bug-injected) pipeline: the checks that failed (none: not caught) and
+    the diagnosis, its kind first."""
+    failed: list[str]
+    kind: str
+    summary: str
+
+
 def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
     """The plan-driven comparison of the first epoch: window enumeration, batch equality, coverage, diagnosis."""
     plan = ctx.expected.plans[0]
@@ -96,13 +106,16 @@ def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
 # pipeline goes through every family and must pass them all
 JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'batches': judge_batches,
-    'speed': judge_speed,
+    'metadata': lambda ctx, native: Finding(*judge_metadata(ctx, native)),
+    'sizes': lambda ctx, native: Finding(*judge_sizes(ctx, native)),
+    'everyday': lambda ctx, native: Finding(*judge_everyday(ctx, native)),
+    'speed': lambda ctx, native: Finding(*judge_speed(ctx, native)),
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE, **SPEED_BUGS}
+    return {**CATALOGUE, **EVIDENCE_CATALOGUE, **EVERYDAY_CATALOGUE, **SPEED_CATALOGUE}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
