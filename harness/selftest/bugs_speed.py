@@ -33,11 +33,11 @@ class SlowerBatchLoading(InjectedBug):
         return None
 
     def load_batches(self, plan: BatchPlan) -> Iterator:
-        batches = self.inner.load_batches(plan)
+        batches, end = self.inner.load_batches(plan), object()
         while True:
             start = time.perf_counter()
-            raw = next(batches, None)
-            if raw is None:
+            raw = next(batches, end)
+            if raw is end:
                 return
             time.sleep(2 * (time.perf_counter() - start) + EXTRA_S_PER_BATCH)
             yield raw
@@ -55,7 +55,7 @@ def judge_speed(ctx, native: AbstractPipeline) -> tuple[list[str], str, str]:
     sides = {'legacy': ctx.legacy, 'native': native}
     timing = time_paired({'iterate': lambda side, rep: _timed_epoch(sides[side], plan)},
                          repeats=cmp.timing_repeats, warmup=1, thresholds={'iterate': cmp.min_speedup.iterate},
-                         confidence=cmp.confidence, extra_s=cmp.timing_extra_s)["iterate"]
+                         confidence=cmp.confidence, extra_s=cmp.timing_extra_s)['iterate']
     return speed_finding(timing.judgement)
 
 
