@@ -17,6 +17,7 @@ import pytest
 import numpy as np
 from phiml import math
 
+from harness.cache.build import build_cache as build_here
 from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
 from harness.cli.compare import main as compare_main
@@ -149,17 +150,32 @@ def test_chunked_simulation_is_bitwise_the_in_process_one(tiny_config, tiny_sim)
     assert chunked.fields['velocity'].extrapolation == tiny_sim.fields['velocity'].extrapolation
 
 
-@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d', pytest.param('smoke', marks=pytest.mark.slow)])
-def test_chunked_simulation_of_every_scenario_is_bitwise_the_in_process_one(scenario, caplog):
+@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d'])
+def test_chunked_simulation_of_every_rank_is_bitwise_the_in_process_one(scenario):
     config = load_config(scenario, [*quick_overrides(scenario), 'sim.n_steps=3', 'data.rollout_steps=1'])
     here = simulate_here(config)
-    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
-        chunked = stages.simulate(Chunked(), config)
+    chunked = stages.simulate(Chunked(), config)
     for name, values in arrays(here).items():
         assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
-    assert chunked.constants == here.constants
-    split = scenario != 'smoke'  # smoke's pressure solve runs batched over all sims: simulated here in one run
-    assert ("smoke sims are simulated in one run here" in caplog.text) is not split
+
+
+def test_smoke_is_simulated_here_and_its_chunks_written_by_tasks(smoke_sim, tmp_path, caplog):
+    """Smoke's sims cannot be split (see harness.data.simulate.CHUNKED): one run here, bitwise the in-process one;
+    its fields (a scalar and a vector field) are then shipped to the write tasks by chunk."""
+    config, r = smoke_sim.config, smoke_sim.config.data.rollout_steps
+    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
+        chunked = stages.simulate(Chunked(), config)
+    assert "smoke sims are simulated in one run here: its sims cannot be split into chunks bitwise" in caplog.text
+    for name, values in arrays(smoke_sim).items():
+        assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
+    assert chunked.constants == smoke_sim.constants
+    progress = []
+    pipelines = [PIPELINES[name](tmp_path / 'chunked' / name, r) for name in ('legacy', 'phiml')]
+    stages.build_caches(Chunked(), pipelines, config, chunked, progress=progress.append)
+    assert progress == [1] * 8  # 4 sims in 4 chunks, both pipelines
+    for name in ('legacy', 'phiml'):
+        build_here(PIPELINES[name](tmp_path / 'here' / name, r), config, smoke_sim)
+        assert_same_cache(tmp_path / 'chunked' / name, tmp_path / 'here' / name)
 
 
 @pytest.mark.parametrize('shipped', [True, False], ids=['fields-shipped', 'simulated-on-workers'])
