@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import runpy
 import signal
 import threading
 import time
@@ -244,16 +245,11 @@ def test_chunked_comparison_equals_the_in_process_one(built, tiny_config, tiny_s
 
 @pytest.fixture(scope='module')
 def cluster():
-    """A scheduler (in this process) and two worker processes on this machine, each one thread."""
-    from distributed import Client, LocalCluster
-    quiet = logging.getLogger('distributed')
-    level, quiet.level = quiet.level, logging.ERROR  # its INFO lines would go to streams the tests capture and close
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
-                Client(local) as client:
-            yield local, client
-    finally:
-        quiet.setLevel(level)
+    """What `--workers 2` starts: a scheduler in this process and two single-threaded worker processes. The tests
+    pass its address (`--scheduler`), as to an existing cluster; yields `(LocalCluster, Client)`."""
+    with open_executor(workers=2) as executor:
+        assert executor.describe()['cluster'] == 'LocalCluster (worker processes on this machine)'
+        yield executor.client.cluster, executor.client
 
 
 def ran_on(local) -> set[str]:
@@ -277,6 +273,15 @@ def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster,
     assert '(4 converted and verified bitwise, 0 already done)' in out
     assert_same_cache(tmp_path / 'npz', migrated_here)
     assert ran_on(local) >= {'describe-sources', 'migrate'}
+
+
+@pytest.mark.parametrize('module', ['harness.compare', 'harness.migrate', 'harness.train', 'harness.bench.scale_out'])
+def test_spawned_workers_import_the_command_line_modules_without_running_them(module, capsys):
+    """A worker process that `--workers` spawns first runs the parent's main module as `__mp_main__` (what
+    `multiprocessing.spawn` does for `python -m MODULE`, though not for a package's `__main__.py`): the `__main__`
+    guard must keep the command from running there."""
+    runpy.run_module(module, run_name='__mp_main__')
+    assert capsys.readouterr() == ('', '')
 
 
 QUICK_ARGS = ['burgers', '--quick', 'trainer.epochs=1', 'compare.selftest=false', 'compare.timing_repeats=1',
@@ -313,7 +318,8 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
     workers = sorted(client.scheduler_info()['workers'])
     assert there['provenance']['scale'] == {
         'executor': 'dask', 'scheduler': local.scheduler_address, 'cluster': 'existing cluster', 'workers': 2,
-        'threads': 2, 'worker_addresses': workers, 'dask': there['provenance']['scale']['dask']}
+        'threads': 2, 'worker_addresses': workers, 'worker_torch_threads': [1],
+        'dask': there['provenance']['scale']['dask']}
     assert here['provenance']['scale'] == {'executor': 'in-process', 'scheduler': None, 'workers': 1}
     assert ran_on(local) >= {'write-cache', 'compare'}  # the simulation runs on the client (harness.scale.simulate)
 
@@ -321,21 +327,35 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
 @pytest.mark.slow
 def test_train_builds_its_cache_on_the_cluster(quick_here, cluster, tmp_path, capsys):
     """Each write task simulates its own chunk (no simulation at hand): the cache equals compare's in-process one."""
-    local, _ = cluster
+    local, client = cluster
     here_out, _ = quick_here
+
+    def step_traces() -> dict[int, tuple[int, int]]:  # run on each worker (pickled by value)
+        from harness.data import simulate as simulate_module
+        return {json.loads(key)['n_sims']: (len(step.traces), sum(map(len, step.recorded_mappings.values())))
+                for key, step in simulate_module._STEPS.items()}
+
     before = tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')
+    traced_before = client.run(step_traces)
     assert train_main(['burgers', '--quick', 'trainer.epochs=1', 'data.pipeline=phiml', '--out', str(tmp_path / 'run'),
                        '--scheduler', local.scheduler_address, '--no-progress']) == 0
     assert capsys.readouterr().err == ''
     assert_same_cache(tmp_path / 'run' / 'cache' / 'phiml', here_out / 'cache' / 'phiml')
     assert (tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')) == (before[0] + 4, before[1])  # 4 chunks
+    # the jit-compiled step was built in the workers, for chunks of one sim, and traced once in each (one signature);
+    # a worker's later chunks reuse it: compare's simulation tasks on this cluster left as many traces as there are now
+    traced = client.run(step_traces)
+    assert {n for steps in traced.values() for n in steps} == {1}
+    assert all(steps[1][0] == 1 for steps in traced.values() if steps)
+    assert all(traced[worker] == steps for worker, steps in traced_before.items() if steps)
+
 
 
 class SlowNative(NativePipeline):
-    """The native pipeline, one second slower per file written: a worker can be killed while it converts."""
+    """The native pipeline, half a second slower per file written: a worker can be killed while it converts."""
 
     def write_fields(self, sim, fields, metadata):
-        time.sleep(1.0)
+        time.sleep(0.5)
         return super().write_fields(sim, fields, metadata)
 
 
@@ -353,12 +373,12 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     """Last of the module: the killed worker's nanny starts a new one, with another address."""
     local, client = cluster
     pids = client.run(os.getpid)
-    outcome = {}
+    outcome, progress = {}, []
 
     def migrate():
         try:
             with open_executor(scheduler=local.scheduler_address) as executor:
-                outcome['report'] = migrate_cache(executor, built / 'legacy', tmp_path / 'npz',
+                outcome['report'] = migrate_cache(executor, built / 'legacy', tmp_path / 'npz', progress.append,
                                                   legacy_cls=LegacyPipeline, native_cls=SlowNative)
         except BaseException as err:  # noqa: BLE001 - handed to the test's thread
             outcome['error'] = err
@@ -371,6 +391,7 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     thread.join(timeout=180)
     assert 'error' not in outcome, outcome.get('error')
     assert outcome['report'].converted == [0, 1, 2, 3] and outcome['report'].skipped == []
+    assert progress == [1, 1, 1, 1]  # one chunk of one sim landing at a time, the rerun one included
     assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
     assert victim not in client.scheduler_info()['workers']
     assert local.scheduler.task_prefixes['migrate'].suspicious >= 1  # a task that was running on a worker that died

@@ -105,11 +105,14 @@ class DaskExecutor(AbstractExecutor):
         return max(1, len(self._workers_now()))
 
     def describe(self) -> dict[str, Any]:
+        """Also the torch thread counts the workers run with (one, from Dask's `OMP_NUM_THREADS=1`, unless their
+        environment says otherwise), asked of the workers now."""
         import dask
         return {'executor': 'dask', 'scheduler': self.client.scheduler.address,
                 'cluster': 'LocalCluster (worker processes on this machine)' if self.local else 'existing cluster',
                 'workers': len(self._started), 'threads': sum(self._started.values()),
-                'worker_addresses': sorted(self._started), 'dask': dask.__version__}
+                'worker_addresses': sorted(self._started),
+                'worker_torch_threads': sorted(set(self.client.run(torch_threads).values())), 'dask': dask.__version__}
 
     def run(self, task, arguments, *, name):
         from distributed import as_completed
@@ -129,6 +132,12 @@ class DaskExecutor(AbstractExecutor):
                 yield index_of[future.key], result
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+
+def torch_threads() -> int:
+    """The intra-op threads torch runs with in this process (run on each worker by `DaskExecutor.describe`)."""
+    import torch
+    return torch.get_num_threads()
 
 
 @contextlib.contextmanager
