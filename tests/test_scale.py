@@ -18,6 +18,7 @@ import pytest
 import numpy as np
 from phiml import math
 
+from harness.bench.scale_out import crossover
 from harness.cache.build import build_cache as build_here
 from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
@@ -241,6 +242,18 @@ def test_chunked_comparison_equals_the_in_process_one(built, tiny_config, tiny_s
         assert chunked.worst[0].max_abs == here.worst[0].max_abs == pytest.approx(0.5)
 
 
+def test_the_crossover_is_where_the_cluster_s_gain_first_exceeds_its_overhead():
+    sizes = [4, 8, 16, 32, 64]
+    here = {n: n / 4 for n in sizes}  # in-process: 0.25 s per sim
+    dask = {n: 0.5 + n / 8 for n in sizes}  # on the cluster: half as much per sim, 0.5 s more per build
+    assert crossover(sizes, here, dask, 0.0) == {'first_faster_sims': 8, 'interpolated_sims': 4.0, 'below': False}
+    assert crossover(sizes, here, dask, 3.0) == {'first_faster_sims': 32, 'interpolated_sims': 28.0, 'below': False}
+    assert crossover(sizes, here, dask, 100.0) == {'first_faster_sims': None, 'interpolated_sims': None,
+                                                   'below': False}
+    faster = {n: n / 8 for n in sizes}
+    assert crossover(sizes, here, faster, 0.0) == {'first_faster_sims': 4, 'interpolated_sims': None, 'below': True}
+
+
 # --- on a real cluster: a scheduler and two worker processes on this machine ---------------------------------------
 
 @pytest.fixture(scope='module')
@@ -276,6 +289,7 @@ def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster,
 
 
 @pytest.mark.parametrize('module', ['harness.compare', 'harness.migrate', 'harness.train', 'harness.bench.scale_out'])
+@pytest.mark.filterwarnings('ignore:.*found in sys.modules after import of package:RuntimeWarning')  # imported here
 def test_spawned_workers_import_the_command_line_modules_without_running_them(module, capsys):
     """A worker process that `--workers` spawns first runs the parent's main module as `__mp_main__` (what
     `multiprocessing.spawn` does for `python -m MODULE`, though not for a package's `__main__.py`): the `__main__`
