@@ -10,6 +10,7 @@ import shutil
 import runpy
 import signal
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from harness.cli.train import main as train_main
 from harness.equivalence.batches import compare_pipelines as compare_here
 from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
-from harness.scale import InProcessExecutor, open_executor, split_sims, stages
+from harness.scale import DaskExecutor, InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
 from harness.scale.tasks import pipeline_ref
 from harness.config import load_config, quick_overrides
@@ -363,6 +364,18 @@ def test_train_builds_its_cache_on_the_cluster(quick_here, cluster, tmp_path, ca
     assert all(steps[1][0] == 1 for steps in traced.values() if steps)
     assert all(traced[worker] == steps for worker, steps in traced_before.items() if steps)
 
+
+
+@pytest.mark.slow
+def test_tasks_carry_large_arguments_without_a_warning(cluster):
+    """A chunk's fields travel inside its task (so that it can be rerun after its worker died); Dask's warning about
+    large graphs would reach the user of `compare --workers` as noise."""
+    _, client = cluster
+    payload = np.zeros(3_000_000, np.float32)  # 12 MB, above Dask's 10 MB threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        done = list(DaskExecutor(client, local=False).run(len, [(payload,)], name='large'))
+    assert done == [(0, 3_000_000)]
 
 
 class SlowNative(NativePipeline):

@@ -14,6 +14,7 @@ import abc
 import contextlib
 import logging
 import uuid
+import warnings
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from harness.errors import ConfigError, HarnessError
@@ -118,8 +119,12 @@ class DaskExecutor(AbstractExecutor):
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
         token = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(task, *args, key=f"{name}-{index}-{token}", pure=False)
-                   for index, args in enumerate(arguments)]
+        with warnings.catch_warnings():
+            # a chunk's fields ride in its task, held by the scheduler, so that the task can run again elsewhere when
+            # its worker dies (data scattered to a worker would die with it): a large graph is intended
+            warnings.filterwarnings('ignore', message='Sending large graph', category=UserWarning)
+            futures = [self.client.submit(task, *args, key=f"{name}-{index}-{token}", pure=False)
+                       for index, args in enumerate(arguments)]
         index_of = {future.key: index for index, future in enumerate(futures)}
         try:
             for future in as_completed(futures):
