@@ -159,15 +159,20 @@ def test_reads_into_the_arrays_offered(tmp_path):
 
 
 def test_one_read_per_large_array(tmp_path, monkeypatch):
-    path = _save(tmp_path, 'cache-file-2d')
     calls = []
-    original = npz._read_into
-    monkeypatch.setattr(npz, '_read_into', lambda *args: calls.append(args[1]) or original(*args))
+
+    class Counting(io.BufferedReader):
+        def readinto(self, buffer):
+            calls.append(len(buffer))
+            return super().readinto(buffer)
+
+    monkeypatch.setattr(npz, 'open', lambda path, mode: Counting(io.FileIO(path, mode)), raising=False)
+    path = _save(tmp_path, 'cache-file-2d')
     read_phiml_npz(path)
-    assert len(calls) == 0  # a 3x4x5x2 field is small: read with its neighbours
-    math.save(str(path), {'velocity': _velocity(64, 64), 'metadata': dict(_META)})
-    read_phiml_npz(path)
-    assert len(calls) == 1
+    assert calls == []  # a 3x4x5x2 field is small: read with its neighbours
+    math.save(str(path), {'velocity': _velocity(256, 256), 'metadata': dict(_META)})  # beyond WHOLE: not read whole
+    assert_same_as_stock(read_phiml_npz(path), math.load(str(path)))
+    assert calls == [3 * 256 * 256 * 2 * 4]
 
 
 class _Payload:
