@@ -167,7 +167,9 @@ def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
     if shape.channel and len(set(items)) != shape.channel.volume:
         return f"has vector item names {items or None}, expected {shape.channel.volume} distinct names"
     if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
-        return f"has dtype {dtype}, expected {'a float dtype' if allow_any_float else 'float32'}"
+        return f"has dtype {dtype}, expected " + ('a float dtype' if allow_any_float else "float32 for training (the "
+                                                  "option data.cast_float32=true casts float16/float64 caches to float32 "
+                                                  "when opened)")
     return None
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from phiml.math import Tensor
@@ -20,6 +20,7 @@ class NativePipeline(AbstractPipeline):
     """
     name = 'phiml'
     file_suffix = '.npz'
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
 
     def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
         super().__init__(cache_dir, rollout_steps)
@@ -56,7 +57,7 @@ class NativePipeline(AbstractPipeline):
 
     def open(self, sims: Sequence[int]) -> None:
         self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps, memory=self.memory,
-                                    memory_budget=self.memory_budget)
+                                    memory_budget=self.memory_budget, cast_float32=self.cast_float32)
 
     def window_keys(self) -> list[WindowKey]:
         return self._require_open().window_keys()
@@ -79,3 +80,11 @@ class NativePipeline(AbstractPipeline):
         if self.dataset is None:
             raise RuntimeError("NativePipeline.open(sims) must be called before loading batches")
         return self.dataset
+
+    @classmethod
+    def configured(cls, config) -> type['NativePipeline']:
+        """With `data.cast_float32`: a subclass that opens float16/float64 caches cast to float32."""
+        if not config.data.cast_float32:
+            return cls
+        return type(cls.__name__, (cls,), {'cast_float32': True, '__module__': cls.__module__,
+                                           '__qualname__': cls.__qualname__})
