@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numpy as np
-import psutil
 import torch
 from phiml import math
 from phiml.backend import choose_backend
@@ -77,7 +76,7 @@ class PhiMLDataset:
     def _auto_mode(self, budget: float) -> str:
         paths = [self.data_manager.get_cached_path(sim) for sim in self.sim_indices]
         cached = sum(os.path.getsize(path) for path in paths if os.path.isfile(path))
-        mode = 'load' if cached <= budget * psutil.virtual_memory().total else 'map'
+        mode = 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
         logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
         return mode
 
@@ -102,7 +101,10 @@ class PhiMLDataset:
                                  f"differ from {first.name} {list(self.shapes.items())}; one cache must hold sims of one "
                                  f"resolution and one set of fields")
             for name, shape in signature.items():
-                with math.precision(data[name].dtype.bits):  # the stored array itself (mapped: its map) unless compact
+                if self.cast_float32:  # in the stored dtype: cast below, on copy (mapped: on gather)
+                    with math.precision(data[name].dtype.bits):
+                        values = data[name].numpy(shape.names)
+                else:  # the stored array itself (mapped: its map) unless it is compact
                     values = data[name].numpy(shape.names)
                 if mapped:
                     self.maps[name].append(values.reshape(shape.get_size('time'), -1))

@@ -20,7 +20,8 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy_format
-from phiml.math._tensors import assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
+from phiml.backend import choose_backend
+from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
 from phiml.math._tree import all_attributes, assemble_tree, attr_paths_from_container
 
 from harness.errors import CacheError
@@ -30,6 +31,7 @@ META = ('tree', 'specs', 'paths')
 WHOLE = 2 ** 20  # files up to this size are read whole (unless mapped) and parsed from memory
 HEAD = 4096  # bytes read first from a stored member: its local and .npy headers, all of a small member
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
+_NUMPY = choose_backend(np.zeros(0))
 
 
 class _Meta(NamedTuple):
@@ -44,7 +46,7 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     Args:
         path: `.npz` file.
         mmap: Memory-map the large stored arrays (read-only views into the file) instead of reading them.
-        out: Arrays to read large members into, by member name without `.npy` (e.g. `'root[velocity]:0'`); used
+        out: Arrays to read array members into, by member name without `.npy` (e.g. `'root[velocity]:0'`); used
             where shape and dtype fit (C order, writable); the returned tensor is then backed by it.
 
     Raises:
@@ -52,17 +54,14 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     """
     try:
         with open(path, 'rb') as fp:
-            if not mmap and os.fstat(fp.fileno()).st_size <= WHOLE:
+            size = os.fstat(fp.fileno()).st_size
+            if not mmap and size <= WHOLE:
                 fp = io.BytesIO(fp.read())
-            archive, members = zipfile.ZipFile(fp), {}
-            fp.seek(0)
-            if fp.read(4) != zipfile.stringFileHeader:  # np.load would not take it for a zip, and would unpickle it
-                raise _Refused("not a zip archive from its first byte (np.load would unpickle it)")
-            for info in archive.infolist():
-                key = info.filename.removesuffix('.npy')
-                if key in members:
-                    raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
-                members[key] = _member(archive, fp, info, key, mmap, (out or {}).get(key))
+            layout = next((known for known in _LAYOUTS.get(size, ()) if all(
+                _read(fp, a, b - a) == gap for (a, b), gap in zip(known.gap_ranges, known.gaps))), None)
+            layout = layout or _parse(fp, size)
+            members = {key: _array(fp, value, mmap, (out or {}).get(key)) if isinstance(value, _Array) else value
+                       for key, value in layout.members}
         return _assemble(members)
     except _Refused as err:
         raise CacheError(f"{path}: {err}") from None
@@ -72,7 +71,8 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
 
 
 def clear_caches() -> None:
-    """Forgets parsed headers, pickles and structures: the next read is as cold as a new process's."""
+    """Forgets parsed layouts, headers, pickles and structures: the next read is as cold as a new process's."""
+    _LAYOUTS.clear()
     _npy_header.cache_clear()
     unpickle_object_array.cache_clear()
     _structure.cache_clear()
@@ -82,9 +82,58 @@ class _Refused(Exception):
     """A file this reader refuses; the message says why (the caller adds the path)."""
 
 
-def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap: bool, target) -> Any:
-    """One member as `np.load` keys it: an array, `_Meta` for a meta member, or the bytes of a member that is not an
-    `.npy`. A compressed member is inflated by `zipfile` (CRC checked)."""
+class _Array(NamedTuple):
+    """Where a stored array member's data lies in the file, and what it is."""
+    name: str
+    start: int
+    nbytes: int
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool
+
+
+class _Layout(NamedTuple):
+    """A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read, and the bytes
+    of the file outside those arrays' data and CRCs (`gaps`, at `gap_ranges`): every other header byte, the zip
+    directory, the meta members. A later file of the same size whose gaps are these bytes is parsed alike."""
+    members: tuple
+    gap_ranges: tuple
+    gaps: tuple
+
+
+_LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
+
+
+def _parse(fp, size: int) -> _Layout:
+    """The layout of a file, parsed by `zipfile` and `numpy.lib.format`, remembered for files of its size."""
+    archive, members = zipfile.ZipFile(fp), {}
+    fp.seek(0)
+    if fp.read(4) != zipfile.stringFileHeader:  # np.load would not take it for a zip, and would unpickle it
+        raise _Refused("not a zip archive from its first byte (np.load would unpickle it)")
+    for info in archive.infolist():
+        key = info.filename.removesuffix('.npy')
+        if key in members:
+            raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
+        members[key] = _member(archive, fp, info, key)
+    regions, entry = [], archive.start_dir  # the arrays' data and CRCs (zip local header +14, directory entry +16)
+    for info, value in zip(archive.infolist(), members.values()):
+        if isinstance(value, _Array):
+            regions += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
+                        (entry + 16, entry + 20)]
+        entry += 46 + len(info.orig_filename.encode(_encoding(info))) + len(info.extra) + len(info.comment)
+    regions.sort()
+    edges = [0, *(edge for region in regions for edge in region), size]
+    ranges = tuple(zip(edges[::2], edges[1::2]))
+    layout = _Layout(tuple(members.items()), ranges, tuple(_read(fp, a, b - a) for a, b in ranges)) \
+        if all(a <= b for a, b in ranges) else _Layout(tuple(members.items()), (), ())  # overlapping data: not kept
+    if layout.gaps:
+        _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
+    return layout
+
+
+def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> Any:
+    """One member as `np.load` keys it: `_Array` for a stored array, `_Meta` for a meta member, an array for a
+    compressed one (inflated by `zipfile`, CRC checked), or the bytes of a member that is not an `.npy`."""
     name, size, start = info.filename, info.file_size, 0
     if info.compress_type != zipfile.ZIP_STORED:
         content = archive.read(info)
@@ -92,9 +141,8 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap:
         fp.seek(info.header_offset)
         head = fp.read(HEAD)
         local = _LOCAL.unpack_from(head)
-        encoding = 'utf-8' if info.flag_bits & 0x800 else 'cp437'
         if local[0] != zipfile.stringFileHeader or info.flag_bits & 0x1 or \
-                head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode(encoding):
+                head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode(_encoding(info)):
             raise _Refused(f"member {name!r}: its local header does not match the zip directory (or it is encrypted)")
         start = info.header_offset + _LOCAL.size + local[10] + local[11]
         content = head[start - info.header_offset:][:size]
@@ -109,23 +157,30 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap:
         return _Meta(content[:length], content[length:] if complete else _read(fp, start + length, size - length))
     if dtype.hasobject:
         raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
-    count = math.prod(shape)
-    if count * dtype.itemsize != size - length:
+    if math.prod(shape) * dtype.itemsize != size - length:
         raise _Refused(f"member {name!r} holds {size - length} bytes of data, its header announces "
-                       f"{count * dtype.itemsize} (truncated or corrupt)")
-    order = 'F' if fortran else 'C'
-    if complete or not count * dtype.itemsize:
-        flat = np.frombuffer(content, dtype, count, length).copy() if count and dtype.itemsize else np.empty(count, dtype)
-        return flat.reshape(shape, order=order)
-    if mmap:
-        return np.asarray(np.memmap(fp, dtype, 'r', start + length, shape, order))
-    fits = target is not None and target.shape == shape and target.dtype == dtype and not fortran \
+                       f"{math.prod(shape) * dtype.itemsize} (truncated or corrupt)")
+    array = _Array(name, start + length, size - length, dtype, shape, fortran)
+    return _array(io.BytesIO(content), array._replace(start=length), False, None) if info.compress_type else array
+
+
+def _encoding(info: zipfile.ZipInfo) -> str:
+    return 'utf-8' if info.flag_bits & 0x800 else 'cp437'
+
+
+def _array(fp, array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
+    """An array member's data: memory-mapped (large ones, with `mmap`), or read with one `readinto` into `target`
+    where it fits (C order, writable), else into a fresh array."""
+    order = 'F' if array.fortran else 'C'
+    if mmap and array.nbytes > HEAD:
+        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, order))
+    fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
         and target.flags.c_contiguous and target.flags.writeable
-    buffer = target if fits else np.empty(shape[::-1] if fortran else shape, dtype)  # fortran: the transpose in C order
-    fp.seek(start + length)
-    if fp.readinto(memoryview(buffer).cast('B')) != size - length:
-        raise EOFError(f"member {name!r} ends early (truncated file)")
-    return buffer.T if fortran else buffer
+    buffer = target if fits else np.empty(array.shape[::-1] if array.fortran else array.shape, array.dtype)
+    fp.seek(array.start)
+    if array.nbytes and fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
+        raise EOFError(f"member {array.name!r} ends early (truncated file)")
+    return buffer.T if array.fortran else buffer  # fortran: read as the transpose in C order
 
 
 def _read(fp, offset: int, size: int) -> bytes:
@@ -162,19 +217,22 @@ def _meta_value(name: str, member: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list, list[int]]:
-    """`(tree, specs, paths, order)` as `phiml.math.load` derives them from the meta members: the tree with `None`
-    where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, and which stored tensor
-    each of the tree's tensor leaves takes (callers must not mutate the cached result)."""
+def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list, list[int], list | None]:
+    """`(tree, specs, paths, order, dense)` as `phiml.math.load` derives them from the meta members: the tree with
+    `None` where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, which stored tensor
+    each of the tree's tensor leaves takes, and where every spec is dense, `(names, shape, native sizes)` of each
+    (callers must not mutate the cached result)."""
     tree, specs, paths = (_meta_value(name, member) for name, member in zip(META, (tree, specs, paths)))
     try:
         tree, specs = tree['tree'], [unserialize_spec(spec) for spec in specs]
         new_paths = attr_paths_from_container(tree, all_attributes, 'root')
         lookup = {path: i for i, path in enumerate(paths)}  # stored in another order: by path, as phiml.math.load does
         order = list(range(len(specs))) if tuple(paths) == tuple(new_paths) else [lookup[p] for p in new_paths]
+        dense = [(s['names'], s['shape'], tuple(s['shape'].get_size(n) for n in s['names'])) for s in specs] \
+            if all(s['type'] is Dense for s in specs) else None
     except Exception as err:  # noqa: BLE001 - phiml's parsing of plain but malformed members
         raise _Refused(f"malformed tensor specs, paths or tree ({type(err).__name__}: {err})") from None
-    return tree, specs, paths, order
+    return tree, specs, paths, order, dense
 
 
 def _assemble(members: dict[str, Any]) -> Any:
@@ -183,15 +241,20 @@ def _assemble(members: dict[str, Any]) -> Any:
     missing = [name for name in META if name not in members]
     if missing:
         raise _Refused(f"not a phiml.math.save file (member {missing[0]!r} missing)")
-    tree, specs, paths, order = _structure(*(members[name] for name in META))
+    tree, specs, paths, order, dense = _structure(*(members[name] for name in META))
     keys = [key for key in members if key not in META]
     if len(keys) < len(specs):
         raise _Refused(f"{len(specs)} tensors but only {len(keys)} array members")
     for key, label in zip(keys, paths):  # each spec takes at least the next member
         if not isinstance(members[key], np.ndarray):
             raise _Refused(f"member {key!r} would become (part of) tensor {label!r}, but is not an .npy array")
+    natives = [members[key] for key in keys]
     try:
-        tensors = assemble_tensors([members[key] for key in keys], specs)
+        if dense and all(native.shape == sizes for native, (_, _, sizes) in zip(natives, dense)):
+            # what Dense._from_spec_and_natives builds, without asking each array for its backend twice
+            tensors = [Dense(native, names, shape, _NUMPY) for native, (names, shape, _) in zip(natives, dense)]
+        else:
+            tensors = assemble_tensors(natives, specs)
         return assemble_tree(tree, [tensors[i] for i in order], attr_type=all_attributes)
     except Exception as err:  # noqa: BLE001 - phiml's own errors on a malformed file
         raise _Refused(f"its members do not assemble into a tree ({type(err).__name__}: {err})") from None
