@@ -101,15 +101,12 @@ class PhiMLDataset:
                                  f"differ from {first.name} {list(self.shapes.items())}; one cache must hold sims of one "
                                  f"resolution and one set of fields")
             for name, shape in signature.items():
-                if self.cast_float32:  # in the stored dtype: cast below, on copy (mapped: on gather)
-                    with math.precision(data[name].dtype.bits):
-                        values = data[name].numpy(shape.names)
-                else:  # the stored array itself (mapped: its map) unless it is compact
-                    values = data[name].numpy(shape.names)
+                with math.precision(data[name].dtype.bits if self.cast_float32 else 32):  # cast on copy or gather
+                    values = data[name].numpy(shape.names)  # the stored array itself (mapped: its map) unless compact
                 if mapped:
                     self.maps[name].append(values.reshape(shape.get_size('time'), -1))
-                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless it is small
-                    np.copyto(slots[name], values)  # float32, or cast to it (`cast_float32`)
+                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless compact or cast
+                    np.copyto(slots[name], values)
 
     @property
     def field_names(self) -> list[str]:
@@ -197,9 +194,9 @@ class PhiMLDataset:
             windows = windows.reshape(count, run, *frame)
             initial[name] = Dense(torch.from_numpy(windows[:, 0]), initial_shape.names, initial_shape, _TORCH)
             targets[name] = Dense(torch.from_numpy(windows[:, 1:]), targets_shape.names, targets_shape, _TORCH)
-        if len(initial) == 1:
-            return {'initial_state': next(iter(initial.values())), 'targets': next(iter(targets.values()))}
-        return {'initial_state': initial, 'targets': targets}
+        single = len(initial) == 1
+        return {'initial_state': initial.popitem()[1] if single else initial,
+                'targets': targets.popitem()[1] if single else targets}
 
     def _shapes_for(self, name: str, count: int) -> tuple[Shape, Shape, tuple]:
         """The shapes of the initial states and targets of a batch of `count` windows of field `name`, and the sizes

@@ -3,10 +3,10 @@
 `phiml.math.load` is `np.load(allow_pickle=True)` plus phiml's reassembly, so a crafted file executes code. This reader
 returns what `phiml.math.load` returns for every file it accepts and refuses anything else with a `CacheError` naming
 the file and member: the zip directory from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
-`specs` through the restricted unpickler of `pickles`, the tree assembled by phiml's own functions. A stored member is
-taken from one read of its first bytes, a large array with one `readinto` more (into `out` where it fits) or
-memory-mapped. Headers and meta members are cached by content: the sims of a cache share them. Not checked: the zip
-CRCs of stored members (the cache manifest holds SHA-256 digests of whole files).
+`specs` through the restricted unpickler of `pickles`, the tree assembled by phiml's own functions. Each array member
+takes one `readinto` (into `out` where it fits) or is memory-mapped. What a file's structure gives is remembered by
+content: a later file whose every byte outside its arrays' data and CRCs repeats (the sims of a cache) is not parsed
+again. Not checked: the zip CRCs of stored members (the cache manifest holds SHA-256 digests of whole files).
 """
 from __future__ import annotations
 
@@ -34,10 +34,7 @@ _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name 
 _NUMPY = choose_backend(np.zeros(0))
 
 
-class _Meta(NamedTuple):
-    """A meta member's `.npy` header and data, parsed once per content by `_structure`."""
-    header: bytes
-    data: bytes
+_Meta = NamedTuple('_Meta', [('header', bytes), ('data', bytes)])  # a meta member, parsed by `_structure` once
 
 
 def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str, np.ndarray] | None = None) -> Any:
@@ -82,14 +79,8 @@ class _Refused(Exception):
     """A file this reader refuses; the message says why (the caller adds the path)."""
 
 
-class _Array(NamedTuple):
-    """Where a stored array member's data lies in the file, and what it is."""
-    name: str
-    start: int
-    nbytes: int
-    dtype: np.dtype
-    shape: tuple
-    fortran: bool
+_Array = NamedTuple('_Array', [('name', str), ('start', int), ('nbytes', int), ('dtype', np.dtype), ('shape', tuple),
+                               ('fortran', bool)])  # where a stored array member's data lies in the file, what it is
 
 
 class _Layout(NamedTuple):
