@@ -83,15 +83,10 @@ _Array = NamedTuple('_Array', [('name', str), ('start', int), ('nbytes', int), (
                                ('fortran', bool)])  # where a stored array member's data lies in the file, what it is
 
 
-class _Layout(NamedTuple):
-    """A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read, and the bytes
-    of the file outside those arrays' data and CRCs (`gaps`, at `gap_ranges`): every other header byte, the zip
-    directory, the meta members. A later file of the same size whose gaps are these bytes is parsed alike."""
-    members: tuple
-    gap_ranges: tuple
-    gaps: tuple
-
-
+# A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read, and the bytes of
+# the file outside those arrays' data and CRCs (`gaps`, at `gap_ranges`): every other header byte, the zip directory,
+# the meta members. A later file of the same size whose gaps are these bytes is parsed alike.
+_Layout = NamedTuple('_Layout', [('members', tuple), ('gap_ranges', tuple), ('gaps', tuple)])
 _LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
 
 
@@ -115,10 +110,10 @@ def _parse(fp, size: int) -> _Layout:
     regions.sort()
     edges = [0, *(edge for region in regions for edge in region), size]
     ranges = tuple(zip(edges[::2], edges[1::2]))
-    layout = _Layout(tuple(members.items()), ranges, tuple(_read(fp, a, b - a) for a, b in ranges)) \
-        if all(a <= b for a, b in ranges) else _Layout(tuple(members.items()), (), ())  # overlapping data: not kept
-    if layout.gaps:
-        _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
+    if not all(a <= b for a, b in ranges):  # overlapping data: not remembered
+        return _Layout(tuple(members.items()), (), ())
+    layout = _Layout(tuple(members.items()), ranges, tuple(_read(fp, a, b - a) for a, b in ranges))
+    _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
     return layout
 
 
