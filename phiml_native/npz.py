@@ -28,7 +28,7 @@ from harness.errors import CacheError
 from .pickles import unpickle_object_array
 
 META = ('tree', 'specs', 'paths')
-WHOLE = 2 ** 20  # files up to this size are read whole (unless mapped) and parsed from memory
+WHOLE = 2 ** 16  # files up to this size are read whole (unless mapped); larger ones: no second copy of the data
 HEAD = 4096  # bytes read first from a stored member: its local and .npy headers, all of a small member
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
 _NUMPY = choose_backend(np.zeros(0))
