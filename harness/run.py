@@ -24,10 +24,12 @@ from harness.cache.build import CacheReport, check_writable
 from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
 from harness.config import ScenarioConfig
 from harness.data.existing import read_cache
-from harness.data.health import scan_simulation
+from harness.data.health import scan_pipelines, scan_simulation
 from harness.data.physics import check_physics
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
+from harness.equivalence.metadata import carried_metadata, read_back
+from harness.equivalence.sizes import memory_variants, probe_sizes
 from harness.equivalence.everyday import audit_everyday, rows_to_dicts
 from harness.equivalence.training import ensemble, train_both
 from harness.errors import CacheError, HarnessError
@@ -36,8 +38,9 @@ from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
-from harness.report.verdict import (Check, coverage_check, equivalence_check, physics_check, selftest_check,
-                                    everyday_check, speed_check, training_check, verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, metadata_check, physics_check,
+                                    selftest_check, everyday_check, size_probe_check, speed_check, training_check,
+                                    verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
@@ -114,9 +117,16 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
                       for p in (legacy, native)}
         scratch_root = cache_dir
     cmp = config.compare
-    health = scan_simulation(simulation, config.health)
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
+    with durations('evidence_s'):  # what each cache carries and serves: metadata, and the health of its data
+        read = {p.name: read_back(p, config.all_sims, config.health) for p in (legacy, native)}
+        metadata = carried_metadata(simulation, config.all_sims,
+                                    {p.name: functools.partial(_new, type(p), rollout_steps=r) for p in (legacy, native)},
+                                    read, source=None if source is None else (source.folder, legacy.name))
+        health = scan_pipelines(scan_simulation(simulation, config.health), (legacy, native),
+                                {name: back.health for name, back in read.items()}, config.train_sims, simulation,
+                                config.health)
     physics = check_physics(simulation, {legacy.name: legacy, native.name: native}) if config.sanity.enabled else None
 
     expected = Expected.of(config, simulation)
@@ -128,7 +138,10 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
             diagnosis = diagnose_epoch(legacy, native, expected.plans[failing], expected.frames, expected.tolerances)
-
+    with durations('probe_s'):  # the first epoch again at batch sizes 1 and all, and in every memory mode
+        variants = {name: functools.partial(_opened, cls, native.cache_dir, r, config.train_sims)
+                    for name, cls in memory_variants(native_cls, config).items()}
+        sizes = probe_sizes(legacy, native, expected.plans[0], expected.frames, expected.tolerances, variants)
     with durations('everyday_s'):
         everyday_rows = [row for pipeline in (legacy, native) for row in audit_everyday(
             pipeline, functools.partial(_opened, type(pipeline), pipeline.cache_dir, r), config, simulation)]
@@ -165,9 +178,11 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     checks = [
         Check('data health', health.passed, health.detail if health.passed else
               health.detail + "; fix the simulation or allow these findings in the config's `health` section"),
+        metadata_check(metadata),
         window_keys_check(expected.keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
         equivalence_check(equivalence, config),
         coverage_check(equivalence),
+        size_probe_check(sizes),
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
@@ -189,6 +204,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             'selftest': selftest.to_dicts() if selftest else None,
         },
         'health': health.to_dict(),
+        'metadata': metadata.to_dict(),
+        'size_probe': sizes.to_dict(),
         **({'physics': physics.to_dict()} if physics is not None else {}),
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
@@ -200,8 +217,11 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     return summary
 
 
-def _opened(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int, sims) -> AbstractPipeline:
-    """A new instance of `cls` on `cache_dir`, opened on `sims`."""
+def _new(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int) -> AbstractPipeline:
+    return cls(cache_dir, rollout_steps)
+
+
+def _opened(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int, sims: Sequence[int]) -> AbstractPipeline:
     pipeline = cls(cache_dir, rollout_steps)
     pipeline.open(sims)
     return pipeline

@@ -1,6 +1,7 @@
 """The PhiML-native pipeline behind the harness's `Pipeline` interface."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -86,3 +87,12 @@ class NativePipeline(AbstractPipeline):
         if self.dataset is None:
             raise RuntimeError("NativePipeline.open(sims) must be called before loading batches")
         return self.dataset
+
+    @classmethod
+    def configured(cls, config) -> type['NativePipeline']:
+        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so."""
+        options = {'memory': config.data.memory, 'memory_budget': config.data.memory_budget}
+        if options == {'memory': 'auto', 'memory_budget': 0.5}:
+            return cls
+        return type(cls.__name__, (cls,), {'__init__': functools.partialmethod(cls.__init__, **options),
+                                           '__module__': cls.__module__, '__qualname__': cls.__qualname__})

@@ -73,7 +73,7 @@ def test_compare_judges_a_teams_cache_go_and_leaves_it_untouched(tmp_path, capsy
     html = (tmp_path / 'out' / 'index.html').read_text()
     assert f"<tr><th>resolution</th><td>{' × '.join(map(str, first[2:]))}</td></tr>" in html
     if layout == '2d-non-square':  # the self-test ran on the team's data as well
-        assert len(summary['equivalence']['selftest']) == 16 and all(r['ok'] for r in summary['equivalence']['selftest'])
+        assert len(summary['equivalence']['selftest']) == 21 and all(r['ok'] for r in summary['equivalence']['selftest'])
 
 
 def test_migration_of_a_teams_cache_is_bitwise_and_keeps_the_metadata(tmp_path, capsys):
@@ -103,7 +103,8 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys)
     native.mkdir()
     for sim, arrays in written.items():
         velocity = math.wrap(np.moveaxis(arrays['velocity'], 0, -1), batch('time'), spatial('x,y'), channel(vector='x,y'))
-        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {'fields': ['velocity']}})
+        meta = torch.load(team / f'sim_{sim:06d}.pt', weights_only=True)['metadata']  # carried over, as it must be
+        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {**meta, 'fields': ['velocity']}})
     before = tree_state(team, native)
     code, output = _compare(capsys, '--legacy-cache', team, '--native-cache', native, '--out', tmp_path / 'out', *FAST)
     assert code == 0, output

@@ -133,3 +133,24 @@ def test_selftest_check():
         'harness self-test', False, "the harness itself is unreliable here: x and y transposed: caught=True, diagnosed "
                                     "'reorder' (expected 'layout'); rollout one step short: caught=False, diagnosed "
                                     "'none' (expected 'structure'); a: caught=False, diagnosed 'none' (expected 'layout')")
+
+
+def test_metadata_and_size_probe_checks():
+    from harness.equivalence.metadata import MetadataFinding, MetadataReport
+    from harness.equivalence.sizes import ProbeRun, SizeProbe
+    from harness.report.verdict import metadata_check, size_probe_check
+    clean = MetadataReport('simulation', [0], ['dt'], {'legacy': [], 'phiml': []})
+    assert metadata_check(clean) == Check('metadata carried', True, "every key of the source metadata (simulation, 1 "
+                                          "keys) arrived in the legacy, phiml caches with its value and type, in all 1 "
+                                          "sims")
+    clean.findings.append(MetadataFinding('phiml', 0, 'dt', 'missing', "dropped (the source has 0.01 (float))"))
+    assert metadata_check(clean) == Check('metadata carried', False, "1 metadata finding(s) against the source metadata "
+                                          "(simulation): phiml sim 0 'dt': dropped (the source has 0.01 (float)); a "
+                                          "cache must carry the source's metadata unchanged (keys, values, types): fix "
+                                          "what the pipeline's writer or reader does to it")
+    probe = SizeProbe([ProbeRun('batch size 1', 21, 1, True, 'ok'), ProbeRun('data.memory=map', 6, 4, False,
+                                                                            'same windows in a different order', 'reorder')])
+    assert size_probe_check(probe) == Check('size-gated paths', False, "data.memory=map: reorder: same windows in a "
+                                            "different order; the native pipeline differs from legacy at these batch "
+                                            "sizes or memory modes (paths the plan's batches may never take)")
+    assert size_probe_check(SizeProbe(probe.runs[:1])).passed

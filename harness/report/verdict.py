@@ -119,3 +119,19 @@ def physics_check(report) -> Check:
         return Check('physics sanity', True, report.detail)
     return Check('physics sanity', False, report.detail + "; the data is physically wrong whatever the pipeline: fix the "
                  "simulation (or its parameters, e.g. dt) before training on it")
+
+
+def metadata_check(report) -> Check:
+    """Every source key arrived with its value and type in both caches (`harness.equivalence.metadata`)."""
+    if report.passed:
+        return Check('metadata carried', True, report.detail)
+    return Check('metadata carried', False, report.detail + "; a cache must carry the source's metadata unchanged "
+                 "(keys, values, types): fix what the pipeline's writer or reader does to it")
+
+
+def size_probe_check(probe) -> Check:
+    """The first epoch equal at batch sizes 1 and all, and in every memory mode (`harness.equivalence.sizes`)."""
+    if probe.passed:
+        return Check('size-gated paths', True, probe.detail)
+    return Check('size-gated paths', False, probe.detail + "; the native pipeline differs from legacy at these batch "
+                 "sizes or memory modes (paths the plan's batches may never take)")
