@@ -75,6 +75,7 @@ class DataConfig:
     memory_budget: float = 0.5   # auto loads when the cache files take at most this fraction of the RAM
     prefetch: bool = True        # native everyday iterator: build the next batch on a thread during the step
     channels: Dict[str, List[str]] = field(default_factory=dict)  # names of channels a legacy file's shape cannot name
+    cast_float32: bool = False   # train on float16/float64 caches cast to float32 when opened (else they are refused)
     pipeline: str = 'legacy'         # what `python -m harness.train` trains on: legacy | phiml (flip after a GO)
 
 
@@ -114,6 +115,7 @@ class CompareConfig:
     fields: Dict[str, FieldTolerance] = field(default_factory=dict)
     selftest: bool = True            # run the injected-bug catalogue and show it in the report
     parity_seeds: int = 1            # >1: also train from N seeds and report the spread of the final-loss difference
+    everyday_epochs: int = 2         # epochs of each pipeline's own loader and trainer that the everyday audit judges
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,8 @@ def validate(config: ScenarioConfig) -> None:
             raise ConfigError(f"`compare.fields.{name}.rtol` (={ft.rtol}) and `.atol` (={ft.atol}) must be >= 0")
     if cmp.parity_seeds < 1:
         raise ConfigError(f"`compare.parity_seeds` (={cmp.parity_seeds}) must be >= 1")
+    if cmp.everyday_epochs < 2:
+        raise ConfigError(f"`compare.everyday_epochs` (={cmp.everyday_epochs}) must be >= 2 (epochs must differ)")
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:
         raise ConfigError(f"`compare.timing_repeats` (={cmp.timing_repeats}) must be >= 1 and `compare.timing_warmup` "
                           f"(={cmp.timing_warmup}) >= 0")

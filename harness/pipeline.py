@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Seque
 
 from phiml.math import Tensor
 
+from harness import model
 from harness.errors import ConfigError
 
 FieldTensors = Union[Tensor, dict]
@@ -82,7 +83,8 @@ class FieldLayout:
 class AbstractPipeline(abc.ABC):
     """A data pipeline from simulated fields to model-ready PhiML batches.
 
-    Stages the harness times: `write_cache`, `open`, `load_batches`, `to_phiml`, and one step of `train`.
+    Stages the harness times: `write_cache`, `open`, `load_batches`, `to_phiml`, and one step of `train`. Besides
+    this plan-driven path the harness judges the everyday one a user runs: `everyday_epochs` and `everyday_train`.
 
     Args:
         cache_dir: Folder holding this pipeline's cache files, created on first write.
@@ -174,12 +176,37 @@ class AbstractPipeline(abc.ABC):
         """Converts a raw batch to the model's PhiML batch (identity for the native pipeline)."""
 
     @abc.abstractmethod
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
-        """The window keys, batch by batch, that this pipeline's own everyday shuffling serves in `epoch`."""
-
-    @abc.abstractmethod
     def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
         """Trains `network` on the batches of `plans` in order; returns the loss of every step."""
+
+    @abc.abstractmethod
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int, **variant) -> Iterator[Iterator[Batch]]:
+        """The PhiML batches a user's own loop gets from this pipeline, without a plan: one loader of the opened sims
+        iterated for `epochs` epochs, with the pipeline's own shuffling (drawn from `seed` and the epoch), batching (the
+        last batch of an epoch may be smaller) and conversion.
+
+        Args:
+            batch_size: Windows per batch.
+            variant: Loader options, one of `loader_variants()`; every variant must serve bit-identical batches.
+
+        Returns:
+            One iterator of batches per epoch; each is consumed before the next one is taken.
+        """
+
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        """Trains `network` for `epochs` epochs with this pipeline's own trainer on its own everyday loader (as
+        `everyday_epochs` serves it with the default variant); returns the loss of every step.
+
+        The default is one `harness.model.train_step` per batch of `everyday_epochs`; a pipeline with a trainer of its
+        own overrides it.
+        """
+        return [model.train_step(network, optimizer, batch)
+                for batches in self.everyday_epochs(batch_size, seed=seed, epochs=epochs) for batch in batches]
+
+    def loader_variants(self) -> list[dict]:
+        """The loader options (`**variant` of `everyday_epochs`) a user may choose, e.g. worker processes or
+        prefetching, the default first. The default: only `{}`."""
+        return [{}]
 
     def batches(self, plan: BatchPlan) -> Iterator[Batch]:
         """PhiML batches for `plan`: `load_batches` followed by `to_phiml` (no reference kept to a batch handed out)."""

@@ -24,11 +24,13 @@ from harness.cache.build import CacheReport, check_writable
 from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
 from harness.config import ScenarioConfig
 from harness.data.existing import read_cache
-from harness.data.health import scan_simulation
+from harness.data.health import scan_pipelines, scan_simulation
 from harness.data.physics import check_physics
 from harness.equivalence.diagnose import diagnose_epoch
 from harness.equivalence.expected import Expected
-from harness.equivalence.shuffle_audit import audit_all, rows_to_dicts
+from harness.equivalence.metadata import carried_metadata, read_back
+from harness.equivalence.sizes import memory_variants, probe_sizes
+from harness.equivalence.everyday import audit_everyday, rows_to_dicts
 from harness.equivalence.training import ensemble, train_both
 from harness.errors import CacheError, HarnessError
 from harness.pipeline import AbstractPipeline
@@ -36,8 +38,9 @@ from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
-from harness.report.verdict import (Check, coverage_check, equivalence_check, physics_check, selftest_check,
-                                    shuffle_check, speed_check, training_check, verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, metadata_check, physics_check,
+                                    selftest_check, everyday_check, size_probe_check, speed_check, training_check,
+                                    verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
@@ -66,7 +69,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
-    batches (diff, coverage, diagnosis, shuffling) -> timings -> training -> self-test -> checks -> report.
+    batches (diff, coverage, diagnosis) -> everyday paths -> timings -> training -> self-test -> checks -> report.
 
     Args:
         cache_dir: A folder of the harness's caches to reuse (verified; bad files are an error unless `repair`).
@@ -114,9 +117,16 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
                       for p in (legacy, native)}
         scratch_root = cache_dir
     cmp = config.compare
-    health = scan_simulation(simulation, config.health)
     for pipeline in (legacy, native):
         pipeline.open(config.train_sims)
+    with durations('evidence_s'):  # what each cache carries and serves: metadata, and the health of its data
+        read = {p.name: read_back(p, config.all_sims, config.health) for p in (legacy, native)}
+        metadata = carried_metadata(simulation, config.all_sims,
+                                    {p.name: functools.partial(_new, type(p), rollout_steps=r) for p in (legacy, native)},
+                                    read, source=None if source is None else (source.folder, legacy.name))
+        health = scan_pipelines(scan_simulation(simulation, config.health), (legacy, native),
+                                {name: back.health for name, back in read.items()}, config.train_sims, simulation,
+                                config.health)
     physics = check_physics(simulation, {legacy.name: legacy, native.name: native}) if config.sanity.enabled else None
 
     expected = Expected.of(config, simulation)
@@ -128,7 +138,13 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         if not equivalence:
             failing = equivalence.first_failure.epoch if equivalence.first_failure else 0
             diagnosis = diagnose_epoch(legacy, native, expected.plans[failing], expected.frames, expected.tolerances)
-        shuffle_rows = audit_all([(legacy_cls, legacy.cache_dir), (native_cls, native.cache_dir)], config)
+    with durations('probe_s'):  # the first epoch again at batch sizes 1 and all, and in every memory mode
+        variants = {name: functools.partial(_opened, cls, native.cache_dir, r, config.train_sims)
+                    for name, cls in memory_variants(native_cls, config).items()}
+        sizes = probe_sizes(legacy, native, expected.plans[0], expected.frames, expected.tolerances, variants)
+    with durations('everyday_s'):
+        everyday_rows = [row for pipeline in (legacy, native) for row in audit_everyday(
+            pipeline, functools.partial(_opened, type(pipeline), pipeline.cache_dir, r), config, simulation)]
 
     def network(seed: int = config.seed):
         return model.make_network(config.model, _channels(simulation), len(config.sim.resolution), seed=seed)
@@ -162,13 +178,15 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     checks = [
         Check('data health', health.passed, health.detail if health.passed else
               health.detail + "; fix the simulation or allow these findings in the config's `health` section"),
+        metadata_check(metadata),
         window_keys_check(expected.keys, {legacy.name: legacy.window_keys(), native.name: native.window_keys()}),
         equivalence_check(equivalence, config),
         coverage_check(equivalence),
+        size_probe_check(sizes),
         training_check(training),
         speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
         speed_check(timings, 'step', 'train step', cmp.min_speedup),
-        shuffle_check(shuffle_rows),
+        everyday_check(everyday_rows),
         *([selftest_check(selftest)] if selftest is not None else []),
         *([physics_check(physics)] if physics is not None else []),
     ]
@@ -182,10 +200,12 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             **equivalence.to_dict(),
             'tolerance': expected.tolerances.describe(),
             'diagnosis': diagnosis.to_dict() if diagnosis else None,
-            'own_shuffling': rows_to_dicts(shuffle_rows),
+            'everyday': rows_to_dicts(everyday_rows),
             'selftest': selftest.to_dicts() if selftest else None,
         },
         'health': health.to_dict(),
+        'metadata': metadata.to_dict(),
+        'size_probe': sizes.to_dict(),
         **({'physics': physics.to_dict()} if physics is not None else {}),
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
@@ -195,6 +215,16 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     }
     _write_report(out, summary, equivalence)
     return summary
+
+
+def _new(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int) -> AbstractPipeline:
+    return cls(cache_dir, rollout_steps)
+
+
+def _opened(cls: type[AbstractPipeline], cache_dir: Path, rollout_steps: int, sims: Sequence[int]) -> AbstractPipeline:
+    pipeline = cls(cache_dir, rollout_steps)
+    pipeline.open(sims)
+    return pipeline
 
 
 def _validation(config: ScenarioConfig, legacy_cls, native_cls, legacy_dir: Path, native_dir: Path):

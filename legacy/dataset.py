@@ -1,10 +1,10 @@
 """The legacy dataset: every sliding window materialised into one `torch.utils.data.TensorDataset`."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Sampler, TensorDataset
 
 from harness.pipeline import WindowKey
 
@@ -47,3 +47,26 @@ def plan_indices(plan_batches: Sequence[Sequence[WindowKey]], index_of: Mapping[
         return [[index_of[key] for key in batch] for batch in plan_batches]
     except KeyError as err:
         raise KeyError(f"window {err.args[0]} is not in the opened legacy dataset") from None
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffled order of `n` dataset indices drawn from `(seed, epoch)` alone; the trainer calls `set_epoch` before each
+    epoch (as with torch's `DistributedSampler`).
+
+    `DataLoader(shuffle=True, generator=g)` would draw its order from `g`, which also gives the worker processes their
+    base seed once per iterator: with `persistent_workers=True` later epochs draw one number less and are served in
+    another order than with `num_workers=0`.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n

@@ -12,7 +12,7 @@ from harness.errors import CacheError
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from .convert import convert_batch, from_canonical, to_canonical
 from .data_manager import DataManager
-from .dataset import build_window_dataset, plan_indices
+from .dataset import EpochShuffle, build_window_dataset, plan_indices
 from .trainer import SyntheticTrainer
 
 
@@ -22,10 +22,11 @@ class LegacyPipeline(AbstractPipeline):
     file_suffix = '.pt'
 
     channels: ClassVar[dict[str, tuple[str, ...]]] = {}  # names of channels the shape cannot name (see `configured`)
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
 
     def __init__(self, cache_dir: Path, rollout_steps: int):
         super().__init__(cache_dir, rollout_steps)
-        self.manager = DataManager(self.cache_dir, self.channels)
+        self.manager = DataManager(self.cache_dir, self.channels, cast_float32=self.cast_float32)
         self.dataset = None
         self.keys: list[WindowKey] = []
         self.field_order: list[str] = []
@@ -41,12 +42,14 @@ class LegacyPipeline(AbstractPipeline):
 
     @classmethod
     def configured(cls, config) -> type['LegacyPipeline']:
-        """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`)."""
+        """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`); with
+        `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
         channels = {name: tuple(names) for name, names in config.data.channels.items()}
-        if not channels:
+        options = {'channels': {**cls.channels, **channels}} if channels else {}
+        options.update({'cast_float32': True} if config.data.cast_float32 else {})
+        if not options:
             return cls
-        return type(cls.__name__, (cls,), {'channels': {**cls.channels, **channels}, '__module__': cls.__module__,
-                                           '__qualname__': cls.__qualname__})
+        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         data, layout = self.manager.load(sim, allow_any_float=True)
@@ -94,14 +97,27 @@ class LegacyPipeline(AbstractPipeline):
     def window_keys(self) -> list[WindowKey]:
         return list(self.keys)
 
-    def data_loader(self, batch_size: int, shuffle: bool = True, *, seed: int, epoch: int = 0) -> DataLoader:
-        """The everyday loader: torch's own shuffling, seeded explicitly from `(seed, epoch)`."""
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        return DataLoader(self._require_open(), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    def data_loader(self, batch_size: int, shuffle: bool = True, *, seed: int, epoch: int = 0, num_workers: int = 0,
+                    persistent_workers: bool = False) -> DataLoader:
+        """The everyday loader: shuffled by `EpochShuffle` from `(seed, epoch)` (the trainer sets the epoch)."""
+        dataset = self._require_open()
+        sampler = EpochShuffle(len(dataset), seed, epoch) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          persistent_workers=persistent_workers, generator=torch.Generator().manual_seed(seed))
 
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
-        sampler = self.data_loader(batch_size, seed=seed, epoch=epoch).batch_sampler
-        return [[self.keys[i] for i in indices] for indices in sampler]
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int, num_workers: int = 0,
+                        persistent_workers: bool = False) -> Iterator[Iterator[Batch]]:
+        loader = self.data_loader(batch_size, seed=seed, num_workers=num_workers, persistent_workers=persistent_workers)
+        for epoch in range(epochs):
+            loader.sampler.set_epoch(epoch)
+            yield map(self.to_phiml, loader)
+
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        return self.trainer(network, optimizer).train(self.data_loader(batch_size, seed=seed), epochs)
+
+    def loader_variants(self) -> list[dict]:
+        return [{'num_workers': 0}, {'num_workers': 2, 'persistent_workers': False},
+                {'num_workers': 2, 'persistent_workers': True}]
 
     def load_batches(self, plan: BatchPlan) -> Iterator[tuple]:
         loader = DataLoader(self._require_open(), batch_sampler=plan_indices(plan.batches, self._index))

@@ -39,10 +39,14 @@ class SyntheticTrainer:
         return model.train_step(self.network, self.optimizer, self.convert_batch(raw))
 
     def train(self, data_source: Iterable, num_epochs: int = 1) -> list[float]:
-        """Trains for `num_epochs` passes over `data_source` (a DataLoader); returns the loss of every step."""
+        """Trains for `num_epochs` passes over `data_source` (a DataLoader; a sampler with `set_epoch` is told each
+        epoch); returns the loss of every step."""
+        set_epoch = getattr(getattr(data_source, 'sampler', None), 'set_epoch', None)
         losses = []
         for epoch in range(num_epochs):
-            for raw in data_source:
-                losses.append(self.train_batch(raw))
-            logger.debug("legacy epoch %d: mean loss %.6g", epoch, sum(losses[-len(data_source):]) / max(1, len(data_source)))
+            if set_epoch is not None:
+                set_epoch(epoch)
+            epoch_losses = [self.train_batch(raw) for raw in data_source]
+            logger.debug("legacy epoch %d: mean loss %.6g", epoch, sum(epoch_losses) / max(1, len(epoch_losses)))
+            losses += epoch_losses
         return losses

@@ -1,8 +1,9 @@
 """The PhiML-native pipeline behind the harness's `Pipeline` interface."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from phiml.math import Tensor
@@ -20,6 +21,7 @@ class NativePipeline(AbstractPipeline):
     """
     name = 'phiml'
     file_suffix = '.npz'
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
 
     def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
         super().__init__(cache_dir, rollout_steps)
@@ -56,14 +58,10 @@ class NativePipeline(AbstractPipeline):
 
     def open(self, sims: Sequence[int]) -> None:
         self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps, memory=self.memory,
-                                    memory_budget=self.memory_budget)
+                                    memory_budget=self.memory_budget, cast_float32=self.cast_float32)
 
     def window_keys(self) -> list[WindowKey]:
         return self._require_open().window_keys()
-
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
-        keys = self._require_open().epoch_order(seed=seed, epoch=epoch)
-        return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
 
     def load_batches(self, plan: BatchPlan) -> Iterator[Batch]:
         return self._require_open().iterate_plan(plan)
@@ -75,7 +73,30 @@ class NativePipeline(AbstractPipeline):
         trainer = PhiMLSyntheticTrainer(network, optimizer)  # batches come from the plan
         return [loss for plan in plans for loss in trainer.train_batches(self.load_batches(plan))]
 
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int, prefetch: bool = False
+                        ) -> Iterator[Iterator[Batch]]:
+        dataset = self._require_open()
+        return (dataset.iterate_batches(batch_size, True, seed=seed, epoch=e, prefetch=prefetch) for e in range(epochs))
+
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        return PhiMLSyntheticTrainer(network, optimizer, batch_size, seed=seed).train(self._require_open(), epochs)
+
+    def loader_variants(self) -> list[dict]:
+        return [{'prefetch': False}, {'prefetch': True}]
+
     def _require_open(self) -> PhiMLDataset:
         if self.dataset is None:
             raise RuntimeError("NativePipeline.open(sims) must be called before loading batches")
         return self.dataset
+
+    @classmethod
+    def configured(cls, config) -> type['NativePipeline']:
+        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so; with
+        `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
+        options = {'memory': config.data.memory, 'memory_budget': config.data.memory_budget}
+        attributes = {} if options == {'memory': 'auto', 'memory_budget': 0.5} else \
+            {'__init__': functools.partialmethod(cls.__init__, **options)}
+        attributes.update({'cast_float32': True} if config.data.cast_float32 else {})
+        if not attributes:
+            return cls
+        return type(cls.__name__, (cls,), {**attributes, '__module__': cls.__module__, '__qualname__': cls.__qualname__})

@@ -5,7 +5,8 @@ Cache: one `traj_NNNNN.npz` per sim written by `numpy.savez` (stored uncompresse
 in the layout `(time, *spatial, [vector])` and two JSON strings: `__metadata__` (the metadata as given) and
 `__layout__` (per field its dims and `vector` item names). Batches are gathered with numpy fancy indexing from one
 `(sim, time, *spatial, [vector])` array per field and wrapped as PhiML tensors (torch views, no copy) in `to_phiml`.
-Its trainer calls `phiml.nn.update_weights` with the shared rollout loss.
+Its everyday loop: a numpy permutation per epoch from `(seed, epoch)`; its trainer calls `phiml.nn.update_weights`
+with the shared rollout loss.
 
 `Incomplete` is a class that forgets most of the interface, for the tests of `load_pipeline`'s refusal.
 """
@@ -152,10 +153,15 @@ class NpyPipeline(AbstractPipeline):
     def window_keys(self) -> list[WindowKey]:
         return [WindowKey(sim, t0) for sim in self._row for t0 in range(self._windows)]
 
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int) -> Iterator[Iterator[Batch]]:
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` (={batch_size}) must be >= 1")
         keys = self.window_keys()
-        order = np.random.default_rng((seed, epoch, 0x4e5059)).permutation(len(keys))
-        return [[keys[i] for i in order[start:start + batch_size]] for start in range(0, len(keys), batch_size)]
+        for epoch in range(epochs):
+            order = np.random.default_rng((seed, epoch, 0x4e5059)).permutation(len(keys))
+            batches = tuple(tuple(keys[i] for i in order[start:start + batch_size])
+                            for start in range(0, len(keys), batch_size))
+            yield map(self.to_phiml, self.load_batches(BatchPlan(seed, epoch, batches)))
 
     def load_batches(self, plan: BatchPlan) -> Iterator[dict]:
         if not self._data:
@@ -184,15 +190,20 @@ class NpyPipeline(AbstractPipeline):
         return {'initial_state': initial, 'targets': targets}
 
     def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
-        losses = []
-        for plan in plans:
-            for raw in self.load_batches(plan):
-                batch_ = self.to_phiml(raw)
-                loss = nn.update_weights(network, optimizer, model.rollout_loss, network, batch_['initial_state'],
-                                         batch_['targets'])
-                losses.append(float(loss.native().detach()))
-        return losses
+        return self._fit((self.to_phiml(raw) for plan in plans for raw in self.load_batches(plan)), network, optimizer)
 
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        return self._fit((b for batches in self.everyday_epochs(batch_size, seed=seed, epochs=epochs) for b in batches),
+                         network, optimizer)
+
+    @staticmethod
+    def _fit(batches, network, optimizer) -> list[float]:
+        losses = []
+        for batch_ in batches:
+            loss = nn.update_weights(network, optimizer, model.rollout_loss, network, batch_['initial_state'],
+                                     batch_['targets'])
+            losses.append(float(loss.native().detach()))
+        return losses
 
 def _wrap(array: np.ndarray, dims: Sequence[str], layout: dict, torch_view: bool) -> Tensor:
     """`array` with axes `dims` as a PhiML tensor: `batch`/`time` batch dims, x/y/z spatial, `vector` channel with the

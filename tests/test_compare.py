@@ -26,8 +26,9 @@ PERF_STAGES = ('write', 'read', 'iterate', 'convert', 'step')
 # The two timing checks pass at any speed: on a busy 2-core machine a clean quick run's speedups scatter around 1 and
 # `speed_check` would fail from noise (a known problem, fixed separately). Every other check decides the verdict.
 NO_TIMING_VERDICT = 'compare.min_speedup=0'
-CHECK_NAMES = ['data health', 'window enumeration', 'batches equal', 'every window delivered exactly once',
-               'loss curves agree', 'batch loading not slower', 'train step not slower', 'own shuffling audited',
+CHECK_NAMES = ['data health', 'metadata carried', 'window enumeration', 'batches equal',
+               'every window delivered exactly once', 'size-gated paths', 'loss curves agree',
+               'batch loading not slower', 'train step not slower', 'everyday paths',
                'harness self-test', 'physics sanity']
 
 
@@ -48,6 +49,9 @@ def test_quick_writes_every_file(quick_run):
     assert 'src="loss_curves.png"' in html and 'src="timings.png"' in html
     assert html.index('Verdict') < html.index('Checks') < html.index('Equivalence') < html.index('Performance') \
         < html.index('Training') < html.index('Provenance')
+    assert html.index('Equivalence') < html.index('Everyday paths') < html.index('Performance')
+    assert '<td>legacy</td><td>loader variant num_workers=2, persistent_workers=True</td><td>loader variant</td>' \
+        '<td class="pass">pass</td>' in html
 
 
 def test_summary_has_every_key(quick_run):
@@ -56,13 +60,25 @@ def test_summary_has_every_key(quick_run):
     assert s['health']['passed'] and s['health']['counts'] == {'nonfinite': 0, 'out-of-bounds': 0, 'constant': 0,
                                                                'repeated': 0}
     assert s['equivalence']['diagnosis'] is None
+    assert s['metadata']['passed'] and s['metadata']['findings'] == [] and s['metadata']['sims'] == [0, 1, 2, 3]
+    assert s['size_probe']['passed'] and [r['variant'] for r in s['size_probe']['runs']] == [
+        'batch size 1', 'one batch of all 27 windows', 'data.memory=load', 'data.memory=map']
     assert [(r['bug'], r['caught'], r['check'], r['kind'], r['expected_kind'], r['ok'])
             for r in s['equivalence']['selftest']] == [(bug, bug != SELFTEST_ROWS[0][0], check, kind, kind, True)
                                                        for bug, check, kind in SELFTEST_ROWS]
-    audits = ['epoch 0: each window exactly once', 'epoch 1: each window exactly once', 'same seed, same order',
-              'other seed, other order', 'other epoch, other order', 'training and validation sims never mix']
-    assert [(r['pipeline'], r['check'], r['passed']) for r in s['equivalence']['own_shuffling']] == [
-        (name, check, True) for name in ('legacy', 'phiml') for check in audits]
+    audits = ['epoch 0: each window exactly once', 'epoch 0: batch sizes, last partial batch kept',
+              'epoch 1: each window exactly once', 'epoch 1: batch sizes, last partial batch kept',
+              'epochs in different orders', 'same seed, same batches', 'other seed, other order',
+              'training and validation sims apart', 'everyday batches keep their values',
+              'plan-driven batches keep their values', 'everyday trainer feeds what its loader serves',
+              'everyday trainer = plan-driven training', 'network inputs keep their values']
+    variants = {'legacy': ['loader variant num_workers=2, persistent_workers=False',
+                           'loader variant num_workers=2, persistent_workers=True'],
+                'phiml': ['loader variant prefetch=True']}
+    assert [(r['pipeline'], r['check'], r['passed']) for r in s['equivalence']['everyday']] == [
+        (name, check, True) for name in ('legacy', 'phiml') for check in audits + variants[name]]
+    sizes = {r['detail'] for r in s['equivalence']['everyday'] if 'batch sizes' in r['check']}
+    assert sizes == {'5 x 5, 1 x 2'}  # 27 windows in batches of 5: the last partial batch of 2 kept
     assert [c['name'] for c in s['checks']] == CHECK_NAMES
     assert all(set(c) == {'name', 'passed', 'detail'} for c in s['checks'])
     e = s['equivalence']
@@ -102,16 +118,24 @@ def test_every_check_of_a_clean_run_passes(quick_run):
     assert timing.fullmatch(details.pop('batch loading not slower'))
     assert timing.fullmatch(details.pop('train step not slower'))
     assert details == {
-        'data health': "healthy: 4 sims x 11 frames of 'velocity'; no NaN/Inf, constant or repeated frames, "
-                       "no |value| > 100",
+        'data health': "healthy: 4 sims x 11 frames of 'velocity' and what the pipelines read and serve (legacy reads, "
+                       "legacy serves, phiml reads, phiml serves); no NaN/Inf, constant or repeated frames, no |value| "
+                       "> 100",
+        'metadata carried': "every key of the source metadata (simulation, 10 keys) arrived in the legacy, phiml "
+                            "caches with its value and type, in all 4 sims (hint keys of a writer, not findings: legacy "
+                            "['field_channels', 'spatial_dims'])",
         'window enumeration': 'both pipelines enumerate the same 27 windows (n_frames - rollout_steps per sim)',
         'batches equal': '6 batch pairs, 41,472 elements: bitwise identical',
         'every window delivered exactly once': 'both pipelines delivered each planned window exactly once in all 1 '
                                                'epoch(s), identified by content against the simulation',
+        'size-gated paths': "the first epoch is bitwise equal and every window at its place in every probed variant: "
+                            "batch size 1 (27 batches), one batch of all 27 windows (1 batches), data.memory=load (6 "
+                            "batches), data.memory=map (6 batches)",
         'loss curves agree': '6 steps: loss curves bitwise equal',
-        'own shuffling audited': "12 audits of both pipelines' own shuffling passed (each window once per epoch, "
-                                 "seeded, no train/validation mixing)",
-        'harness self-test': 'all 11 injected migration bugs caught and diagnosed; clean pipeline passes',
+        'everyday paths': "29 audits of legacy and phiml passed: their own loaders serve each window once per epoch, "
+                          "seeded, train and validation apart, batches keep their values, every loader variant serves "
+                          "the same batches, and their own trainers train as the plan-driven path does",
+        'harness self-test': 'all 20 injected migration bugs caught and diagnosed; clean pipeline passes',
         'physics sanity': 'burgers laws hold on simulation, legacy, phiml: energy: worst -0.0447 (bound 0.0001); mean '
                           'velocity: worst 0.824 (bound 1.44)',
     }
@@ -137,19 +161,23 @@ def test_broken_native_is_no_go(tmp_path, capsys):
     details = {c['name']: c['detail'] for c in summary['checks'] if not c['passed']}
     # the transposed frames match no simulated window; SwappedXY's own trainer gathers correctly (its training losses
     # equal legacy's) while its validation batches go through the broken to_phiml
-    assert list(details) == ['data health', 'batches equal', 'every window delivered exactly once', 'loss curves agree',
-                             'harness self-test', 'physics sanity']
+    assert list(details) == ['data health', 'batches equal', 'every window delivered exactly once', 'size-gated paths',
+                             'loss curves agree', 'harness self-test', 'physics sanity']
+    assert details['size-gated paths'].startswith("batch size 1: layout: layout error: the values match after x<->y "
+                                                  "transposed in 'initial_state'; one batch of all 27 windows: layout: ")
     # what SwappedXY serves breaks the momentum budget of Burgers (its components no longer match their axes)
     assert details['physics sanity'].startswith("2+ violation(s) of the burgers laws: phiml: sim 0 frame 0->1: the mean "
                                                 "velocity moved 3.69/unit time beyond its budget <u div u>")
     # the bugs are injected into the pipeline under test, which already differs: the self-test says so
     assert details['harness self-test'] == (
         "not possible: the native pipeline under test differs from legacy without an injected bug (batches equal, "
-        "every window delivered exactly once failed; diagnosed 'layout'), so bugs injected into it cannot be told "
-        "apart; fix that difference first")
+        "every window delivered exactly once, size-gated paths failed; diagnosed 'layout'), so bugs injected into it "
+        "cannot be told apart; fix that difference first")
     assert summary['health']['counts'] == {'nonfinite': 0, 'out-of-bounds': 4 * 11, 'constant': 0, 'repeated': 0}
-    assert details['data health'].startswith("unhealthy: 4 sims x 11 frames of 'velocity'; out-of-bounds in 44 "
-                                             "frame(s), not allowed (first: sim 0 frame 0 'velocity': out-of-bounds (")
+    assert details['data health'].startswith("unhealthy: 4 sims x 11 frames of 'velocity' and what the pipelines read "
+                                             "and serve (legacy reads, legacy serves, phiml reads, phiml serves); "
+                                             "out-of-bounds in 44 frame(s), not allowed (first: sim 0 frame 0 "
+                                             "'velocity': out-of-bounds (")
     assert details['batches equal'].startswith('7 of 7 batch pairs differ; first: epoch 0, batch 0: initial_state: '
                                                '1920 of 2048 elements differ (93.8%); max abs ')
     planned = [WindowKey(0, t0) for t0 in range(3)]

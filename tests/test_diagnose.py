@@ -6,6 +6,7 @@ from phiml import math
 from phiml.math import channel
 
 from harness.equivalence.diagnose import Diagnosis, batch_digest, diagnose_streams, first_divergent
+from harness.equivalence.diff import Tolerance
 from harness.equivalence.identify import FrameIndex
 from harness.pipeline import WindowKey
 from harness.plan import make_plan
@@ -165,3 +166,94 @@ def test_first_divergent_bisect(setup):
         assert first_divergent(ref, altered) == broken
     assert first_divergent(ref, stream[:-2]) == len(stream) - 2
     assert batch_digest(ref[0]) == batch_digest(stream[0])
+
+
+def test_wrong_simulation_is_not_a_reorder(setup):
+    """Every window served from the next sim at its planned t0: the same windows in all (a reorder by the multiset),
+    but each one's content names the sim it came from."""
+    plan, ref, data, frames = setup
+    rotated = [data.gather([WindowKey((k.sim + 1) % 3, k.t0) for k in keys]) for keys in plan.batches]
+    first = plan.batches[0][0]
+    d = diagnose_streams(ref, rotated, plan, frames)
+    assert d == _at(plan, 0, 'wrong simulation', f"windows served from the wrong simulation: 21 of 21 windows are "
+                    f"another sim's frames at the planned t0 (e.g. planned {first}, served "
+                    f"{WindowKey((first.sim + 1) % 3, first.t0)}); sims served: sim 1 in place of sim 0, sim 2 in place "
+                    f"of sim 1, sim 0 in place of sim 2")
+
+
+def test_one_window_of_the_wrong_simulation(setup):
+    plan, ref, data, frames = setup
+    keys = plan.keys()
+    wrong = WindowKey((keys[13].sim + 2) % 3, keys[13].t0)
+    changed = [wrong if i == 13 else k for i, k in enumerate(keys)]
+    stream = [data.gather(changed[i:i + 4]) for i in range(0, len(changed), 4)]
+    d = diagnose_streams(ref, stream, plan, frames)
+    assert d == _at(plan, 3, 'wrong simulation', f"windows served from the wrong simulation: 1 of 21 windows are "
+                    f"another sim's frames at the planned t0 (e.g. planned {keys[13]}, served {wrong}); sims served: "
+                    f"sim {wrong.sim} in place of sim {keys[13].sim}")
+
+
+def test_nonfinite_values_named_with_field_and_window(setup):
+    plan, ref, data, frames = setup
+    stream = [data.gather(k) for k in plan.batches]
+
+    def poison(key, t):
+        values = t.numpy(t.shape.names).copy()
+        if key == 'targets':
+            values[1, 1, 3, 4, 1] = np.nan
+            values[2, 0, 0, 0, 0] = np.inf
+        return _rewrap(values, t.shape)
+    stream[2] = _map([stream[2]], poison)[0]
+    d = diagnose_streams(ref, stream, plan, frames)
+    window = plan.batches[2][1]
+    legacy = float(ref[2]['targets'].numpy(ref[2]['targets'].shape.names)[1, 1, 3, 4, 1])
+    detail = (f"targets: 1 NaN, 1 Inf in 2 window(s), first in window {window} at time=1, x=3, y=4, vector=y "
+              f"(legacy {legacy:.6g})")
+    assert d == _at(plan, 2, 'non-finite values', f"the native pipeline serves non-finite values the legacy data does "
+                    f"not have: {detail}", [detail])
+
+
+def test_coverage_compares_each_served_window_with_its_planned_key(setup, both_pipelines):
+    """Windows of the next sim at the planned t0: each window still arrives exactly once, but not where planned."""
+    from harness.equivalence.batches import audit_coverage, compare_pipelines
+    plan, ref, data, frames = setup
+    legacy = both_pipelines['legacy']
+    result = compare_pipelines(legacy, both_pipelines['phiml'], [plan], Tolerance(), frames)
+    assert [c.passed for c in result.coverage] == [True, True]
+    keys = plan.keys()
+    rotated = [WindowKey((k.sim + 1) % 3, k.t0) for k in keys]
+    coverage = audit_coverage('phiml', 0, keys, rotated, keys)
+    assert not coverage and (coverage.missing, coverage.duplicated, coverage.unexpected) == ([], [], [])
+    assert coverage.misplaced == list(zip(keys, rotated))
+    assert coverage.describe() == (f"phiml epoch 0: delivered 21 of 21 windows; 21 served in place of another planned "
+                                   f"window (e.g. planned {keys[0]}, served {rotated[0]}, planned {keys[1]}, served "
+                                   f"{rotated[1]}, planned {keys[2]}, served {rotated[2]})")
+    assert audit_coverage('phiml', 0, keys, rotated)  # without the planned order only the multiset is audited
+
+
+def test_identify_prefers_the_planned_window(tiny_sim, tiny_config, both_pipelines):
+    """Where two sims hold the same frames, the element is its planned window; otherwise the first sim that has them."""
+    import copy
+    values = tiny_sim.fields['velocity'].values
+    twin = copy.copy(tiny_sim)
+    twin.fields = {'velocity': tiny_sim.fields['velocity'].with_values(
+        math.concat([values.sim[:1], values.sim[:1], values.sim[2:]], 'sim'))}  # sim 1 a copy of sim 0
+    frames = FrameIndex(twin, tiny_config.train_sims)
+    batch = both_pipelines['phiml'].dataset.gather([WindowKey(0, 2), WindowKey(2, 5)])
+    assert frames.identify(batch) == [WindowKey(0, 2), WindowKey(2, 5)]
+    assert frames.identify(batch, [WindowKey(1, 2), WindowKey(1, 5)]) == [WindowKey(1, 2), WindowKey(2, 5)]
+
+
+def test_a_window_of_a_validation_sim_names_it(setup, cache_dirs, tiny_sim, tiny_config):
+    """The last training sim's windows served from the next sim, a validation sim (an off-by-one without wrapping)."""
+    from conftest import open_pipeline
+    plan, ref, _, _ = setup
+    every = open_pipeline('phiml', cache_dirs, tiny_config, sims=tiny_config.all_sims).dataset
+    frames = FrameIndex(tiny_sim, tiny_config.all_sims)
+    stream = [every.gather([WindowKey(3, k.t0) if k.sim == 2 else k for k in keys]) for keys in plan.batches]
+    first = next((i, k) for i, keys in enumerate(plan.batches) for k in keys if k.sim == 2)
+    d = diagnose_streams(ref, stream, plan, frames)
+    assert (d.kind, d.first_batch) == ('wrong simulation', first[0])
+    assert d.summary == (f"windows served from the wrong simulation: 7 of 21 windows are another sim's frames at the "
+                         f"planned t0 (e.g. planned {first[1]}, served {WindowKey(3, first[1].t0)}); sims served: sim 3 "
+                         f"in place of sim 2")

@@ -7,9 +7,11 @@ from phiml.math import batch, channel, spatial
 
 from harness.config import HealthConfig, load_config
 from harness.errors import ConfigError
-from harness.data.health import HealthFinding, scan_dataset, scan_simulation, scan_tensors
+from harness.data.health import (HealthFinding, scan_dataset, scan_read, scan_served, scan_simulation, scan_tensors,
+                                 with_pipeline_data)
 from phiml_native import PhiMLDataManager, PhiMLDataset
 from conftest import TINY
+from harness.pipeline import WindowKey
 
 
 @pytest.fixture(scope='module')
@@ -146,6 +148,77 @@ def test_to_dict_is_json(values):
     data = json.loads(json.dumps(_scan(bad).to_dict()))
     assert data['passed'] is False and data['counts']['nonfinite'] == 1
     assert data['rows'][0] == {'sim': 0, 'frame': 0, 'field': 'velocity', 'check': 'nonfinite',
-                               'detail': '1 NaN, 0 Inf of 512 values', 'allowed': False}
+                               'detail': '1 NaN, 0 Inf of 512 values', 'allowed': False, 'source': 'simulation'}
     assert data['config'] == {'max_abs_value': 100.0, 'allow_nonfinite': False, 'allow_constant': False,
                               'allow_repeated': False}
+
+
+class _NaNServed:
+    """A pipeline serving one NaN in the initial state of window (sim=1, t0=3), reaching `inner` only by its interface."""
+
+    def __init__(self, inner):
+        self.inner, self.rollout_steps, self.name = inner, inner.rollout_steps, inner.name
+
+    def describe_file(self, sim):
+        return self.inner.describe_file(sim)
+
+    def window_keys(self):
+        return self.inner.window_keys()
+
+    def batches(self, plan):
+        for keys, batch in zip(plan.batches, self.inner.batches(plan)):
+            if WindowKey(1, 3) in keys:
+                values = batch['initial_state'].numpy(batch['initial_state'].shape.names).copy()
+                values[keys.index(WindowKey(1, 3)), 2, 5, 0] = np.nan
+                batch = {**batch, 'initial_state': math.wrap(values, batch['initial_state'].shape)}
+            yield batch
+
+
+def test_what_pipelines_read_and_serve_is_scanned(both_pipelines, tiny_sim, tiny_config):
+    """A NaN only in what a pipeline serves is named as the pipeline's, with sim and frame, and never allowed."""
+    sims, health = tiny_config.train_sims, HealthConfig(allow_nonfinite=True)
+    frames = {name: f.values.shape.without('sim') for name, f in tiny_sim.fields.items()}
+    native = both_pipelines['phiml']
+    read = scan_read((native.read_fields(sim)[0] for sim in sims), sims, health)
+    assert read and read.rows == [] and (read.sims, read.n_frames) == (sims, 9)
+    clean = with_pipeline_data(scan_simulation(tiny_sim, health),
+                               {'legacy serves': scan_served(both_pipelines['legacy'], sims, frames, health),
+                                'phiml reads': read, 'phiml serves': scan_served(native, sims, frames, health)})
+    assert clean and clean.rows == [] and clean.sources == ['legacy serves', 'phiml reads', 'phiml serves']
+    assert clean.detail == ("healthy: 4 sims x 9 frames of 'velocity' and what the pipelines read and serve (legacy "
+                            "serves, phiml reads, phiml serves); no NaN/Inf, constant or repeated frames, no |value| > 100")
+    served = scan_served(_NaNServed(native), sims, frames, health)
+    assert served.rows == [HealthFinding(1, 3, 'velocity', 'nonfinite', '1 NaN, 0 Inf of 512 values', True)]
+    report = with_pipeline_data(scan_simulation(tiny_sim, health), {'phiml serves': served})
+    assert not report and report.failures == [
+        HealthFinding(1, 3, 'velocity', 'nonfinite', '1 NaN, 0 Inf of 512 values', False, 'phiml serves')]
+    assert report.detail == (
+        "unhealthy: 4 sims x 9 frames of 'velocity' and what the pipelines read and serve (phiml serves); phiml serves "
+        "nonfinite the simulation does not have, in 1 frame(s) (first: sim 1 frame 3 'velocity': 1 NaN, 0 Inf of 512 "
+        "values): the pipeline's doing")
+
+
+def test_a_finding_the_simulation_has_is_not_the_pipelines(values):
+    bad = values.copy()
+    bad[2, 4, 0, 0, 0] = np.inf
+    simulated, served = _scan(bad, HealthConfig(allow_nonfinite=True)), _scan(bad, HealthConfig(allow_nonfinite=True))
+    report = with_pipeline_data(simulated, {'phiml serves': served})
+    assert report and report.rows == simulated.rows and report.rows[0].source == 'simulation'
+
+
+def test_a_nan_in_what_a_pipeline_reads_is_its_own(tmp_path, tiny_sim, tiny_config, cache_dirs):
+    """A cache file holding a NaN the simulation does not have (written by stock phiml.math.save), read one sim at a
+    time."""
+    from phiml_native import NativePipeline
+    source = NativePipeline(cache_dirs['phiml'], 2)
+    fields = {sim: source.read_fields(sim)[0] for sim in (0, 1)}
+    values = fields[1]['velocity'].numpy('time,x,y,vector').copy()
+    values[2, 4, 4, 1] = np.nan
+    math.save(str(tmp_path / 'sim_000001.npz'), {'velocity': math.wrap(values, fields[1]['velocity'].shape),
+                                                  'metadata': {'fields': ['velocity']}})
+    math.save(str(tmp_path / 'sim_000000.npz'), {'velocity': fields[0]['velocity'], 'metadata': {'fields': ['velocity']}})
+    damaged = NativePipeline(tmp_path, 2)
+    read = scan_read((damaged.read_fields(sim)[0] for sim in (0, 1)), [0, 1], HealthConfig())
+    assert read.rows == [HealthFinding(1, 2, 'velocity', 'nonfinite', '1 NaN, 0 Inf of 512 values', False)]
+    report = with_pipeline_data(scan_simulation(tiny_sim, tiny_config.health), {'phiml reads': read})
+    assert [(r.sim, r.frame, r.source) for r in report.failures] == [(1, 2, 'phiml reads')]

@@ -84,7 +84,7 @@ def test_selftest_passes_in_every_scenario(scenario_caches):
     result = run_selftest(simulation.config, LegacyPipeline, NativePipeline, simulation, root / 'legacy', root / 'phiml')
     assert result, result.table()
     assert set(result.skipped) == (VECTOR_BUGS if scenario == 'burgers1d' else set())
-    assert len(result.rows) + len(result.skipped) == 12  # the clean pipeline and all 11 bugs
+    assert len(result.rows) + len(result.skipped) == 21  # the clean pipeline and all 20 bugs
     rows = {r.bug: r for r in result.rows}
     if scenario != 'burgers1d':
         assert rows['vector components swapped'].kind == 'layout'

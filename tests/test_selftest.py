@@ -20,9 +20,18 @@ EXPECTED = [
     ('rollout one step short', 'batches equal', 'structure'),
     ('data upcast to float64', 'batches equal', 'structure'),
     ('last partial batch dropped', BOTH, 'batch count'),
-    ('different shuffle order', 'batches equal', 'reorder'),
+    ('different shuffle order', BOTH, 'reorder'),
     ('data normalised twice', BOTH, 'value transform'),
     ('tiny numerical drift', BOTH, 'numerical drift'),
+    ('metadata float stored as float32', 'metadata carried', 'metadata type'),
+    ('metadata key dropped', 'metadata carried', 'metadata missing'),
+    ('windows of the wrong simulation', BOTH, 'wrong simulation'),
+    ('NaN in served data', BOTH, 'non-finite values'),
+    ('large batches take another path', 'size-gated paths', 'size-gated'),
+    ('everyday epochs all alike', 'everyday paths', 'everyday path'),
+    ('everyday last batch dropped', 'everyday paths', 'everyday path'),
+    ('output buffer reused', 'everyday paths', 'batch lifetime'),
+    ('loader variant reorders', 'everyday paths', 'loader variant'),
 ]
 
 
@@ -51,6 +60,27 @@ def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
         "same windows in a different order: 21 of 21 positions differ",
         "native = 1.09658 * legacy + -0.0342323 (data scaled or normalised differently, e.g. normalised twice)",
         "same windows with numerical drift: max relative error 1.06e-06 (would pass with rtol >= 1.06e-06)",
+        "9 metadata finding(s) against the source metadata (simulation): phiml sim 0 'domain_size': 1.0 (float32) instead of 1.0 "
+        "(float); phiml sim 0 'dt': 0.009999999776482582 (float32) instead of 0.01 (float); phiml sim 0 'viscosity': "
+        "0.003000000026077032 (float32) instead of 0.003 (float); phiml sim 1 'domain_size': 1.0 (float32) instead of "
+        "1.0 (float); phiml sim 1 'dt': 0.009999999776482582 (float32) instead of 0.01 (float) and 4 more",
+        "3 metadata finding(s) against the source metadata (simulation): phiml sim 0 'dt': dropped (the source has 0.01 "
+        "(float)); phiml sim 1 'dt': dropped (the source has 0.01 (float)); phiml sim 2 'dt': dropped (the source has "
+        "0.01 (float))",
+        "windows served from the wrong simulation: 21 of 21 windows are another sim's frames at the planned t0 (e.g. "
+        "planned (sim=2, t0=2), served (sim=0, t0=2)); sims served: sim 1 in place of sim 0, sim 2 in place of sim 1, "
+        "sim 0 in place of sim 2",
+        "the native pipeline serves non-finite values the legacy data does not have: targets: 1 NaN, 0 Inf in 1 "
+        "window(s), first in window (sim=2, t0=0) at time=0, x=0, y=0, vector=x (legacy -1.1834)",
+        "in one batch of all 21 windows (1 batch(es) of up to 21 windows): reorder: same windows in a different order: "
+        "21 of 21 positions differ",
+        "epochs in different orders: epochs 0 ... 1: epoch 1 repeats the order of epoch 0",
+        "epoch 0: each window exactly once: 20 windows served, 20 distinct, expected 21 (= 3 sims x 7 windows)",
+        "everyday batches keep their values: 12 of 12 batches of 2 epochs changed after later ones were built (first: "
+        "epoch 0, batch 0): the pipeline reuses an output buffer, so a batch a user keeps is overwritten",
+        "loader variant background_threads=2: 2 epochs against prefetch=False: epoch 0, batch 0 differs: windows "
+        "[(sim=1, t0=5), (sim=2, t0=0), (sim=1, t0=0), ...] instead of [(sim=2, t0=2), (sim=1, t0=3), (sim=2, t0=1), "
+        "...]",
     ]
 
 
@@ -71,6 +101,6 @@ def test_cli_quick(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ['bug', '-' * len(lines[0])]
     assert [line[:32].rstrip() for line in lines[2:-1]] == [bug for bug, _, _ in EXPECTED]
-    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 11
-    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 12  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
-    assert lines[-1] == "self-test: PASSED: 11 injected bugs, all caught and diagnosed; clean pipeline passes"
+    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 20
+    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 21  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
+    assert lines[-1] == "self-test: PASSED: 20 injected bugs, all caught and diagnosed; clean pipeline passes"

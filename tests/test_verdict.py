@@ -8,9 +8,8 @@ from harness.equivalence.batches import BatchFailure, CoverageResult, Equivalenc
 from harness.equivalence.training import TrainingResult
 from harness.pipeline import WindowKey
 from harness.selftest.run import SelftestResult, SelftestRow
-from harness.equivalence.shuffle_audit import AuditRow
 from harness.bench.timing import StageTiming
-from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, shuffle_check, speed_check,
+from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, speed_check,
                              training_check, verdict, window_keys_check)
 from conftest import TINY
 
@@ -111,24 +110,6 @@ def test_speed_check():
         speed_check(timings, 'read', 'cache read', 0.9)
 
 
-def _audits(name, failing=()):
-    checks = ['epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order']
-    return [AuditRow(name, c, c not in failing, f"{c} detail") for c in checks]
-
-
-def test_shuffle_check():
-    assert shuffle_check(_audits('legacy') + _audits('phiml')) == Check(
-        'own shuffling audited', True, "6 audits of both pipelines' own shuffling passed (each window once per epoch, "
-                                       "seeded, no train/validation mixing)")
-    every = ('epoch 0: each window exactly once', 'same seed, same order', 'other seed, other order')
-    assert shuffle_check(_audits('legacy', every[1:]) + _audits('phiml', every)) == Check(
-        'own shuffling audited', False, "legacy: same seed, same order: same seed, same order detail; legacy: other "
-                                        "seed, other order: other seed, other order detail; phiml: epoch 0: each "
-                                        "window exactly once: epoch 0: each window exactly once detail; the everyday "
-                                        "(unplanned) loader would train on the wrong windows")
-    assert shuffle_check([]) == Check('own shuffling audited', False, "own shuffling was not audited")
-
-
 def _row(bug, expected_kind, kind=None, caught=True):
     return SelftestRow(bug, caught=caught, check='batches equal' if caught else '-', diagnosis='',
                        kind=expected_kind if kind is None else kind, expected_kind=expected_kind)
@@ -152,3 +133,24 @@ def test_selftest_check():
         'harness self-test', False, "the harness itself is unreliable here: x and y transposed: caught=True, diagnosed "
                                     "'reorder' (expected 'layout'); rollout one step short: caught=False, diagnosed "
                                     "'none' (expected 'structure'); a: caught=False, diagnosed 'none' (expected 'layout')")
+
+
+def test_metadata_and_size_probe_checks():
+    from harness.equivalence.metadata import MetadataFinding, MetadataReport
+    from harness.equivalence.sizes import ProbeRun, SizeProbe
+    from harness.report.verdict import metadata_check, size_probe_check
+    clean = MetadataReport('simulation', [0], ['dt'], {'legacy': [], 'phiml': []})
+    assert metadata_check(clean) == Check('metadata carried', True, "every key of the source metadata (simulation, 1 "
+                                          "keys) arrived in the legacy, phiml caches with its value and type, in all 1 "
+                                          "sims")
+    clean.findings.append(MetadataFinding('phiml', 0, 'dt', 'missing', "dropped (the source has 0.01 (float))"))
+    assert metadata_check(clean) == Check('metadata carried', False, "1 metadata finding(s) against the source metadata "
+                                          "(simulation): phiml sim 0 'dt': dropped (the source has 0.01 (float)); a "
+                                          "cache must carry the source's metadata unchanged (keys, values, types): fix "
+                                          "what the pipeline's writer or reader does to it")
+    probe = SizeProbe([ProbeRun('batch size 1', 21, 1, True, 'ok'), ProbeRun('data.memory=map', 6, 4, False,
+                                                                            'same windows in a different order', 'reorder')])
+    assert size_probe_check(probe) == Check('size-gated paths', False, "data.memory=map: reorder: same windows in a "
+                                            "different order; the native pipeline differs from legacy at these batch "
+                                            "sizes or memory modes (paths the plan's batches may never take)")
+    assert size_probe_check(SizeProbe(probe.runs[:1])).passed

@@ -1,6 +1,7 @@
 """Window extraction, the same for both pipelines (parametrized)."""
 import numpy as np
 
+from harness.equivalence.identify import FrameIndex
 from harness.pipeline import BatchPlan, WindowKey
 from conftest import PIPELINE_IDS
 
@@ -53,11 +54,17 @@ def test_batch_contract(pipeline, tiny_config):
     assert str(batch['targets'].dtype) == 'float32'
 
 
-def test_own_shuffling_covers_epoch(pipeline, tiny_config):
-    batches = pipeline.own_epoch(seed=3, epoch=0, batch_size=4)
-    keys = [k for b in batches for k in b]
-    assert sorted(keys) == pipeline.window_keys()
-    assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]
-    assert pipeline.own_epoch(seed=3, epoch=0, batch_size=4) == batches
-    assert pipeline.own_epoch(seed=4, epoch=0, batch_size=4) != batches
-    assert pipeline.own_epoch(seed=3, epoch=1, batch_size=4) != batches
+def _everyday_keys(pipeline, tiny_sim, tiny_config, seed, epochs=1):
+    frames = FrameIndex(tiny_sim, tiny_config.train_sims)
+    return [[frames.identify(batch) for batch in batches]
+            for batches in pipeline.everyday_epochs(4, seed=seed, epochs=epochs)]
+
+
+def test_everyday_epochs_cover_each_window(pipeline, tiny_sim, tiny_config):
+    epochs = _everyday_keys(pipeline, tiny_sim, tiny_config, seed=3, epochs=2)
+    for batches in epochs:
+        assert sorted(k for b in batches for k in b) == pipeline.window_keys()
+        assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]
+    assert epochs[0] != epochs[1]
+    assert _everyday_keys(pipeline, tiny_sim, tiny_config, seed=3) == epochs[:1]
+    assert _everyday_keys(pipeline, tiny_sim, tiny_config, seed=4) != epochs[:1]

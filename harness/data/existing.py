@@ -92,7 +92,7 @@ def read_cache(pipeline: AbstractPipeline, sims: Sequence[int], config: Scenario
                          {name: list(first[name][0].get_item_names('vector') or ()) if 'vector' in first[name][0] else []
                           for name in names},
                          {name: f"{first[name][1].kind.__name__}{first[name][1].bits}" for name in names})
-    return Simulation(fitted, grids, metadata), source, fitted
+    return Simulation(fitted, grids, stored_metadata=metadata), source, fitted
 
 
 def fit_config(config: ScenarioConfig, resolution: list[int], n_frames: int, n_sims: int, where: str) -> ScenarioConfig:

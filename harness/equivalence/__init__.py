@@ -1,3 +1,3 @@
 """Whether two pipelines deliver the same batches: `diff` (tensor comparison), `identify` (windows by content),
-`batches` (every batch of every epoch), `diagnose`, `shuffle_audit` (everyday shuffling), `training` (loss-curve
-parity)."""
+`batches` (every batch of every epoch), `diagnose`, `everyday` (each pipeline's own loader and trainer),
+`training` (loss-curve parity)."""

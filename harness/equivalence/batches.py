@@ -28,7 +28,9 @@ class BatchFailure:
 
 @dataclass
 class CoverageResult:
-    """Which windows one pipeline delivered in one epoch, identified by content (see `harness.identify`)."""
+    """Which windows one pipeline delivered in one epoch, identified by content (see `harness.identify`), and whether
+    each came at its planned place: `misplaced` holds `(planned, served)` for every position whose served window (sim
+    included) is another than the planned one."""
     pipeline: str
     epoch: int
     expected: int
@@ -37,10 +39,12 @@ class CoverageResult:
     duplicated: list[WindowKey] = field(default_factory=list)
     unexpected: list[WindowKey] = field(default_factory=list)
     unidentified: int = 0
+    misplaced: list[tuple[WindowKey, WindowKey]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return not (self.missing or self.duplicated or self.unexpected or self.unidentified) and self.delivered == self.expected
+        return not (self.missing or self.duplicated or self.unexpected or self.unidentified or self.misplaced) \
+            and self.delivered == self.expected
 
     def __bool__(self) -> bool:
         return self.passed
@@ -61,6 +65,9 @@ class CoverageResult:
             parts.append(f"{len(self.unexpected)} not in the plan (e.g. {', '.join(map(str, self.unexpected[:3]))})")
         if self.unidentified:
             parts.append(f"{self.unidentified} elements match no simulated window (layout or value change)")
+        if self.misplaced:
+            shown = ', '.join(f"planned {p}, served {s}" for p, s in self.misplaced[:3])
+            parts.append(f"{len(self.misplaced)} served in place of another planned window (e.g. {shown})")
         return '; '.join(parts)
 
 
@@ -140,7 +147,7 @@ def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans:
                     counts[pipeline.name] += 1
                     batches[pipeline.name] = pipeline.to_phiml(raw)
                     if frames is not None:
-                        delivered[pipeline.name] += frames.identify(batches[pipeline.name])
+                        delivered[pipeline.name] += frames.identify(batches[pipeline.name], keys)
             if len(batches) == 2:
                 diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, keys)
                 _record(result, plan.epoch, index, keys, diffs)
@@ -153,7 +160,7 @@ def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans:
                                                  f"the plan has {len(plan.batches)}")
         if frames is not None:
             for name, keys in delivered.items():
-                result.coverage.append(audit_coverage(name, plan.epoch, plan.keys(), keys))
+                result.coverage.append(audit_coverage(name, plan.epoch, plan.keys(), keys, plan.keys()))
     return result
 
 
@@ -188,12 +195,22 @@ def _keep_worst(result: EquivalenceResult, diffs: list[TensorDiff], legacy: dict
             result.worst = (d, dict(flatten_batch(legacy))[d.name], dict(flatten_batch(native))[d.name])
 
 
-def audit_coverage(pipeline: str, epoch: int, expected: Sequence[WindowKey], delivered: Sequence[WindowKey | None]
-                   ) -> CoverageResult:
-    """Compares the windows a pipeline delivered with those it was asked for: each exactly once, nothing else."""
+def audit_coverage(pipeline: str, epoch: int, expected: Sequence[WindowKey], delivered: Sequence[WindowKey | None],
+                   planned: Sequence[WindowKey] | None = None) -> CoverageResult:
+    """Compares the windows a pipeline delivered with those it was asked for: each exactly once, nothing else, and,
+    given `planned` (the planned window at each delivered position), each at its planned place, sim included.
+
+    Args:
+        expected: Every window of the epoch's plan.
+        delivered: The content-identified window of each delivered element (None: matches no simulated window).
+        planned: The window planned at each position of `delivered`.
+    """
     counts = Counter(k for k in delivered if k is not None)
     wanted = set(expected)
+    misplaced = [(WindowKey(*p), WindowKey(*d)) for p, d in zip(planned or (), delivered)
+                 if d is not None and tuple(d) != tuple(p)]
     return CoverageResult(
         pipeline, epoch, expected=len(expected), delivered=len(delivered),
         missing=sorted(wanted - set(counts)), duplicated=sorted(k for k, c in counts.items() if c > 1),
-        unexpected=sorted(set(counts) - wanted), unidentified=sum(1 for k in delivered if k is None))
+        unexpected=sorted(set(counts) - wanted), unidentified=sum(1 for k in delivered if k is None),
+        misplaced=misplaced)

@@ -4,6 +4,8 @@ Kinds, tried in this order on one epoch's two batch streams:
   `batch count`        the native pipeline delivers more or fewer batches (e.g. the last partial batch dropped);
   `structure`          dims, dim types, item names, sizes or dtype differ (e.g. rollout one step short, float64);
   `layout`             the values become equal after an axis permutation or a vector-component swap (names the fix);
+  `non-finite values`  the native batch holds NaN or Inf where legacy's values are finite (names field and window);
+  `wrong simulation`   windows served from another sim at the planned t0 (their content names the sim they came from);
   `reorder`            the same windows, served in a different order;
   `different windows`  windows missing or extra (names them);
   `time offset`        an off-by-one in time: windows shifted by a frame, or targets offset from the initial state;
@@ -104,9 +106,16 @@ def diagnose_streams(a: Sequence[dict], b: Sequence[dict], plan: BatchPlan, fram
         return _structure(a[first], b[first], structural, where)
     if layout:
         return Diagnosis('layout', f"layout error: the values match after {layout}", **where)
-    keys = [k for batch in b for k in frames.identify(batch)]
+    nonfinite = _nonfinite(a[first], b[first], where['first_keys'])
+    if nonfinite:
+        return Diagnosis('non-finite values', f"the native pipeline serves non-finite values the legacy data does not "
+                         f"have: {nonfinite[0]}", details=nonfinite, **where)
+    keys = [k for i, batch in enumerate(b) for k in frames.identify(batch, plan.batches[i] if i < len(plan.batches) else ())]
     planned = plan.keys()[:len(keys)]
     if None not in keys:
+        wrong_sim = _wrong_sim(keys, planned)
+        if wrong_sim:
+            return Diagnosis('wrong simulation', wrong_sim, **where)
         if Counter(keys) == Counter(planned):
             moved = sum(1 for x, y in zip(keys, planned) if x != y)
             return Diagnosis('reorder', f"same windows in a different order: {moved} of {len(keys)} positions differ",
@@ -205,6 +214,43 @@ def _layout(a: dict, b: dict) -> str | None:
                     return f"{' and '.join(words)} in {name!r}"
         return None
     return None
+
+
+def _nonfinite(a: dict, b: dict, keys: Sequence[WindowKey]) -> list[str]:
+    """Where `b` holds NaN or Inf and `a` a finite value, per tensor: counts and the first window and coordinates."""
+    found = []
+    ta = dict(flatten_batch(a))
+    for name, y in flatten_batch(b):
+        x = ta.get(name)
+        if x is None or x.shape.names != y.shape.names or x.shape.sizes != y.shape.sizes:
+            continue
+        names = list(y.shape.names)
+        xa, ya = x.numpy(names), y.numpy(names)
+        if ya.dtype.kind != 'f':
+            continue
+        bad = ~np.isfinite(ya) & np.isfinite(xa)
+        if not bad.any():
+            continue
+        index = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        coords = dict(zip(names, (int(i) for i in index)))
+        window = keys[coords['batch']] if 'batch' in coords and coords['batch'] < len(keys) else None
+        items = {n: y.shape.get_item_names(n) for n in names}
+        at = ', '.join(f"{n}={items[n][i] if items[n] else i}" for n, i in coords.items() if n != 'batch')
+        found.append(f"{name}: {int(np.isnan(ya[bad]).sum())} NaN, {int(np.isinf(ya[bad]).sum())} Inf in "
+                     f"{int(bad.any(axis=tuple(range(1, bad.ndim))).sum()) if 'batch' in coords else 1} window(s), first "
+                     f"in window {window} at {at} (legacy {float(xa[index]):.6g})")
+    return found
+
+
+def _wrong_sim(keys: Sequence[WindowKey], planned: Sequence[WindowKey]) -> str | None:
+    """In words, when every window served in place of its planned one is another sim's window at the planned t0."""
+    moved = [(p, k) for k, p in zip(keys, planned) if k != p]
+    if not moved or not all(k.t0 == p.t0 and k.sim != p.sim for p, k in moved):
+        return None
+    swaps = Counter((p.sim, k.sim) for p, k in moved)
+    shown = ', '.join(f"sim {served} in place of sim {wanted}" for wanted, served in sorted(swaps))
+    return (f"windows served from the wrong simulation: {len(moved)} of {len(keys)} windows are another sim's frames at "
+            f"the planned t0 (e.g. planned {moved[0][0]}, served {moved[0][1]}); sims served: {shown}")
 
 
 def _window_offset(keys: Sequence[WindowKey], planned: Sequence[WindowKey]) -> int | None:

@@ -182,7 +182,7 @@ def compare_arrays(x: np.ndarray, y: np.ndarray, names: Sequence[str], tolerance
     """Value comparison of two arrays of one shape whose axes are `names`."""
     if x.shape != y.shape:
         return TensorDiff(name, False, False, [f"shape {y.shape} in native, {x.shape} in legacy"])
-    identical = x.dtype == y.dtype and x.tobytes() == y.tobytes()
+    identical = x.dtype == y.dtype and _bitwise_equal(x, y)
     n = x.size
     if identical:
         return TensorDiff(name, passed=True, identical=True, n_elements=n)
@@ -219,6 +219,15 @@ def compare_arrays(x: np.ndarray, y: np.ndarray, names: Sequence[str], tolerance
         max_rel=stats['rel_max'], mean_rel=stats['rel_mean'], median_rel=stats['rel_median'], p99_rel=stats['rel_p99'],
         worst=worst, worst_values=(float(x64[worst_index]), float(y64[worst_index])) if n else None,
         min_atol=float(abs_err.max()) if n else 0.0, min_rtol=float(rel_err.max()) if n else 0.0)
+
+
+def _bitwise_equal(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bytes, element by element (strided views are compared
+    in place, not copied)."""
+    if x.dtype.kind in 'fiub' and x.dtype.itemsize in (1, 2, 4, 8):
+        bits = np.dtype(f'u{x.dtype.itemsize}')
+        return bool(np.array_equal(x.view(bits), y.view(bits)))
+    return x.tobytes() == y.tobytes()
 
 
 def _coordinates(index: tuple, names: Sequence[str], item_names: dict, keys: Sequence | None) -> dict[str, Any]:

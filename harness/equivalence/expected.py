@@ -19,7 +19,8 @@ class Expected:
     Attributes:
         keys: Every training window, in canonical order.
         plans: One plan per epoch, from `(config.seed, epoch)`.
-        frames: Frame digests of the training sims (`FrameIndex`).
+        frames: Frame digests of the training and validation sims (`FrameIndex`): a window served from any sim, a
+            validation sim too, is named by the sim it came from.
         tolerances: How equal each field's values must be.
     """
     keys: list[WindowKey]
@@ -32,5 +33,5 @@ class Expected:
         keys = window_keys(config.train_sims, config.windows_per_sim)
         cmp = config.compare
         return cls(keys, make_plans(keys, config.data.batch_size, seed=config.seed, epochs=config.trainer.epochs),
-                   FrameIndex(simulation, config.train_sims),
+                   FrameIndex(simulation, config.all_sims),
                    ToleranceMap(cmp.tier, cmp.rtol, cmp.atol, cmp.fields, sorted(simulation.fields)))

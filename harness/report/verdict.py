@@ -84,15 +84,19 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_
                  f"profile it (python -m harness.bench) before switching")
 
 
-def shuffle_check(rows) -> Check:
+def everyday_check(rows) -> Check:
+    """The everyday audits (`harness.equivalence.everyday.EverydayRow`): each pipeline's own loader, trainer and loader
+    variants, judged by what they deliver."""
     failed = [r for r in rows if not r.passed]
     if not rows:
-        return Check("own shuffling audited", False, "own shuffling was not audited")
+        return Check('everyday paths', False, "the everyday paths were not audited")
+    pipelines = ' and '.join(dict.fromkeys(r.pipeline for r in rows))
     if not failed:
-        return Check("own shuffling audited", True, f"{len(rows)} audits of both pipelines' own shuffling passed "
-                     "(each window once per epoch, seeded, no train/validation mixing)")
-    return Check("own shuffling audited", False, '; '.join(f"{r.pipeline}: {r.check}: {r.detail}" for r in failed[:3]) +
-                 "; the everyday (unplanned) loader would train on the wrong windows")
+        return Check('everyday paths', True, f"{len(rows)} audits of {pipelines} passed: their own loaders serve each "
+                     f"window once per epoch, seeded, train and validation apart, batches keep their values, every loader "
+                     f"variant serves the same batches, and their own trainers train as the plan-driven path does")
+    return Check('everyday paths', False, '; '.join(f"{r.pipeline}: {r.check} ({r.kind}): {r.detail}" for r in failed[:3])
+                 + "; the code a user runs every day does not deliver what the comparison judged")
 
 
 def selftest_check(result) -> Check:
@@ -115,3 +119,19 @@ def physics_check(report) -> Check:
         return Check('physics sanity', True, report.detail)
     return Check('physics sanity', False, report.detail + "; the data is physically wrong whatever the pipeline: fix the "
                  "simulation (or its parameters, e.g. dt) before training on it")
+
+
+def metadata_check(report) -> Check:
+    """Every source key arrived with its value and type in both caches (`harness.equivalence.metadata`)."""
+    if report.passed:
+        return Check('metadata carried', True, report.detail)
+    return Check('metadata carried', False, report.detail + "; a cache must carry the source's metadata unchanged "
+                 "(keys, values, types): fix what the pipeline's writer or reader does to it")
+
+
+def size_probe_check(probe) -> Check:
+    """The first epoch equal at batch sizes 1 and all, and in every memory mode (`harness.equivalence.sizes`)."""
+    if probe.passed:
+        return Check('size-gated paths', True, probe.detail)
+    return Check('size-gated paths', False, probe.detail + "; the native pipeline differs from legacy at these batch "
+                 "sizes or memory modes (paths the plan's batches may never take)")

@@ -31,7 +31,8 @@ def _rewrap(array: np.ndarray, shape) -> Tensor:
 
 
 class InjectedBug(AbstractPipeline):
-    """`inner` with one bug. Subclasses override `batch` (the PhiML batch of one batch of keys) or `load_batches`.
+    """`inner` with one bug. Subclasses override `batch` (the PhiML batch of one batch of keys) or `load_batches`; the
+    everyday path (`everyday_epochs`, `everyday_train`, `loader_variants`) is `inner`'s unless a bug overrides it.
 
     Args:
         inner: The pipeline being judged; it owns the cache.
@@ -69,8 +70,6 @@ class InjectedBug(AbstractPipeline):
     def window_keys(self) -> list[WindowKey]:
         return self.inner.window_keys()
 
-    def own_epoch(self, seed: int, epoch: int, batch_size: int) -> list[list[WindowKey]]:
-        return self.inner.own_epoch(seed, epoch, batch_size)
 
     def load_batches(self, plan: BatchPlan) -> Iterator[Batch]:
         for keys in plan.batches:
@@ -91,6 +90,15 @@ class InjectedBug(AbstractPipeline):
 
     def train(self, plans: Sequence[BatchPlan], network, optimizer) -> list[float]:
         return self.inner.train(plans, network, optimizer)
+
+    def everyday_epochs(self, batch_size: int, *, seed: int, epochs: int, **variant) -> Iterator[Iterator[Batch]]:
+        return self.inner.everyday_epochs(batch_size, seed=seed, epochs=epochs, **variant)
+
+    def everyday_train(self, network, optimizer, batch_size: int, *, seed: int, epochs: int) -> list[float]:
+        return self.inner.everyday_train(network, optimizer, batch_size, seed=seed, epochs=epochs)
+
+    def loader_variants(self) -> list[dict]:
+        return self.inner.loader_variants()
 
     def last_t0(self) -> int:
         """The last window start of a sim (windows per sim - 1)."""

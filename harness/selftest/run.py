@@ -16,6 +16,8 @@ from harness.equivalence.expected import Expected
 from harness.pipeline import AbstractPipeline
 from harness.report.verdict import coverage_check, equivalence_check, window_keys_check
 from harness.selftest.bugs import CATALOGUE, InjectedBug
+from harness.selftest.bugs_evidence import CATALOGUE as EVIDENCE_CATALOGUE, judge_metadata, judge_sizes
+from harness.selftest.bugs_everyday import CATALOGUE as EVERYDAY_CATALOGUE, judge_everyday
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -103,12 +105,15 @@ def judge_batches(ctx: SelftestContext, native: AbstractPipeline) -> Finding:
 # pipeline goes through every family and must pass them all
 JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'batches': judge_batches,
+    'metadata': lambda ctx, native: Finding(*judge_metadata(ctx, native)),
+    'sizes': lambda ctx, native: Finding(*judge_sizes(ctx, native)),
+    'everyday': lambda ctx, native: Finding(*judge_everyday(ctx, native)),
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE}
+    return {**CATALOGUE, **EVIDENCE_CATALOGUE, **EVERYDAY_CATALOGUE}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
