@@ -255,6 +255,31 @@ def test_the_crossover_is_where_the_cluster_s_gain_first_exceeds_its_overhead():
     assert crossover(sizes, here, faster, 0.0) == {'first_faster_sims': 4, 'interpolated_sims': None, 'below': True}
 
 
+class ReversedNative(NativePipeline):
+    """Serves every batch's windows in reverse order: each is some other planned window's place."""
+
+    def to_phiml(self, raw):
+        return {name: value.batch[::-1] for name, value in super().to_phiml(raw).items()}
+
+
+def test_chunked_comparison_finds_windows_served_in_another_s_place(built, tiny_config, tiny_sim):
+    r = tiny_config.data.rollout_steps
+    legacy, native = LegacyPipeline(built / 'legacy', r), ReversedNative(built / 'phiml', r)
+    expected = Expected.of(tiny_config, tiny_sim)
+    chunked = stages.compare_pipelines(Chunked(), legacy, native, expected.plans, expected.tolerances, expected.frames)
+    plan = expected.plans[0]
+    want = []  # chunks of one sim: the windows of each sim in a batch are reversed among themselves
+    for batch in plan.batches:
+        for sim in tiny_config.train_sims:
+            part = [k for k in batch if k.sim == sim]
+            want += [(p, d) for p, d in zip(part, reversed(part)) if p != d]
+    want.sort(key=lambda pair: plan.keys().index(pair[0]))
+    audit = next(c for c in chunked.coverage if c.pipeline == 'phiml')
+    assert want and audit.misplaced == want and not audit.passed
+    assert not audit.missing and not audit.duplicated and not audit.unexpected and not audit.unidentified
+    assert next(c for c in chunked.coverage if c.pipeline == 'legacy').passed
+
+
 # --- on a real cluster: a scheduler and two worker processes on this machine ---------------------------------------
 
 @pytest.fixture(scope='module')

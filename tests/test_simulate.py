@@ -78,7 +78,8 @@ def test_cg_stops_every_sim_of_a_batch_at_its_smallest_tolerance_so_smoke_is_not
 
     def solve(y):
         with warnings.catch_warnings(), math.SolveTape() as tape:
-            warnings.filterwarnings('ignore', message='Sparse (CSR tensor support|invariant checks)', category=UserWarning)
+            warnings.filterwarnings('ignore', message='Sparse (CSR tensor support|invariant checks)',
+                                    category=UserWarning)
             x = math.solve_linear(operator, y, Solve('CG', 1e-5, 1e-5, x0=0 * y))
         return x.numpy(['sim', 'x']), tape[0].iterations.numpy('sim').tolist()
 
