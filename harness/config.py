@@ -26,8 +26,11 @@ TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see h
 PIPELINES = ('legacy', 'phiml')  # `data.pipeline`
 DEVICES = ('auto', 'cpu', 'cuda')  # `trainer.device`
 QUICK = ('sim.resolution=[16,16]', 'sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2',
-         'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3')
-"""The overrides of `--quick` for a 2-D scenario; `quick_overrides` adapts them to any scenario."""
+         'data.batch_size=4', 'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=5',
+         'compare.min_speedup.write=0', 'compare.min_speedup.read=0')
+"""The overrides of `--quick` for a 2-D scenario; `quick_overrides` adapts them to any scenario. The cache write and
+read of its few tiny files are timed, not judged: they time per-file overheads (phiml.math.save's ~4 ms a file against
+torch.save's ~1 ms; a read of 3 files of 22 kB ties within 10 %) that the scenarios' own sizes do not show."""
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,34 @@ class FieldTolerance:
 
 
 @dataclass(frozen=True)
+class StageSpeedups:
+    """Per timed stage, the smallest speedup (legacy_s / native_s) that passes; 0: the stage is timed, not judged.
+    `compare.min_speedup=X` sets every stage at once."""
+    write: float = 0.9               # cache write
+    read: float = 0.9                # cache read (a fresh open of the training sims)
+    iterate: float = 0.9             # batch loading, one epoch
+    convert: float = 0.9             # conversion to PhiML, one epoch
+    step: float = 0.9                # one train step through each pipeline's own trainer
+
+    @property
+    def judged(self) -> bool:
+        """Whether any stage decides the verdict (False for `compare.min_speedup=0`)."""
+        return any(v > 0 for v in dataclasses.astuple(self))
+
+
+@dataclass(frozen=True)
 class CompareConfig:
-    """Thresholds of the go / no-go verdict and how the harness measures."""
+    """Thresholds of the verdict and how the harness measures."""
     tier: str = 'identical'          # batch equality: identical (bitwise) | equal (NaN == NaN) | close
     rtol: float = 0.0                # used by tier=close
     atol: float = 0.0                # used by tier=close
     loss_rtol: float = 1e-5          # max relative difference of the two loss curves
-    min_speedup: float = 0.9         # legacy_s / native_s below this fails (batch loading, train step)
-    timing_repeats: int = 5
+    min_speedup: StageSpeedups = field(default_factory=StageSpeedups)  # per stage; a number sets every stage
+    confidence: float = 0.9          # of the interval of each stage's median paired speedup
+    timing_repeats: int = 5          # paired repetitions; a straddling stage gets up to 3x as many
     timing_warmup: int = 1
+    timing_extra_s: float = field(default=15.0, metadata={'inf_allowed': True})  # re-measurement time, all stages
+    max_memory_ratio: float = field(default=1.1, metadata={'inf_allowed': True})  # native / legacy epoch peak; .inf: off
     fields: Dict[str, FieldTolerance] = field(default_factory=dict)
     selftest: bool = True            # run the injected-bug catalogue and show it in the report
     parity_seeds: int = 1            # >1: also train from N seeds and report the spread of the final-loss difference
@@ -212,10 +234,11 @@ def load_config_file(path: Path, overrides: Sequence[str] = ()) -> ScenarioConfi
     for item in overrides:
         if '=' not in item or item.startswith('='):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.epochs=3)")
-    overrides = plan_spelling(overrides)
+    overrides = speedup_spelling(plan_spelling(overrides))
     try:
         schema = _schema()
         from_file = OmegaConf.load(path)
+        _expand_min_speedup(from_file)
         merged = OmegaConf.merge(schema, from_file, OmegaConf.from_dotlist(list(overrides)))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
@@ -243,6 +266,29 @@ def plan_spelling(overrides: Sequence[str]) -> list[str]:
             item = f"data.pipeline={'phiml' if flag == 'true' else 'legacy'}"
         result.append(item)
     return result
+
+
+def speedup_spelling(overrides: Sequence[str]) -> list[str]:
+    """The overrides with `compare.min_speedup=X` (a number) spelt as one override per stage of `StageSpeedups`."""
+    result = []
+    for item in overrides:
+        key, _, value = item.partition('=')
+        if key.strip() == 'compare.min_speedup' and not value.strip().startswith('{'):
+            result += [f"compare.min_speedup.{stage}={value.strip()}" for stage in _SPEEDUP_STAGES]
+        else:
+            result.append(item)
+    return result
+
+
+def _expand_min_speedup(node) -> None:
+    """`compare: {min_speedup: X}` in a YAML file (a number) as the same X for every stage."""
+    compare = node.get('compare') if OmegaConf.is_dict(node) else None
+    if OmegaConf.is_dict(compare) and 'min_speedup' in compare and not OmegaConf.is_config(compare.min_speedup):
+        value = compare.min_speedup
+        compare.min_speedup = {stage: value for stage in _SPEEDUP_STAGES}
+
+
+_SPEEDUP_STAGES = tuple(f.name for f in dataclasses.fields(StageSpeedups))
 
 
 def config_from_dict(values: dict) -> ScenarioConfig:
@@ -347,6 +393,14 @@ def validate(config: ScenarioConfig) -> None:
             raise ConfigError(f"`compare.fields.{name}.rtol` (={ft.rtol}) and `.atol` (={ft.atol}) must be >= 0")
     if cmp.parity_seeds < 1:
         raise ConfigError(f"`compare.parity_seeds` (={cmp.parity_seeds}) must be >= 1")
+    for stage, value in dataclasses.asdict(cmp.min_speedup).items():
+        if value < 0:
+            raise ConfigError(f"`compare.min_speedup.{stage}` (={value}) must be >= 0 (0: timed, not judged)")
+    if not 0.5 <= cmp.confidence < 1:
+        raise ConfigError(f"`compare.confidence` (={cmp.confidence}) must be in [0.5, 1), e.g. 0.9")
+    _positive(cmp.max_memory_ratio, 'compare.max_memory_ratio')
+    if cmp.timing_extra_s < 0:
+        raise ConfigError(f"`compare.timing_extra_s` (={cmp.timing_extra_s}) must be >= 0 (0: no re-measurement)")
     if cmp.everyday_epochs < 2:
         raise ConfigError(f"`compare.everyday_epochs` (={cmp.everyday_epochs}) must be >= 2 (epochs must differ)")
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:

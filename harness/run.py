@@ -3,6 +3,7 @@ same model with both, and write the report that decides the default."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -19,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from harness import model
-from harness.bench.timing import time_stages
+from harness.bench.epoch_memory import NOISE_BYTES, epoch_peaks
+from harness.bench.timing import STAGES, time_stages
 from harness.cache.build import CacheReport, check_writable
 from harness.cache.manifest import Manifest, cache_kind, sims_on_disk
 from harness.config import ScenarioConfig
@@ -38,9 +40,9 @@ from harness.plan import make_plans, sequential_plan, window_keys
 from harness.provenance import provenance
 from harness.scale import IN_PROCESS, AbstractExecutor, stages
 from harness.report.html import plot_worst_frame, write_report
-from harness.report.verdict import (Check, coverage_check, equivalence_check, metadata_check, physics_check,
-                                    selftest_check, everyday_check, size_probe_check, speed_check, training_check,
-                                    verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, everyday_check, memory_check,
+                                    metadata_check, physics_check, selftest_check, size_probe_check, speed_check,
+                                    training_check, verdict, window_keys_check)
 from harness.selftest.run import run_selftest
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         scratch = Path(tempfile.mkdtemp(prefix='.timing.', suffix='.harness-tmp', dir=scratch_root))  # the caches' disk
         timings = time_stages(legacy, native, simulation, expected.plans[0], config.train_sims, network(),
                               config.trainer.learning_rate, scratch, repeats=cmp.timing_repeats,
-                              warmup=cmp.timing_warmup, progress=b.update)
+                              warmup=cmp.timing_warmup, thresholds=dataclasses.asdict(cmp.min_speedup),
+                              confidence=cmp.confidence, extra_s=cmp.timing_extra_s, progress=b.update)
+        memory = epoch_peaks(legacy, native, config.train_sims, expected.plans[0])
 
     with durations('train_s'):
         with bar(total=2 * sum(len(p) for p in expected.plans), desc='train') as b:
@@ -184,8 +188,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         coverage_check(equivalence),
         size_probe_check(sizes),
         training_check(training),
-        speed_check(timings, 'iterate', 'batch loading', cmp.min_speedup),
-        speed_check(timings, 'step', 'train step', cmp.min_speedup),
+        *(speed_check(timings, stage) for stage in STAGES),
+        memory_check(memory, cmp.max_memory_ratio, NOISE_BYTES),
         everyday_check(everyday_rows),
         *([selftest_check(selftest)] if selftest is not None else []),
         *([physics_check(physics)] if physics is not None else []),
@@ -210,6 +214,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
         'caches': caches,
         'training': {**training.to_dict(), 'ensemble': spread.to_dict() if spread else None},
         'performance': {stage: timing.to_dict() for stage, timing in timings.items()},
+        'memory': memory.to_dict(),
         'provenance': {**provenance(config), 'overrides': list(overrides), 'scale': executor.describe()},
         'durations': dict(durations),
     }

@@ -59,8 +59,10 @@ def test_unknown_scenario():
     ('compare.rtol=nan', 'compare.rtol', 'nan'),
     ('compare.atol=inf', 'compare.atol', 'inf'),
     ('compare.loss_rtol=inf', 'compare.loss_rtol', 'inf'),
-    ('compare.min_speedup=nan', 'compare.min_speedup', 'nan'),
-    ('compare.min_speedup=-inf', 'compare.min_speedup', '-inf'),
+    ('compare.min_speedup=nan', 'compare.min_speedup.write', 'nan'),  # a number sets every stage: the first is named
+    ('compare.min_speedup.step=-inf', 'compare.min_speedup.step', '-inf'),
+    ('compare.confidence=nan', 'compare.confidence', 'nan'),
+    ('compare.max_memory_ratio=nan', 'compare.max_memory_ratio', 'nan'),
     ('compare.fields.velocity.atol=nan', 'compare.fields.velocity.atol', 'nan'),
     ('compare.fields.velocity.rtol=inf', 'compare.fields.velocity.rtol', 'inf'),
     ('health.max_abs_value=nan', 'health.max_abs_value', 'nan'),

@@ -73,7 +73,7 @@ def test_compare_judges_a_teams_cache_go_and_leaves_it_untouched(tmp_path, capsy
     html = (tmp_path / 'out' / 'index.html').read_text()
     assert f"<tr><th>resolution</th><td>{' × '.join(map(str, first[2:]))}</td></tr>" in html
     if layout == '2d-non-square':  # the self-test ran on the team's data as well
-        assert len(summary['equivalence']['selftest']) == 21 and all(r['ok'] for r in summary['equivalence']['selftest'])
+        assert len(summary['equivalence']['selftest']) == 22 and all(r['ok'] for r in summary['equivalence']['selftest'])
 
 
 def test_migration_of_a_teams_cache_is_bitwise_and_keeps_the_metadata(tmp_path, capsys):

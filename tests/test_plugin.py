@@ -185,12 +185,12 @@ def test_compare_judges_the_npy_pipeline_go(tmp_path, capsys):
                          '--no-progress'])
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert code == 0 and summary['verdict'] == 'go', capsys.readouterr().out
-    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 12
+    assert [c['name'] for c in summary['checks'] if not c['passed']] == [] and len(summary['checks']) == 16
     assert summary['equivalence']['identical'] is True and summary['equivalence']['batches_compared'] == 14
     assert summary['training']['first_divergent_step'] is None  # loss curves bitwise equal
     assert {r['pipeline'] for r in summary['equivalence']['everyday']} == {'legacy', 'npy'}
     assert all(r['passed'] for r in summary['equivalence']['everyday'])
-    assert all(r['ok'] for r in summary['equivalence']['selftest']) and len(summary['equivalence']['selftest']) == 21
+    assert all(r['ok'] for r in summary['equivalence']['selftest']) and len(summary['equivalence']['selftest']) == 22
     assert summary['provenance']['config']['pipelines'] == {'legacy': 'legacy:LegacyPipeline', 'native': NPY}
     assert summary['provenance']['overrides'] == ['--quick', '--native', NPY, 'compare.min_speedup=0']
     assert Manifest.load(tmp_path / 'cache' / 'phiml').pipeline == 'npy'

@@ -12,7 +12,8 @@ from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 
 GENERIC = ['sim.n_steps=10', 'data.n_sims=3', 'data.n_val_sims=1', 'data.rollout_steps=2', 'data.batch_size=4',
-           'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=3']
+           'model.levels=1', 'model.filters=4', 'trainer.epochs=2', 'compare.timing_repeats=5',
+           'compare.min_speedup.write=0', 'compare.min_speedup.read=0']
 VECTOR_BUGS = {'x and y transposed', 'vector components swapped', 'vector item names swapped'}
 
 
@@ -84,7 +85,7 @@ def test_selftest_passes_in_every_scenario(scenario_caches):
     result = run_selftest(simulation.config, LegacyPipeline, NativePipeline, simulation, root / 'legacy', root / 'phiml')
     assert result, result.table()
     assert set(result.skipped) == (VECTOR_BUGS if scenario == 'burgers1d' else set())
-    assert len(result.rows) + len(result.skipped) == 21  # the clean pipeline and all 20 bugs
+    assert len(result.rows) + len(result.skipped) == 22  # the clean pipeline and all 21 bugs
     rows = {r.bug: r for r in result.rows}
     if scenario != 'burgers1d':
         assert rows['vector components swapped'].kind == 'layout'

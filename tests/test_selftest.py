@@ -1,4 +1,6 @@
 """The self-test: every injected bug caught with the expected diagnosis; the clean pipeline passes."""
+import re
+
 import pytest
 
 from harness.cli import selftest as selftest_cli
@@ -6,6 +8,10 @@ from harness.selftest import run as selftest
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from harness.selftest.run import catalogue
+from harness.bench.stats import judge_ratios
+from harness.config import load_config
+from harness.selftest.bugs_speed import speed_finding
+from conftest import TINY
 
 CLEAN = 'none (clean native pipeline)'
 BOTH = 'batches equal, every window delivered exactly once'
@@ -32,7 +38,21 @@ EXPECTED = [
     ('everyday last batch dropped', 'everyday paths', 'everyday path'),
     ('output buffer reused', 'everyday paths', 'batch lifetime'),
     ('loader variant reorders', 'everyday paths', 'loader variant'),
+    ('batch loading slower', 'batch loading not slower', 'slower stage'),
 ]
+
+
+class _Matches(str):
+    """Equal to every string `re.fullmatch`ed by its pattern (a diagnosis with measured figures)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str) and re.fullmatch(str(self), other) is not None
+
+    __hash__ = str.__hash__
+
+
+SLOWER = _Matches(r"native is slower at batch loading: batch loading: speedup 0\.\d\dx \(median of \d+ paired ratios, "
+                  r"90% interval 0\.\d\d-0\.\d\d\), threshold 0\.9")
 
 
 def test_catalogue():
@@ -81,6 +101,7 @@ def test_selftest_passes(tiny_config, tiny_sim, cache_dirs):
         "loader variant background_threads=2: 2 epochs against prefetch=False: epoch 0, batch 0 differs: windows "
         "[(sim=1, t0=5), (sim=2, t0=0), (sim=1, t0=0), ...] instead of [(sim=2, t0=2), (sim=1, t0=3), (sim=2, t0=1), "
         "...]",
+        SLOWER,
     ]
 
 
@@ -101,6 +122,29 @@ def test_cli_quick(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ['bug', '-' * len(lines[0])]
     assert [line[:32].rstrip() for line in lines[2:-1]] == [bug for bug, _, _ in EXPECTED]
-    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 20
-    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 21  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
-    assert lines[-1] == "self-test: PASSED: 20 injected bugs, all caught and diagnosed; clean pipeline passes"
+    assert [line[32:].split()[0] for line in lines[2:-1]] == ['no'] + ['yes'] * 21
+    assert [line[80:83] for line in lines[2:-1]] == ['ok '] * 22  # the 'ok' column: 32 + 1 + 7 + 1 + 38 + 1
+    assert lines[-1] == "self-test: PASSED: 21 injected bugs, all caught and diagnosed; clean pipeline passes"
+
+
+def test_speed_judge_counts_only_a_clear_miss():
+    def judged(ratios, threshold=0.9):
+        return selftest.Finding(*speed_finding(judge_ratios(ratios, threshold, 0.9)))
+    miss = judged([0.03, 0.04, 0.03, 0.05, 0.03])
+    assert (miss.failed, miss.kind) == (['batch loading not slower'], 'slower stage')
+    assert miss.summary == ("native is slower at batch loading: batch loading: speedup 0.03x (median of 5 paired "
+                            "ratios, 90% interval 0.03-0.05), threshold 0.9")
+    straddle = judged([0.5, 1.5, 1.0, 0.7, 1.2])  # a noisy clean pipeline: not caught, so not a failed self-test
+    assert (straddle.failed, straddle.kind) == ([], 'none') and straddle.summary.endswith(
+        ": inconclusive, not counted as caught")
+    assert judged([2.0] * 5).failed == [] and judged([0.1] * 5, threshold=0).failed == []
+
+
+def test_speed_bug_not_applicable_without_a_timing_verdict(tiny_config, tiny_sim, cache_dirs):
+    config = load_config('burgers', [*TINY, 'compare.min_speedup=0'])
+    result = selftest.run_selftest(config, LegacyPipeline, NativePipeline, tiny_sim, cache_dirs['legacy'],
+                                   cache_dirs['phiml'])
+    assert result and [r.bug for r in result.rows] == [bug for bug, _, _ in EXPECTED[:-1]]
+    assert result.skipped == {'batch loading slower': "batch loading is timed, not judged "
+                                                      "(compare.min_speedup.iterate=0)"}
+    assert result.rows[0].diagnosis == "no difference: every batch pair is equal"

@@ -1,4 +1,7 @@
-"""Each check behind the verdict on hand-made results: pass and fail, with the exact detail a user reads."""
+"""Each check behind the verdict on hand-made results: pass, fail and inconclusive, with the exact detail a user reads;
+the verdict's exit codes, and one compare run made inconclusive on purpose."""
+import json
+
 import numpy as np
 import pytest
 
@@ -8,9 +11,12 @@ from harness.equivalence.batches import BatchFailure, CoverageResult, Equivalenc
 from harness.equivalence.training import TrainingResult
 from harness.pipeline import WindowKey
 from harness.selftest.run import SelftestResult, SelftestRow
+from harness.bench.epoch_memory import EpochMemory
+from harness.cli import compare
+from harness.cli.common import verdict_exit_code
 from harness.bench.timing import StageTiming
-from harness.report.verdict import (Check, coverage_check, equivalence_check, selftest_check, speed_check,
-                             training_check, verdict, window_keys_check)
+from harness.report.verdict import (Check, coverage_check, equivalence_check, memory_check, selftest_check,
+                                    speed_check, training_check, verdict, window_keys_check)
 from conftest import TINY
 
 EQUIVALENCE_HINT = ("the native pipeline hands the model different data than the legacy one; fix its conversion "
@@ -21,15 +27,23 @@ KEYS = [WindowKey(s, t0) for s in range(2) for t0 in range(3)]
 
 def test_check_is_its_passed_flag():
     good, bad = Check('a', True, 'fine'), Check('b', False, 'broken')
-    assert bool(good) is True and bool(bad) is False
-    assert bad.to_dict() == {'name': 'b', 'passed': False, 'detail': 'broken'}
+    undecided = Check('c', False, 'too noisy', inconclusive=True)
+    assert bool(good) is True and bool(bad) is False and bool(undecided) is False
+    assert [c.state for c in (good, bad, undecided)] == ['pass', 'fail', 'inconclusive']
+    assert bad.to_dict() == {'name': 'b', 'passed': False, 'detail': 'broken', 'inconclusive': False, 'state': 'fail'}
+    assert undecided.to_dict()['state'] == 'inconclusive'
+    with pytest.raises(ValueError, match="check 'd': passed and inconclusive at once"):
+        Check('d', True, '', inconclusive=True)
 
 
 def test_verdict_outcomes():
-    good, bad = Check('a', True, ''), Check('b', False, '')
+    good, bad, undecided = Check('a', True, ''), Check('b', False, ''), Check('c', False, '', inconclusive=True)
     assert verdict([good, good]) == 'go'
     assert verdict([good, bad, good]) == 'no-go'
     assert verdict([bad]) == 'no-go'
+    assert verdict([good, undecided]) == 'inconclusive'
+    assert verdict([undecided, bad, good]) == 'no-go'  # a failed check decides, whatever a timing check could not
+    assert verdict([undecided]) == 'inconclusive'
     assert verdict([]) == 'no-go'  # nothing checked is no evidence for switching
 
 
@@ -93,21 +107,65 @@ def test_training_check():
                                     "not see")
 
 
-def test_speed_check():
-    timings = {'iterate': StageTiming('iterate', [0.004, 0.002, 0.003], [0.0021, 0.001, 0.0015]),
-               'step': StageTiming('step', [0.1, 0.1], [0.2, 0.2])}
-    assert speed_check(timings, 'iterate', 'batch loading', 0.9) == Check(
-        'batch loading not slower', True, "native 1.50 ms vs legacy 3.00 ms (median of 3), speedup 2.00x")
-    assert speed_check(timings, 'iterate', 'batch loading', 2.0) == Check(  # the threshold itself passes
-        'batch loading not slower', True, "native 1.50 ms vs legacy 3.00 ms (median of 3), speedup 2.00x")
-    assert speed_check(timings, 'step', 'train step', 0.9) == Check(
-        'train step not slower', False, "native 200.00 ms vs legacy 100.00 ms (median of 2), speedup 0.50x < 0.9; the "
-                                        "native pipeline is slower at train step: profile it (python -m harness.bench) "
-                                        "before switching")
-    assert speed_check(timings, 'step', 'train step', 0) == Check(  # compare.min_speedup=0: timing never decides
-        'train step not slower', True, "native 200.00 ms vs legacy 100.00 ms (median of 2), speedup 0.50x")
+def _judged(stage, legacy, native, threshold, repeats=None):
+    t = StageTiming(stage, legacy, native, repeats=repeats or len(legacy))
+    t.judge(threshold, 0.9)
+    return {stage: t}
+
+
+def test_speed_check_pass_and_clear_miss():
+    faster = _judged('iterate', [3.0e-3, 2.0e-3, 4.0e-3, 3.0e-3, 3.0e-3], [1.5e-3, 1.0e-3, 2.0e-3, 1.5e-3, 1.0e-3], 0.9)
+    assert speed_check(faster, 'iterate') == Check(
+        'batch loading not slower', True, "native 1.50 ms vs legacy 3.00 ms, speedup 2.00x (median of 5 paired ratios, "
+                                          "90% interval 2.00-3.00) >= 0.9")
+    at_threshold = _judged('iterate', [2.0, 2.0, 2.4, 2.2, 2.6], [1.0] * 5, 2.0)  # the threshold itself passes
+    assert speed_check(at_threshold, 'iterate').passed
+    slower = _judged('step', [0.1] * 6, [0.2, 0.2, 0.25, 0.2, 0.2, 0.18], 0.9)
+    assert speed_check(slower, 'step') == Check(
+        'train step not slower', False, "native 200.00 ms vs legacy 100.00 ms, speedup 0.50x (median of 6 paired "
+                                        "ratios, 90% interval 0.40-0.56) entirely below 0.9: the native pipeline is "
+                                        "clearly slower at train step; profile it (python -m harness.bench) before "
+                                        "switching")
+
+
+def test_speed_check_inconclusive_says_why_and_how_to_rerun():
+    noisy = _judged('read', [1.2, 0.8, 1.1, 0.85, 1.0] * 3, [1.0] * 15, 0.9, repeats=15)
+    check = speed_check(noisy, 'read')
+    assert check == Check(
+        'cache read not slower', False, "native 1000.00 ms vs legacy 1000.00 ms, speedup 1.00x (median of 15 paired "
+                                        "ratios, 90% interval 0.85-1.10) straddles the threshold 0.9 "
+                                        "(compare.min_speedup.read) after 15 repetitions: this machine was too noisy to "
+                                        "tell; rerun on a quieter machine, or with more repetitions: "
+                                        "compare.timing_repeats=15 starts where this run stopped", inconclusive=True)
+    assert check.state == 'inconclusive'
+
+
+def test_speed_check_off_and_refusals():
+    slower = _judged('convert', [0.1, 0.1], [0.2, 0.2], 0.0)  # compare.min_speedup.convert=0: timing never decides
+    assert speed_check(slower, 'convert') == Check(
+        'conversion not slower', True, "native 200.00 ms vs legacy 100.00 ms, speedup 0.50x (median of 2 paired "
+                                       "ratios, too few for a 90% interval); not judged (compare.min_speedup.convert=0)")
     with pytest.raises(KeyError):
-        speed_check(timings, 'read', 'cache read', 0.9)
+        speed_check(slower, 'read')
+    with pytest.raises(ValueError, match="stage 'write' was timed but not judged"):
+        speed_check({'write': StageTiming('write', [1.0], [1.0])}, 'write')
+
+
+def test_memory_check():
+    mb = 2 ** 20
+    lean = EpochMemory([16 * mb, 15 * mb, 16 * mb], [4 * mb, 3 * mb, 4 * mb], {'legacy': mb, 'phiml': mb})
+    assert memory_check(lean, 1.1, mb) == Check(
+        'epoch memory not larger', True, "open + one epoch raised the peak resident set by 4.00 MiB (native) vs 16.00 "
+                                         "MiB (legacy), median of 3 <= 1.1x legacy + 1 MiB")
+    fat = EpochMemory([2 * mb] * 3, [4 * mb] * 3, {})
+    assert memory_check(fat, 1.1, mb) == Check(
+        'epoch memory not larger', False, "open + one epoch raised the peak resident set by 4.00 MiB (native) vs 2.00 "
+                                          "MiB (legacy), median of 3 > 1.1x legacy + 1 MiB: the native pipeline holds "
+                                          "more memory per epoch; see python -m harness.bench for where (peak per "
+                                          "pipeline, against the cached bytes)")
+    assert memory_check(EpochMemory([0] * 3, [900_000] * 3, {}), 1.1, mb).passed  # below the noise of pages
+    assert memory_check(fat, float('inf'), mb).detail.endswith("; not judged (compare.max_memory_ratio=.inf)")
+    assert memory_check(EpochMemory([], [], {}, measured=False), 1.1, mb).passed
 
 
 def _row(bug, expected_kind, kind=None, caught=True):
@@ -154,3 +212,36 @@ def test_metadata_and_size_probe_checks():
                                             "different order; the native pipeline differs from legacy at these batch "
                                             "sizes or memory modes (paths the plan's batches may never take)")
     assert size_probe_check(SizeProbe(probe.runs[:1])).passed
+
+
+def test_exit_codes_of_the_verdicts():
+    assert [verdict_exit_code(v) for v in ('go', 'no-go', 'inconclusive')] == [0, 1, 3]
+    with pytest.raises(ValueError, match=r"verdict 'maybe' is not one of \['go', 'no-go', 'inconclusive'\]"):
+        verdict_exit_code('maybe')
+
+
+@pytest.mark.slow
+def test_an_undecidable_timing_is_inconclusive_exit_3(tmp_path, capsys):
+    """One pair of cache writes and three pairs of train steps, with no time to measure more: too few pairs for a 90 %
+    interval, whatever the machine, so those two checks straddle; every other check decides as usual (all pass)."""
+    code = compare.main(['burgers', '--quick', 'trainer.epochs=1', 'compare.selftest=false', 'compare.timing_repeats=1',
+                         'compare.timing_warmup=0', 'compare.timing_extra_s=0', 'compare.min_speedup=0',
+                         'compare.min_speedup.write=0.9', 'compare.min_speedup.step=0.9', '--out', str(tmp_path),
+                         '--no-progress'])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    states = {c['name']: c['state'] for c in summary['checks']}
+    assert code == 3 and summary['verdict'] == 'inconclusive'
+    assert {name for name, state in states.items() if state != 'pass'} == {'cache write not slower',
+                                                                           'train step not slower'}
+    assert states['cache write not slower'] == states['train step not slower'] == 'inconclusive'
+    assert out.startswith(f"verdict: INCONCLUSIVE ({len(states) - 2}/{len(states)} checks passed)")
+    assert "  INCONCLUSIVE cache write not slower: " in out and "too few for a 90% interval) straddles the threshold " \
+        "0.9 (compare.min_speedup.write) after 1 repetitions" in out
+    assert [summary['performance'][s]['judgement']['outcome'] for s in ('write', 'read', 'step')] == [
+        'straddle', 'off', 'straddle']
+    html = (tmp_path / 'index.html').read_text()
+    assert '<p class="verdict inconclusive">Verdict: <b>INCONCLUSIVE</b>' in html
+    assert html.count('<td class="undecided">INCONCLUSIVE</td>') == 4  # two checks, two rows of the performance table
+    assert 'compare.timing_repeats=N</code> with a larger N' in html and 'too few pairs' in html
+    assert '<h2 id="flip">' not in html  # only a go flips the default

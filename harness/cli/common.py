@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: one-line errors with exit code 2, and logging set-up."""
+"""What every command-line entry point shares: one-line errors with exit code 2, the verdict's exit codes, and logging
+set-up."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,19 @@ from typing import Callable, Sequence
 from harness.errors import HarnessError
 
 USAGE_ERROR = 2
+VERDICT_EXIT_CODES = {'go': 0, 'no-go': 1, 'inconclusive': 3}  # 2 is bad usage
+
+
+def verdict_exit_code(verdict: str) -> int:
+    """The exit code of a verdict: 0 go, 1 no-go, 3 inconclusive.
+
+    Raises:
+        ValueError: not a verdict.
+    """
+    try:
+        return VERDICT_EXIT_CODES[verdict]
+    except KeyError:
+        raise ValueError(f"verdict {verdict!r} is not one of {list(VERDICT_EXIT_CODES)}") from None
 
 
 class OneLineParser(argparse.ArgumentParser):

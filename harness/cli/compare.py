@@ -1,14 +1,17 @@
 """`python -m harness.compare SCENARIO [key=value ...]`: run both pipelines on the same simulations and seeds,
 diff every batch, time every stage, train the same model with both, and write the report that decides the default.
 
-Exit code: 0 when the verdict is go, 1 when no-go, 2 for bad usage or a bad config.
+Exit code: 0 when the verdict is go, 1 when no-go (a check failed: a correctness check, or a timing or memory check
+missed clearly), 2 for bad usage or a bad config, 3 when inconclusive (every correctness check passed, but a timing
+check's interval still straddled its threshold after the re-measurements: rerun on a quieter machine or with more
+`compare.timing_repeats`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging
+from harness.cli.common import OneLineParser, add_scale_arguments, guarded, setup_logging, verdict_exit_code
 from harness.cli.registry import add_pipeline_flags, configure_pipelines, pipeline_argv, report_folder
 from harness.config import load_config, quick_overrides
 from harness.report.flip import default_flip
@@ -74,12 +77,13 @@ def _main(argv: Sequence[str] | None) -> int:
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:
         if not check['passed']:
-            print(f"  FAILED {check['name']}: {check['detail']}")
+            print(f"  {'INCONCLUSIVE' if check['state'] == 'inconclusive' else 'FAILED'} {check['name']}: "
+                  f"{check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
     flip = default_flip(config.name) if summary['verdict'] == 'go' else None
     if flip and flip['current'] != 'phiml':
         print(f"to train on the native pipeline by default ({flip['file']} line {flip['line']}): {flip['command']}")
-    return 0 if summary['verdict'] == 'go' else 1
+    return verdict_exit_code(summary['verdict'])
 
 
 def channel_overrides(values: Sequence[str]) -> list[str]:

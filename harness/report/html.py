@@ -35,7 +35,8 @@ def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (
         tmp.write_text(json.dumps(_finite(summary), indent=2))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.get_template('report.html.j2').render(
-        s=summary, failed=[c for c in summary['checks'] if not c['passed']], titles=STAGE_TITLES,
+        s=summary, failed=[c for c in summary['checks'] if c.get('state', 'pass' if c['passed'] else 'fail') == 'fail'],
+        inconclusive=[c for c in summary['checks'] if c.get('state') == 'inconclusive'], titles=STAGE_TITLES,
         sections=[markupsafe.Markup(s) for s in extra_sections], worst_frame=worst_frame,
         provenance_json=json.dumps(summary['provenance'], indent=2), bench=load_bench(out_dir / 'bench.json'),
         flip=default_flip(summary['scenario']) if summary['verdict'] == 'go' else None)

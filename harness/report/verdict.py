@@ -1,32 +1,51 @@
-"""The checks behind the go / no-go verdict, each with a detail a user can act on."""
+"""The checks behind the verdict (go / no-go / inconclusive), each with a detail a user can act on."""
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
+from harness.bench.epoch_memory import EpochMemory
+from harness.bench.stats import MISS, OFF, PASS
+from harness.bench.timing import StageTiming
 from harness.config import ScenarioConfig
 from harness.equivalence.batches import EquivalenceResult
 from harness.equivalence.training import TrainingResult
-from harness.bench.timing import StageTiming
+
+GO, NO_GO, INCONCLUSIVE = 'go', 'no-go', 'inconclusive'
 
 
 @dataclass(frozen=True)
 class Check:
+    """One check of the verdict. `inconclusive` (only a timing check can be): the measurement could not tell pass
+    from fail; then `passed` is False."""
     name: str
     passed: bool
     detail: str
+    inconclusive: bool = False
+
+    def __post_init__(self):
+        if self.passed and self.inconclusive:
+            raise ValueError(f"check {self.name!r}: passed and inconclusive at once")
 
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def state(self) -> str:
+        """'pass', 'fail' or 'inconclusive'."""
+        return 'pass' if self.passed else 'inconclusive' if self.inconclusive else 'fail'
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), 'state': self.state}
 
 
 def verdict(checks: Sequence[Check]) -> str:
-    """`'go'` when every check passed, else `'no-go'`."""
-    return 'go' if checks and all(checks) else 'no-go'
+    """`'go'` when every check passed; `'no-go'` when any failed (a clear miss), whatever the others; else
+    `'inconclusive'` (some timing check could not decide). No checks is no evidence: no-go."""
+    if not checks or any(c.state == 'fail' for c in checks):
+        return NO_GO
+    return INCONCLUSIVE if any(c.inconclusive for c in checks) else GO
 
 
 def equivalence_check(result: EquivalenceResult, config: ScenarioConfig) -> Check:
@@ -74,14 +93,55 @@ def training_check(result: TrainingResult) -> Check:
                  "(torch thread count, initial weights, optimizer state) or at a data difference the diff did not see")
 
 
-def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str, min_speedup: float) -> Check:
+STAGE_CHECKS = {'write': 'cache write', 'read': 'cache read', 'iterate': 'batch loading', 'convert': 'conversion',
+                'step': 'train step'}  # timed stage -> the name of its check ('<name> not slower')
+
+
+def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str | None = None) -> Check:
+    """The judged stage (`StageTiming.judgement`): pass, a clear miss, or inconclusive with how to rerun.
+
+    Raises:
+        KeyError: `stage` was not timed.
+        ValueError: it was timed but not judged.
+    """
     t = timings[stage]
-    detail = (f"native {t.native_s * 1e3:.2f} ms vs legacy {t.legacy_s * 1e3:.2f} ms (median of {len(t.native)}), "
-              f"speedup {t.speedup:.2f}x")
-    if t.speedup >= min_speedup:
-        return Check(f'{title} not slower', True, detail)
-    return Check(f'{title} not slower', False, f"{detail} < {min_speedup}; the native pipeline is slower at {title}: "
-                 f"profile it (python -m harness.bench) before switching")
+    title = title or STAGE_CHECKS[stage]
+    j = t.judgement
+    if j is None:
+        raise ValueError(f"stage {stage!r} was timed but not judged (expected StageTiming.judge first)")
+    name = f'{title} not slower'
+    detail = f"native {t.native_s * 1e3:.2f} ms vs legacy {t.legacy_s * 1e3:.2f} ms, {j.describe()}"
+    if j.outcome == OFF:
+        return Check(name, True, f"{detail}; not judged (compare.min_speedup.{stage}=0)")
+    if j.outcome == PASS:
+        return Check(name, True, f"{detail} >= {j.threshold}")
+    if j.outcome == MISS:
+        return Check(name, False, f"{detail} entirely below {j.threshold}: the native pipeline is clearly slower at "
+                     f"{title}; profile it (python -m harness.bench) before switching")
+    return Check(name, False, f"{detail} straddles the threshold {j.threshold} (compare.min_speedup.{stage}) after "
+                 f"{t.repeats} repetitions: this machine was too noisy to tell; rerun on a quieter machine, or with "
+                 f"more repetitions: compare.timing_repeats={t.repeats} starts where this run stopped",
+                 inconclusive=True)
+
+
+def memory_check(memory: EpochMemory, max_ratio: float, slack_bytes: int) -> Check:
+    """Native's epoch peak at most `max_ratio` times legacy's, plus `slack_bytes` (below which peaks are allocator and
+    page noise); `max_ratio` inf: not judged."""
+    name = 'epoch memory not larger'
+    if not memory.measured:
+        return Check(name, True, "not measured: this system cannot reset the peak resident set (/proc/self/clear_refs); "
+                                 "python -m harness.bench measures it in subprocesses")
+    mb = 2 ** 20
+    detail = (f"open + one epoch raised the peak resident set by {memory.native_bytes / mb:.2f} MiB (native) vs "
+              f"{memory.legacy_bytes / mb:.2f} MiB (legacy), median of {len(memory.native)}")
+    limit = max_ratio * memory.legacy_bytes + slack_bytes
+    if max_ratio == float('inf'):
+        return Check(name, True, f"{detail}; not judged (compare.max_memory_ratio=.inf)")
+    if memory.native_bytes <= limit:
+        return Check(name, True, f"{detail} <= {max_ratio}x legacy + {slack_bytes / mb:g} MiB")
+    return Check(name, False, f"{detail} > {max_ratio}x legacy + {slack_bytes / mb:g} MiB: the native pipeline holds "
+                 f"more memory per epoch; see python -m harness.bench for where (peak per pipeline, against the "
+                 f"cached bytes)")
 
 
 def everyday_check(rows) -> Check:

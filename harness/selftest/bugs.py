@@ -46,6 +46,11 @@ class InjectedBug(AbstractPipeline):
         this plan, e.g. an x/y transposition in 1-D; None where it can."""
         return None
 
+    @classmethod
+    def not_judged(cls, config) -> str | None:
+        """Why the run's config cannot catch this bug (e.g. its check is turned off); None where it can."""
+        return None
+
     def __init__(self, inner: AbstractPipeline):
         super().__init__(inner.cache_dir, inner.rollout_steps)
         self.inner = inner

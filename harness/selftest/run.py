@@ -18,6 +18,7 @@ from harness.report.verdict import coverage_check, equivalence_check, window_key
 from harness.selftest.bugs import CATALOGUE, InjectedBug
 from harness.selftest.bugs_evidence import CATALOGUE as EVIDENCE_CATALOGUE, judge_metadata, judge_sizes
 from harness.selftest.bugs_everyday import CATALOGUE as EVERYDAY_CATALOGUE, judge_everyday
+from harness.selftest.bugs_speed import CATALOGUE as SPEED_CATALOGUE, judge_speed
 
 CLEAN = 'none (clean native pipeline)'
 
@@ -108,12 +109,13 @@ JUDGES: dict[str, Callable[[SelftestContext, AbstractPipeline], Finding]] = {
     'metadata': lambda ctx, native: Finding(*judge_metadata(ctx, native)),
     'sizes': lambda ctx, native: Finding(*judge_sizes(ctx, native)),
     'everyday': lambda ctx, native: Finding(*judge_everyday(ctx, native)),
+    'speed': lambda ctx, native: Finding(*judge_speed(ctx, native)),
 }
 
 
 def catalogue() -> dict[str, type[InjectedBug]]:
     """Every injected bug, by name, in the order the self-test runs them."""
-    return {**CATALOGUE, **EVIDENCE_CATALOGUE, **EVERYDAY_CATALOGUE}
+    return {**CATALOGUE, **EVIDENCE_CATALOGUE, **EVERYDAY_CATALOGUE, **SPEED_CATALOGUE}
 
 
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
@@ -144,7 +146,7 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
         shapes = {name: f.values.shape.without(('sim', 'time')) for name, f in simulation.fields.items()}
         rows.append(_judge_clean(ctx))
         for bug, wrap in catalogue().items():
-            why = wrap.not_applicable(shapes, ctx.expected.plans[0])
+            why = wrap.not_applicable(shapes, ctx.expected.plans[0]) or wrap.not_judged(config)
             if why:
                 skipped[bug] = why
                 continue
