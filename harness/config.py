@@ -78,6 +78,7 @@ class DataConfig:
     memory_budget: float = 0.5   # auto loads when the cache files take at most this fraction of the RAM
     prefetch: bool = True        # native everyday iterator: build the next batch on a thread during the step
     channels: Dict[str, List[str]] = field(default_factory=dict)  # names of channels a legacy file's shape cannot name
+    cast_float32: bool = False   # train on float16/float64 caches cast to float32 when opened (else they are refused)
     pipeline: str = 'legacy'         # what `python -m harness.train` trains on: legacy | phiml (flip after a GO)
 
 

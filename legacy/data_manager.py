@@ -16,6 +16,7 @@ from harness.errors import CacheError
 
 logger = logging.getLogger(__name__)
 HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
+CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to float32 when opened"
 
 
 def _interned(value: Any) -> Any:
@@ -38,11 +39,14 @@ class DataManager:
     Args:
         cache_dir: Folder of the `sim_XXXXXX.pt` files.
         channels: Field name -> channel names, for fields whose channels the shape cannot name (see `validate_legacy`).
+        cast_float32: `load` for training accepts float16 and float64 tensors and casts them to float32.
     """
 
-    def __init__(self, cache_dir: Path, channels: Mapping[str, Sequence[str]] | None = None):
+    def __init__(self, cache_dir: Path, channels: Mapping[str, Sequence[str]] | None = None, *,
+                 cast_float32: bool = False):
         self.cache_dir = Path(cache_dir)
         self.channels = {name: tuple(names) for name, names in (channels or {}).items()}
+        self.cast_float32 = cast_float32
 
     def get_cached_path(self, sim_index: int) -> Path:
         return self.cache_dir / f"sim_{sim_index:06d}.pt"
@@ -82,7 +86,8 @@ class DataManager:
 
         Args:
             sim_index: Which sim.
-            allow_any_float: Accept every floating dtype (for migration); training caches must be float32.
+            allow_any_float: Accept every floating dtype and keep it (for migration); for training, a cache must be
+                float32, or is cast to it with `cast_float32`.
 
         Raises:
             CacheError: missing, unreadable or unsafe file, or a tensor that is not `[C, T, *spatial]`.
@@ -104,7 +109,10 @@ class DataManager:
                              f"({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
-        return data, validate_legacy(path, data, allow_any_float=allow_any_float, channels=self.channels)
+        layout = validate_legacy(path, data, allow_any_float=allow_any_float or self.cast_float32, channels=self.channels)
+        if self.cast_float32 and not allow_any_float:
+            data['tensor_data'] = {name: t.to(torch.float32) for name, t in data['tensor_data'].items()}
+        return data, layout
 
 
 SPATIAL = ('x', 'y', 'z')
@@ -163,8 +171,8 @@ def validate_legacy(path: Path, data: Any, *, allow_any_float: bool = False,
             found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise CacheError(f"{path}: field {name!r} has shape {found}, expected [C, T, x[, y[, z]]] (3 to 5 dims)")
         if not (t.is_floating_point() if allow_any_float else t.dtype == torch.float32):
-            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected "
-                             f"{'a floating dtype' if allow_any_float else 'torch.float32'}")
+            raise CacheError(f"{path}: field {name!r} has dtype {t.dtype}, expected " + (
+                'a floating dtype' if allow_any_float else f"torch.float32 for training ({CAST_HINT})"))
         shapes[name] = tuple(t.shape)
     first = min(shapes)
     for name, shape in shapes.items():

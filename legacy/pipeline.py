@@ -22,10 +22,11 @@ class LegacyPipeline(AbstractPipeline):
     file_suffix = '.pt'
 
     channels: ClassVar[dict[str, tuple[str, ...]]] = {}  # names of channels the shape cannot name (see `configured`)
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
 
     def __init__(self, cache_dir: Path, rollout_steps: int):
         super().__init__(cache_dir, rollout_steps)
-        self.manager = DataManager(self.cache_dir, self.channels)
+        self.manager = DataManager(self.cache_dir, self.channels, cast_float32=self.cast_float32)
         self.dataset = None
         self.keys: list[WindowKey] = []
         self.field_order: list[str] = []
@@ -41,12 +42,14 @@ class LegacyPipeline(AbstractPipeline):
 
     @classmethod
     def configured(cls, config) -> type['LegacyPipeline']:
-        """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`)."""
+        """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`); with
+        `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
         channels = {name: tuple(names) for name, names in config.data.channels.items()}
-        if not channels:
+        options = {'channels': {**cls.channels, **channels}} if channels else {}
+        options.update({'cast_float32': True} if config.data.cast_float32 else {})
+        if not options:
             return cls
-        return type(cls.__name__, (cls,), {'channels': {**cls.channels, **channels}, '__module__': cls.__module__,
-                                           '__qualname__': cls.__qualname__})
+        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         data, layout = self.manager.load(sim, allow_any_float=True)

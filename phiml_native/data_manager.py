@@ -19,17 +19,11 @@ from harness.errors import CacheError
 from .npz import read_phiml_npz
 
 logger = logging.getLogger(__name__)
-REQUIRED_METADATA = ('fields',)  # which entries are fields; `n_frames`, where present, must agree
 
 
 class PhiMLDataManager:
-    """Writes and reads the native `.npz` cache; files stay readable by `phiml.math.load`.
-
-    Each file holds `{field_name: Tensor(time, *spatial, [vector]), 'metadata': {...}}`.
-
-    Args:
-        cache_dir: Folder of the `sim_XXXXXX.npz` files.
-    """
+    """Writes and reads the native cache in `cache_dir`: per sim, `sim_XXXXXX.npz` holding
+    `{field_name: Tensor(time, *spatial, [vector]), 'metadata': {...}}`, readable by `phiml.math.load`."""
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
@@ -40,34 +34,23 @@ class PhiMLDataManager:
 
     @staticmethod
     def field_to_phiml_tensor(field, field_name: str) -> Tensor:
-        """The values of a PhiFlow field as a float32 numpy-backed tensor with canonical dims.
-
-        Returns:
-            Tensor with dims `time` (batch), the spatial dims in order (spatial) and, for a vector field, `vector`
-            (channel, item names = spatial dim names), in exactly that order.
-        """
-        values = field.values
-        if 'time' not in values.shape:
-            raise ValueError(f"field {field_name!r} has no `time` dim (dims {values.shape.names}); expected a trajectory")
+        """The values of a PhiFlow field as a float32 numpy-backed tensor with the canonical dims, in this order:
+        `time` (batch), the spatial dims (spatial) and, for a vector field, `vector` (channel, item names)."""
+        shape = field.values.shape
         # interned: the file's pickled specs memoize strings by identity, so equal names must be one object in every
         # process for equal data to give equal bytes
-        spatial_names = tuple(sys.intern(n) for n in values.shape.spatial.names)
-        order = ['time', *spatial_names]
-        dims = [math.batch(time=values.shape.get_size('time')),
-                math.spatial(**{n: values.shape.get_size(n) for n in spatial_names})]
-        if values.shape.channel:
-            order.append(values.shape.channel.name)
-            items = tuple(sys.intern(n) for n in values.shape.channel.item_names[0] or spatial_names)
-            dims.append(math.channel(vector=items))
-        extra = values.shape.without(order)
-        if extra:
-            raise ValueError(f"field {field_name!r} has unexpected dims {extra.names}; expected only {order}")
-        return math.wrap(np.ascontiguousarray(values.numpy(order), dtype=np.float32), *dims)
+        spatial_names = tuple(sys.intern(n) for n in shape.spatial.names)
+        order = ['time', *spatial_names, *shape.channel.names[:1]]
+        if 'time' not in shape or shape.without(order):
+            raise ValueError(f"field {field_name!r} has dims {shape.names}; expected a trajectory with only {order}")
+        dims = [math.batch(time=shape.get_size('time')), math.spatial(**{n: shape.get_size(n) for n in spatial_names})]
+        if shape.channel:
+            dims.append(math.channel(vector=tuple(sys.intern(n) for n in shape.channel.item_names[0] or spatial_names)))
+        return math.wrap(np.ascontiguousarray(field.values.numpy(order), dtype=np.float32), *dims)
 
     def save_cache(self, sim_index: int, data: Mapping[str, Any]) -> Path:
-        """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`, then gives every zip member
-        the same timestamp (1980-01-01), so that equal data gives equal bytes (resumed and repeated builds compare
-        files byte for byte)."""
+        """Writes `{field: Tensor, 'metadata': {...}}` atomically with `phiml.math.save`, every zip member dated
+        1980-01-01 so that equal data gives equal bytes (resumed and repeated builds compare files byte for byte)."""
         path = self.get_cached_path(sim_index)
         with atomic_path(path, '.npz') as tmp:
             stamped = tmp.with_name(tmp.name.removesuffix('.tmp.npz') + '.stamped.tmp.npz')
@@ -92,9 +75,8 @@ class PhiMLDataManager:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.
         """
         path = os.path.join(self._folder, _file_name(sim_index))
-        members = {f'root[{name}]:0': array for name, array in out.items()} if out else None
         try:
-            data = read_phiml_npz(path, mmap=mmap, out=members)
+            data = read_phiml_npz(path, mmap=mmap, out={f'root[{name}]:0': array for name, array in (out or {}).items()})
         except CacheError:
             if not os.path.isfile(path):
                 raise CacheError(f"{path}: cache file missing (expected the native cache of sim {sim_index})") from None
@@ -119,12 +101,7 @@ def _file_name(sim_index: int) -> str:
 
 
 def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> None:
-    """Checks one loaded cache against the data contract.
-
-    Args:
-        path: Named in errors.
-        data: The loaded structure.
-        allow_any_float: Accept every float precision, not only float32.
+    """Checks one loaded cache against the data contract (float32 fields, or any float with `allow_any_float`).
 
     Raises:
         CacheError: naming `path`, what was found and what was expected.
@@ -133,9 +110,8 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         raise CacheError(f"{path}: expected a dict with 'metadata' and one tensor per field, "
                          f"found {sorted(data) if isinstance(data, dict) else type(data).__name__}")
     meta = data['metadata']
-    missing = [k for k in REQUIRED_METADATA if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise CacheError(f"{path}: metadata lacks {missing} (expected keys {list(REQUIRED_METADATA)})")
+    if not isinstance(meta, dict) or 'fields' not in meta:
+        raise CacheError(f"{path}: metadata lacks ['fields'] (expected the key 'fields', the names of the fields)")
     for name in meta['fields']:
         if name not in data:
             raise CacheError(f"{path}: field {name!r} listed in metadata is missing (found {sorted(k for k in data if k != 'metadata')})")
@@ -157,8 +133,8 @@ def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
     expected = ('time', *spatial_names) + (('vector',) if shape.channel else ())
     if shape.names != expected or not shape.spatial or shape.batch.names != ('time',) \
             or shape.channel.names not in ((), ('vector',)) or shape.instance or shape.dual:
-        return (f"has dims {_describe(shape)}, expected time (batch), spatial dims x[, y[, z]], [vector (channel)] in "
-                f"that order")
+        found = ', '.join(f"{d.name} ({getattr(d.dim_type, '__name__', d.dim_type)})" for d in shape)
+        return f"has dims ({found}), expected time (batch), spatial dims x[, y[, z]], [vector (channel)] in that order"
     if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
         return f"has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}"
     items = tuple(shape.channel.item_names[0] or ()) if shape.channel else ()
@@ -167,10 +143,7 @@ def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
     if shape.channel and len(set(items)) != shape.channel.volume:
         return f"has vector item names {items or None}, expected {shape.channel.volume} distinct names"
     if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
-        return f"has dtype {dtype}, expected {'a float dtype' if allow_any_float else 'float32'}"
+        return f"has dtype {dtype}, expected " + ('a float dtype' if allow_any_float else "float32 for training (the "
+                                                  "option data.cast_float32=true casts float16/float64 caches to float32 "
+                                                  "when opened)")
     return None
-
-
-def _describe(shape) -> str:
-    return '(' + ', '.join(f"{d.name} ({d.dim_type.__name__ if hasattr(d.dim_type, '__name__') else d.dim_type})"
-                           for d in shape) + ')'

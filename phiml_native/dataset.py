@@ -1,13 +1,11 @@
 """The PhiML-native dataset: sliding windows over the cached sims, each batch one `np.take` per field.
 
-A field of one sim is a table of frame rows `(time, frame values)`; the window `(sim, t0)` is rows `t0 ... t0 + R`,
-adjacent in memory. Loaded (`memory='load'`), all sims of a field live in one array `(sim, time, ...)` and a batch is
-one `np.take` of its windows' rows into a fresh array; mapped (`'map'`), each sim's stored array is memory-mapped in
-its file and each window is copied from its map, so an epoch's anonymous memory does not grow with the dataset. The
-initial states and targets are two views of the gathered array, wrapped for torch without another copy.
-Avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch), `math.wrap` per batch
-(its shape checks cost more than a small gather) and reused output buffers (a consumer holding a batch would see it
-overwritten).
+A field of one sim is a table of frame rows `(time, frame values)`; the window `(sim, t0)` is rows `t0 ... t0 + R`.
+Loaded, all sims of a field live in one array and a batch is one `np.take` of its windows' rows into a fresh array;
+mapped, each sim's stored array is memory-mapped in its file and each window is copied from its map, so an epoch's
+anonymous memory does not grow with the dataset. Initial states and targets are two views of the gathered array,
+wrapped for torch without another copy. Avoided: PhiML indexing with a batch-type index tensor (copies the whole
+dataset per batch), `math.wrap` per batch (its checks cost more than a small gather), reused output buffers.
 """
 from __future__ import annotations
 
@@ -15,14 +13,13 @@ import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-import psutil
 import torch
 from phiml import math
 from phiml.backend import choose_backend
-from phiml.math._tensors import Dense  # math.wrap's class: built here with a shape made once per batch size
+from phiml.math._tensors import Dense  # math.wrap's class: built here with shapes made once per batch size
 from phiml.math import Shape
 
 from harness.config import MEMORY_MODES
@@ -35,14 +32,13 @@ _TORCH = choose_backend(torch.zeros(0))
 
 
 class PhiMLDataset:
-    """Sliding windows over the cached sims, served as PhiML batches backed by torch.
+    """Sliding windows over the cached sims, served as float32 PhiML batches backed by torch.
 
     Attributes:
         memory: The mode that runs: `'load'` or `'map'` (`'auto'` resolved).
-        arrays: Loaded mode: field name -> float32 array `(sim, time, *spatial, [vector])`, sims in the order of
-            `sim_indices`. Batches are gathered from whatever array is stored here at the time (in mapped mode too,
-            for a field stored here).
-        maps: Mapped mode: field name -> one read-only array `(time, *spatial, [vector])` per sim, mapped in its file.
+        arrays: Loaded: field name -> float32 array `(sim, time, *spatial, [vector])`, sims in the order of
+            `sim_indices`. Batches are gathered from whatever array is stored here at the time (in mapped mode too).
+        maps: Mapped: field name -> one read-only array `(time, frame values)` per sim, mapped in its file.
         shapes: Field name -> the PhiML shape of one sim's field `(time, *spatial, [vector])`.
 
     Args:
@@ -52,18 +48,17 @@ class PhiMLDataset:
         memory: `'load'`, `'map'`, or `'auto'`: load when the cache files fit `memory_budget`, map otherwise.
         memory_budget: Fraction of the RAM the cache files may take for `'auto'` to load them.
         prefetch: Default of `iterate_batches`: build the next batch on a thread while the caller uses this one.
+        cast_float32: Accept float16 and float64 caches and serve them cast to float32 (else they are refused).
     """
 
     def __init__(self, data_manager: PhiMLDataManager, sim_indices: Sequence[int], rollout_steps: int, *,
-                 memory: str = 'auto', memory_budget: float = 0.5, prefetch: bool = True):
+                 memory: str = 'auto', memory_budget: float = 0.5, prefetch: bool = True, cast_float32: bool = False):
         if not sim_indices:
             raise CacheError(f"{data_manager.cache_dir}: no sims to open (expected at least one sim index)")
         if memory not in MEMORY_MODES:
             raise ValueError(f"`memory` (={memory!r}) must be one of {MEMORY_MODES}")
-        self.data_manager = data_manager
-        self.sim_indices = list(sim_indices)
-        self.rollout_steps = rollout_steps
-        self.prefetch = prefetch
+        self.data_manager, self.sim_indices, self.rollout_steps = data_manager, list(sim_indices), rollout_steps
+        self.prefetch, self.cast_float32 = prefetch, cast_float32
         self.memory = memory if memory != 'auto' else self._auto_mode(memory_budget)
         self.arrays: dict[str, np.ndarray] = {}
         self.maps: dict[str, list[np.ndarray]] = {}
@@ -75,46 +70,43 @@ class PhiMLDataset:
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
         self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
         self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # field -> (array, its frame-row view)
         self._run = np.arange(1 + rollout_steps)
-        self._batch_shapes: dict[tuple[str, int], _BatchShapes] = {}
+        self._batch_shapes: dict[tuple[str, int], tuple[Shape, Shape, tuple]] = {}
 
     def _auto_mode(self, budget: float) -> str:
-        cached = sum(os.path.getsize(self.data_manager.get_cached_path(sim)) for sim in self.sim_indices
-                     if os.path.isfile(self.data_manager.get_cached_path(sim)))
-        mode = 'load' if cached <= budget * psutil.virtual_memory().total else 'map'
+        paths = [self.data_manager.get_cached_path(sim) for sim in self.sim_indices]
+        cached = sum(os.path.getsize(path) for path in paths if os.path.isfile(path))
+        mode = 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
         logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
         return mode
 
     def _load(self) -> None:
-        """Reads (or maps) each sim once, validated by the data manager. Loaded, each sim is read straight into its
-        slot of `arrays` (one copy, page cache -> dataset array); the first sim, which tells the sizes, is copied."""
-        first, expected, mapped = self.sim_indices[0], None, self.memory == 'map'
+        """Reads (or maps) each sim once, validated by the data manager. Loaded, each sim after the first (which tells
+        the sizes) is read straight into its slot of `arrays` where its dtype is float32."""
+        first, mapped = self.data_manager.get_cached_path(self.sim_indices[0]), self.memory == 'map'
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
-            data = self.data_manager.load_cache(sim, mmap=mapped, out=slots)
-            fields = sorted(data['metadata']['fields'])
-            signature = [(name, data[name].shape) for name in fields]
-            if expected is None:
-                if not fields:
-                    raise CacheError(f"{self.data_manager.get_cached_path(first)}: no fields listed in its metadata")
-                expected, self.shapes = signature, dict(signature)
+            data = self.data_manager.load_cache(sim, mmap=mapped, allow_any_float=self.cast_float32, out=slots)
+            signature = {name: data[name].shape for name in sorted(data['metadata']['fields'])}
+            if not self.shapes:
+                if not signature:
+                    raise CacheError(f"{first}: no fields listed in its metadata")
+                self.shapes = signature
+                self.maps = {name: [] for name in signature} if mapped else {}
+                self.arrays = {} if mapped else {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)
+                                                 for name, shape in signature.items()}
+                slots = {name: array[position] for name, array in self.arrays.items()}
+            elif signature != self.shapes:
+                raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {list(signature.items())} "
+                                 f"differ from {first.name} {list(self.shapes.items())}; one cache must hold sims of one "
+                                 f"resolution and one set of fields")
+            for name, shape in signature.items():
+                with math.precision(data[name].dtype.bits if self.cast_float32 else 32):  # cast on copy or gather
+                    values = data[name].numpy(shape.names)  # the stored array itself (mapped: its map) unless compact
                 if mapped:
-                    self.maps = {name: [] for name in fields}
-                else:
-                    self.arrays = {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)
-                                   for name, shape in signature}
-                    slots = {name: array[position] for name, array in self.arrays.items()}
-            elif signature != expected:
-                raise CacheError(f"{self.data_manager.get_cached_path(sim)}: fields/shape {signature} differ from "
-                                 f"{self.data_manager.get_cached_path(first).name} {expected}; one cache must hold "
-                                 f"sims of one resolution and one set of fields")
-            for name in fields:
-                values = data[name].numpy(self.shapes[name].names)  # the stored array itself unless it is compact
-                if mapped:
-                    self.maps[name].append(values.reshape(self.shapes[name].get_size('time'), -1))
-                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless it is small
-                    np.copyto(slots[name], values, casting='no')
+                    self.maps[name].append(values.reshape(shape.get_size('time'), -1))
+                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless compact or cast
+                    np.copyto(slots[name], values)
 
     @property
     def field_names(self) -> list[str]:
@@ -125,14 +117,9 @@ class PhiMLDataset:
         return self.n_frames - self.rollout_steps
 
     @property
-    def frame_bytes(self) -> int:
-        """Bytes of one frame of all fields together."""
-        return sum(shape.without('time').volume * 4 for shape in self.shapes.values())
-
-    @property
     def nbytes(self) -> int:
-        """Bytes of the data gathered from (all fields, all sims), loaded or mapped."""
-        return self.frame_bytes * self.n_frames * len(self.sim_indices)
+        """Bytes of the float32 data gathered from (all fields, all sims), loaded or mapped."""
+        return sum(shape.volume * 4 for shape in self.shapes.values()) * len(self.sim_indices)
 
     def __len__(self) -> int:
         return len(self.sim_indices) * self.windows_per_sim
@@ -143,10 +130,7 @@ class PhiMLDataset:
     def epoch_order(self, *, seed: int, epoch: int = 0, shuffle: bool = True) -> list[WindowKey]:
         """The window order of one epoch of `iterate_batches`, drawn from `(seed, epoch)` only."""
         keys = self.window_keys()
-        if not shuffle:
-            return keys
-        order = np.random.default_rng([seed, epoch]).permutation(len(keys))
-        return [keys[i] for i in order]
+        return [keys[i] for i in np.random.default_rng([seed, epoch]).permutation(len(keys))] if shuffle else keys
 
     def iterate_batches(self, batch_size: int, shuffle: bool = True, *, seed: int = 0, epoch: int = 0,
                         prefetch: bool | None = None) -> Iterator[dict]:
@@ -167,17 +151,11 @@ class PhiMLDataset:
 
     def iterate_plan(self, plan: BatchPlan) -> Iterator[dict]:
         """One batch per batch of window keys in `plan` (all keys are looked up and checked before the first batch)."""
-        sizes = [len(keys) for keys in plan.batches]
-        rows = self.rows_of(plan.keys())
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int) if sizes else []
-        return (self._gather_rows(rows[start:start + size]) for start, size in zip(starts, sizes))
+        rows, sizes = self.rows_of(plan.keys()), [len(keys) for keys in plan.batches]
+        return map(self._gather_rows, np.split(rows, np.cumsum(sizes)[:-1]) if sizes else [])
 
     def gather(self, keys: Sequence[WindowKey]) -> dict:
-        """The batch of the windows `keys`.
-
-        Raises:
-            KeyError: a key's sim is not served by this dataset, or its `t0` has no full window.
-        """
+        """The batch of the windows `keys` (see `rows_of` for the errors)."""
         return self._gather_rows(self.rows_of(keys))
 
     def rows_of(self, keys: Sequence[WindowKey]) -> np.ndarray:
@@ -198,59 +176,36 @@ class PhiMLDataset:
         return self._sim_order[slots] * self.n_frames + t0
 
     def _gather_rows(self, rows: np.ndarray) -> dict:
-        """The batch whose initial states are the frame rows `rows` (from `rows_of`, so known to be in range).
-
-        Returns:
-            `{'initial_state': Tensor(batch, *spatial, [vector]), 'targets': Tensor(batch, time, *spatial, [vector])}`,
-            float32, backed by torch views of one fresh array per field, or dicts of those keyed by field name.
-        """
-        count = len(rows)
+        """The batch whose initial states are the frame rows `rows` (from `rows_of`, so known to be in range):
+        `{'initial_state': Tensor(batch, *spatial, [vector]), 'targets': Tensor(batch, time, *spatial, [vector])}`,
+        float32 torch views of one fresh array per field, or dicts of those keyed by field name."""
+        count, run = len(rows), len(self._run)
         initial, targets = {}, {}
         for name in self.field_names:
-            shapes = self._shapes_for(name, count)
+            initial_shape, targets_shape, frame = self._batch_shapes.get((name, count)) or self._shapes_for(name, count)
             if name in self.arrays:
-                table = self._frame_rows(name, self.arrays[name])
-                windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip').reshape(shapes.windows)
+                table = self.arrays[name].reshape(len(self.sim_indices) * self.n_frames, -1)
+                windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip')
             else:
-                windows = np.empty(shapes.windows, np.float32)
-                flat, sims, run = windows.reshape(count, len(self._run), -1), self.maps[name], len(self._run)
+                windows, maps = np.empty((count, run, *frame), np.float32), self.maps[name]
+                flat = windows.reshape(count, run, -1)
                 for i, (position, t0) in enumerate(zip(*divmod(rows, self.n_frames))):
-                    flat[i] = sims[position][t0:t0 + run]
-            initial[name] = Dense(torch.from_numpy(windows[:, 0]), shapes.initial.names, shapes.initial, _TORCH)
-            targets[name] = Dense(torch.from_numpy(windows[:, 1:]), shapes.targets.names, shapes.targets, _TORCH)
-        if len(initial) == 1:
-            name = next(iter(initial))
-            return {'initial_state': initial[name], 'targets': targets[name]}
-        return {'initial_state': initial, 'targets': targets}
+                    flat[i] = maps[position][t0:t0 + run]  # cast to float32 on assignment (`cast_float32`)
+            windows = windows.reshape(count, run, *frame)
+            initial[name] = Dense(torch.from_numpy(windows[:, 0]), initial_shape.names, initial_shape, _TORCH)
+            targets[name] = Dense(torch.from_numpy(windows[:, 1:]), targets_shape.names, targets_shape, _TORCH)
+        single = len(initial) == 1
+        return {'initial_state': initial.popitem()[1] if single else initial,
+                'targets': targets.popitem()[1] if single else targets}
 
-    def _frame_rows(self, name: str, array: np.ndarray) -> np.ndarray:
-        """`array` as a table of frames `(sim * time, frame values)`, a view rebuilt only when `arrays` is replaced."""
-        cached = self._rows.get(name)
-        if cached is None or cached[0] is not array:
-            if array.shape[:2] != (len(self.sim_indices), self.n_frames) or array.dtype != np.float32:
-                raise ValueError(f"`arrays[{name!r}]` has shape {array.shape} and dtype {array.dtype}, expected "
-                                 f"({len(self.sim_indices)}, {self.n_frames}, ...) float32")
-            cached = (array, np.ascontiguousarray(array).reshape(array.shape[0] * array.shape[1], -1))
-            self._rows[name] = cached
-        return cached[1]
-
-    def _shapes_for(self, name: str, count: int) -> _BatchShapes:
-        """The shapes of a batch of `count` windows of field `name`, built once per batch size."""
-        key = (name, count)
-        if key not in self._batch_shapes:
-            frame = self.shapes[name].without('time')
-            initial = math.concat_shapes(math.batch(batch=count), frame)
-            targets = math.concat_shapes(math.batch(batch=count), math.batch(time=self.rollout_steps), frame)
-            self._batch_shapes[key] = _BatchShapes(initial, targets, (count, 1 + self.rollout_steps, *frame.sizes))
-        return self._batch_shapes[key]
-
-
-class _BatchShapes(NamedTuple):
-    """The shapes of one batch size: of the initial states, of the targets, and `windows`, the sizes
-    `(batch, 1 + rollout_steps, *frame)` of the array both are views of."""
-    initial: Shape
-    targets: Shape
-    windows: tuple
+    def _shapes_for(self, name: str, count: int) -> tuple[Shape, Shape, tuple]:
+        """The shapes of the initial states and targets of a batch of `count` windows of field `name`, and the sizes
+        of one frame."""
+        frame, lead = self.shapes[name].without('time'), math.batch(batch=count)
+        shapes = (math.concat_shapes(lead, frame), math.concat_shapes(lead, math.batch(time=self.rollout_steps), frame),
+                  frame.sizes)
+        self._batch_shapes[(name, count)] = shapes
+        return shapes
 
 
 def _prefetched(build, parts: list) -> Iterator[dict]:

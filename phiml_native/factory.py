@@ -14,5 +14,5 @@ def create_phiml(config: ScenarioConfig, sim_indices: Sequence[int], cache_dir: 
     prefetching as `config.data` says."""
     data = config.data
     return PhiMLDataset(PhiMLDataManager(cache_dir), sim_indices, data.rollout_steps, memory=data.memory,
-                        memory_budget=data.memory_budget, prefetch=data.prefetch)
+                        memory_budget=data.memory_budget, prefetch=data.prefetch, cast_float32=data.cast_float32)
 

@@ -1,21 +1,18 @@
 """Reading `phiml.math.save` files as `phiml.math.load` does, without running code the file carries.
 
-`phiml.math.load` is `np.load(allow_pickle=True)` plus phiml's reassembly, so a crafted file executes code. This
-reader returns what `phiml.math.load` returns for every file it accepts (values, dims, dim types, item names, dtypes,
-which dims are stored, metadata and its types) and refuses anything else with a `CacheError` naming the file and
-member. The zip directory comes from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
-`specs` from a restricted unpickler (`pickles`). As in `phiml.math.load`, the members other than `tree`, `specs` and
-`paths` are handed to the tensors by position. A small file is read whole; in a larger one each stored member takes
-one read of its first bytes, and a large array one `readinto` more, or is memory-mapped. Parsed headers and meta
-members are cached by content: the sims of a cache share them. Not checked: the zip CRCs of stored members (a mapped
-one cannot be; the cache manifest holds SHA-256 digests of whole files).
+`phiml.math.load` is `np.load(allow_pickle=True)` plus phiml's reassembly, so a crafted file executes code. This reader
+returns what `phiml.math.load` returns for every file it accepts and refuses anything else with a `CacheError` naming
+the file and member: the zip directory from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
+`specs` through the restricted unpickler of `pickles`, the tree assembled by phiml's own functions. Each array member
+takes one `readinto` (into `out` where it fits) or is memory-mapped. What a file's structure gives is remembered by
+content: a later file whose every byte outside its arrays' data and CRCs repeats (the sims of a cache) is not parsed
+again. Not checked: the zip CRCs of stored members (the cache manifest holds SHA-256 digests of whole files).
 """
 from __future__ import annotations
 
 import functools
 import io
 import math
-import mmap as mmap_module
 import os
 import struct
 import zipfile
@@ -23,20 +20,21 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy_format
-from phiml.math._tensors import assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
+from phiml.backend import choose_backend
+from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
 from phiml.math._tree import all_attributes, assemble_tree, attr_paths_from_container
 
 from harness.errors import CacheError
 from .pickles import unpickle_object_array
 
 META = ('tree', 'specs', 'paths')
-WHOLE = 2 ** 20  # files up to this size are read whole (unless mapped) and parsed from memory
+WHOLE = 2 ** 16  # files up to this size are read whole (unless mapped); larger ones: no second copy of the data
 HEAD = 4096  # bytes read first from a stored member: its local and .npy headers, all of a small member
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
+_NUMPY = choose_backend(np.zeros(0))
 
 
-class _Pickled(NamedTuple):
-    data: bytes
+_Meta = NamedTuple('_Meta', [('header', bytes), ('data', bytes)])  # a meta member, parsed by `_structure` once
 
 
 def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str, np.ndarray] | None = None) -> Any:
@@ -45,7 +43,7 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     Args:
         path: `.npz` file.
         mmap: Memory-map the large stored arrays (read-only views into the file) instead of reading them.
-        out: Arrays to read large members into, by member name without `.npy` (e.g. `'root[velocity]:0'`); used
+        out: Arrays to read array members into, by member name without `.npy` (e.g. `'root[velocity]:0'`); used
             where shape and dtype fit (C order, writable); the returned tensor is then backed by it.
 
     Raises:
@@ -53,9 +51,14 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     """
     try:
         with open(path, 'rb') as fp:
-            if not mmap and os.fstat(fp.fileno()).st_size <= WHOLE:  # one read; members parsed from memory
+            size = os.fstat(fp.fileno()).st_size
+            if not mmap and size <= WHOLE:
                 fp = io.BytesIO(fp.read())
-            members = _read_members(fp, mmap, out or {})
+            layout = next((known for known in _LAYOUTS.get(size, ()) if all(
+                _read(fp, a, b - a) == gap for (a, b), gap in zip(known.gap_ranges, known.gaps))), None)
+            layout = layout or _parse(fp, size)
+            members = {key: _array(fp, value, mmap, (out or {}).get(key)) if isinstance(value, _Array) else value
+                       for key, value in layout.members}
         return _assemble(members)
     except _Refused as err:
         raise CacheError(f"{path}: {err}") from None
@@ -65,7 +68,8 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
 
 
 def clear_caches() -> None:
-    """Forgets parsed headers, pickles and recipes: the next read is as cold as a new process's."""
+    """Forgets parsed layouts, headers, pickles and structures: the next read is as cold as a new process's."""
+    _LAYOUTS.clear()
     _npy_header.cache_clear()
     unpickle_object_array.cache_clear()
     _structure.cache_clear()
@@ -75,68 +79,94 @@ class _Refused(Exception):
     """A file this reader refuses; the message says why (the caller adds the path)."""
 
 
-def _read_members(fp, mmap: bool, out: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Every member as `np.load` keys it (`.npy` stripped), in archive order: an array, `_Pickled` bytes for an
-    object array (only `tree`, `specs`, `paths` may be one), or the raw bytes of a member that is not an `.npy`."""
-    archive = zipfile.ZipFile(fp)
-    infos = archive.infolist()
-    keys = [info.filename[:-4] if info.filename.endswith('.npy') else info.filename for info in infos]
-    if len(set(keys)) != len(keys):
-        raise _Refused(f"member names {keys} repeat (after dropping '.npy')")
-    for name in META:
-        if name not in keys:
-            raise _Refused(f"not a phiml.math.save file (member {name!r} missing)")
+_Array = NamedTuple('_Array', [('name', str), ('start', int), ('nbytes', int), ('dtype', np.dtype), ('shape', tuple),
+                               ('fortran', bool)])  # where a stored array member's data lies in the file, what it is
+
+
+# A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read, and the bytes of
+# the file outside those arrays' data and CRCs (`gaps`, at `gap_ranges`): every other header byte, the zip directory,
+# the meta members. A later file of the same size whose gaps are these bytes is parsed alike.
+_Layout = NamedTuple('_Layout', [('members', tuple), ('gap_ranges', tuple), ('gaps', tuple)])
+_LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
+
+
+def _parse(fp, size: int) -> _Layout:
+    """The layout of a file, parsed by `zipfile` and `numpy.lib.format`, remembered for files of its size."""
+    archive, members = zipfile.ZipFile(fp), {}
     fp.seek(0)
     if fp.read(4) != zipfile.stringFileHeader:  # np.load would not take it for a zip, and would unpickle it
         raise _Refused("not a zip archive from its first byte (np.load would unpickle it)")
-    return {key: _member(archive, fp, info, key, mmap, out.get(key)) for info, key in zip(infos, keys)}
+    for info in archive.infolist():
+        key = info.filename.removesuffix('.npy')
+        if key in members:
+            raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
+        members[key] = _member(archive, fp, info, key)
+    regions, entry = [], archive.start_dir  # the arrays' data and CRCs (zip local header +14, directory entry +16)
+    for info, value in zip(archive.infolist(), members.values()):
+        if isinstance(value, _Array):
+            regions += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
+                        (entry + 16, entry + 20)]
+        entry += 46 + len(info.orig_filename.encode(_encoding(info))) + len(info.extra) + len(info.comment)
+    regions.sort()
+    edges = [0, *(edge for region in regions for edge in region), size]
+    ranges = tuple(zip(edges[::2], edges[1::2]))
+    if not all(a <= b for a, b in ranges):  # overlapping data: not remembered
+        return _Layout(tuple(members.items()), (), ())
+    layout = _Layout(tuple(members.items()), ranges, tuple(_read(fp, a, b - a) for a, b in ranges))
+    _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
+    return layout
 
 
-def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str, mmap: bool, target: np.ndarray | None
-            ) -> Any:
-    """One member: a compressed one inflated by `zipfile` (CRC checked); a stored one from one read of its first
-    `HEAD` bytes (headers, and all of a small member), a large one's data with one `readinto` (into `target` where it
-    fits) or memory-mapped."""
-    name, size = info.filename, info.file_size
+def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> Any:
+    """One member as `np.load` keys it: `_Array` for a stored array, `_Meta` for a meta member, an array for a
+    compressed one (inflated by `zipfile`, CRC checked), or the bytes of a member that is not an `.npy`."""
+    name, size, start = info.filename, info.file_size, 0
     if info.compress_type != zipfile.ZIP_STORED:
-        content, start = archive.read(info), None
+        content = archive.read(info)
     else:
         fp.seek(info.header_offset)
         head = fp.read(HEAD)
         local = _LOCAL.unpack_from(head)
-        skip = _LOCAL.size + local[10] + local[11]
         if local[0] != zipfile.stringFileHeader or info.flag_bits & 0x1 or \
-                head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode('utf-8' if info.flag_bits & 0x800 else 'cp437'):
+                head[_LOCAL.size:_LOCAL.size + local[10]] != info.orig_filename.encode(_encoding(info)):
             raise _Refused(f"member {name!r}: its local header does not match the zip directory (or it is encrypted)")
-        content, start = head[skip:skip + size], info.header_offset + skip
+        start = info.header_offset + _LOCAL.size + local[10] + local[11]
+        content = head[start - info.header_offset:][:size]
     complete = len(content) == size  # else `content` is the member's first bytes; the rest is read from `start` on
-    if content[:6] != npy_format.MAGIC_PREFIX:  # not an .npy: np.load gives its bytes
+    if not content.startswith(npy_format.MAGIC_PREFIX):  # not an .npy: np.load gives its bytes
         return content if complete else _read(fp, start, size)
-    length = 10 + int.from_bytes(content[8:10], 'little') if content[6] == 1 else \
-        12 + int.from_bytes(content[8:12], 'little')
-    shape, fortran, dtype = _npy_header(content[:length] if len(content) >= length else _read(fp, start, length))
-    data_size = size - length
+    length = 10 + int.from_bytes(content[8:10], 'little') if content[6] == 1 else 12 + int.from_bytes(content[8:12], 'little')
+    if length > len(content):
+        raise _Refused(f"member {name!r}: its .npy header is longer than {HEAD} bytes or than the member")
+    shape, fortran, dtype = _npy_header(content[:length])
+    if key in META:
+        return _Meta(content[:length], content[length:] if complete else _read(fp, start + length, size - length))
     if dtype.hasobject:
-        if key not in META:
-            raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
-        return _Pickled(content[length:] if complete else _read(fp, start + length, data_size))
-    count = math.prod(shape)
-    if count * dtype.itemsize != data_size:
-        raise _Refused(f"member {name!r} holds {data_size} bytes of data, its header announces "
-                       f"{count * dtype.itemsize} (truncated or corrupt)")
-    if complete or not dtype.itemsize:
-        flat = np.frombuffer(content, dtype, count, length).copy() if count and dtype.itemsize else np.empty(count, dtype)
-    elif mmap:
-        flat = _mapped(fp, start + length, data_size, dtype, count)
-    else:
-        fits = target is not None and target.shape == shape and target.dtype == dtype and not fortran \
-            and target.flags.c_contiguous and target.flags.writeable
-        flat = target.reshape(-1) if fits else np.empty(count, dtype)
-        if _read_into(fp, start + length, memoryview(flat).cast('B')) != data_size:
-            raise EOFError(f"member {name!r} ends early (truncated file)")
-        if fits:
-            return target
-    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+        raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
+    if math.prod(shape) * dtype.itemsize != size - length:
+        raise _Refused(f"member {name!r} holds {size - length} bytes of data, its header announces "
+                       f"{math.prod(shape) * dtype.itemsize} (truncated or corrupt)")
+    array = _Array(name, start + length, size - length, dtype, shape, fortran)
+    return _array(io.BytesIO(content), array._replace(start=length), False, None) if info.compress_type else array
+
+
+def _encoding(info: zipfile.ZipInfo) -> str:
+    return 'utf-8' if info.flag_bits & 0x800 else 'cp437'
+
+
+def _array(fp, array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
+    """An array member's data: memory-mapped (large ones, with `mmap`), or read with one `readinto` into `target`
+    where it fits (C order, writable), else into a fresh array."""
+    order = 'F' if array.fortran else 'C'
+    if mmap and array.nbytes > HEAD:
+        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, order))
+    fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
+        and target.flags.c_contiguous and target.flags.writeable
+    buffer = target if fits else np.empty(array.shape[::-1] if array.fortran else array.shape, array.dtype)
+    fp.seek(array.start)
+    if array.nbytes and fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
+        raise EOFError(f"member {array.name!r} ends early (truncated file)")
+    return buffer.T if array.fortran else buffer  # fortran: read as the transpose in C order
 
 
 def _read(fp, offset: int, size: int) -> bytes:
@@ -158,81 +188,59 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
     return read(fp, max_header_size=len(raw) + 1)
 
 
-def _read_into(fp, offset: int, view: memoryview) -> int:
-    """Reads from `offset` into `view` (a buffered file's `readinto` fills it unless the file ends first)."""
-    fp.seek(offset)
-    return fp.readinto(view)
-
-
-def _mapped(fp, offset: int, size: int, dtype: np.dtype, count: int) -> np.ndarray:
-    """A read-only flat array over `size` bytes of the open file at `offset`; the mapping lives as long as the array."""
-    if offset + size > os.fstat(fp.fileno()).st_size:
-        raise EOFError(f"array data at {offset}..{offset + size} lies beyond the end of the file")
-    start = offset - offset % mmap_module.ALLOCATIONGRANULARITY
-    mapping = mmap_module.mmap(fp.fileno(), offset - start + size, access=mmap_module.ACCESS_READ, offset=start)
-    return np.frombuffer(mapping, dtype, count, offset - start)
-
-
-def _content_key(name: str, value: Any) -> Any:
-    """A hashable stand-in for a meta member's content (the recipe cache is keyed by it)."""
-    if isinstance(value, _Pickled):
-        return value
-    if isinstance(value, np.ndarray):
-        return value.dtype.str, value.shape, value.tobytes()
-    raise _Refused(f"member {name!r} is not an .npy array")
-
-
-def _meta_value(name: str, key: Any) -> Any:
-    """`data[name].tolist()` as `phiml.math.load` takes it, from `_content_key`."""
-    if isinstance(key, _Pickled):
-        try:
-            return unpickle_object_array(key.data)
-        except ValueError as err:
-            raise _Refused(f"refused to unpickle member '{name}.npy': {err}; a cache may hold only tensors and plain "
-                           f"containers (dict, list, str, numbers)") from None
-    dtype, shape, data = key
-    return np.frombuffer(data, dtype).reshape(shape).tolist()
+def _meta_value(name: str, member: Any) -> Any:
+    """`data[name].tolist()` as `phiml.math.load` takes it; an object array through the restricted unpickler."""
+    if not isinstance(member, _Meta):
+        raise _Refused(f"member {name!r} is not an .npy array")
+    shape, fortran, dtype = _npy_header(member.header)
+    if not dtype.hasobject:
+        return np.frombuffer(member.data, dtype, math.prod(shape)).reshape(shape, order='F' if fortran else 'C').tolist()
+    try:
+        return unpickle_object_array(member.data)
+    except ValueError as err:
+        raise _Refused(f"refused to unpickle member '{name}.npy': {err}; a cache may hold only tensors and plain "
+                       f"containers (dict, list, str, numbers)") from None
 
 
 @functools.lru_cache(maxsize=64)
-def _structure(tree_key, specs_key, paths_key) -> tuple[Any, list, list, list[int]]:
-    """`(tree, specs, paths, order)` as `phiml.math.load` derives them from the meta members: the tree with `None`
-    where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, and which stored tensor
-    each of the tree's tensor leaves takes (callers must not mutate the cached result)."""
-    tree, specs, paths = (_meta_value(name, key) for name, key in zip(META, (tree_key, specs_key, paths_key)))
-    if not isinstance(tree, dict) or 'tree' not in tree:
-        raise _Refused(f"member 'tree' holds a {type(tree).__name__}, expected {{'tree': ...}}")
-    if not isinstance(specs, list) or not all(isinstance(spec, dict) for spec in specs):
-        raise _Refused("member 'specs' is not a list of dicts")
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        raise _Refused("member 'paths' is not a list of strings")
+def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list, list[int], list | None]:
+    """`(tree, specs, paths, order, dense)` as `phiml.math.load` derives them from the meta members: the tree with
+    `None` where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, which stored tensor
+    each of the tree's tensor leaves takes, and where every spec is dense, `(names, shape, native sizes)` of each
+    (callers must not mutate the cached result)."""
+    tree, specs, paths = (_meta_value(name, member) for name, member in zip(META, (tree, specs, paths)))
     try:
-        specs = [unserialize_spec(spec) for spec in specs]
-        new_paths = attr_paths_from_container(tree['tree'], all_attributes, 'root')
-    except Exception as err:  # noqa: BLE001 - phiml's parsing of plain but malformed specs
-        raise _Refused(f"malformed tensor specs or tree ({type(err).__name__}: {err})") from None
-    order = list(range(len(specs)))
-    if tuple(paths) != tuple(new_paths):  # stored in another order: looked up by path, as phiml.math.load does
-        lookup = dict(zip(paths, order))
-        if any(p not in lookup for p in new_paths):
-            raise _Refused(f"tensor paths {new_paths} of the tree are not all among the stored {paths}")
-        order = [lookup[p] for p in new_paths]
-    return tree['tree'], specs, paths, order
+        tree, specs = tree['tree'], [unserialize_spec(spec) for spec in specs]
+        new_paths = attr_paths_from_container(tree, all_attributes, 'root')
+        lookup = {path: i for i, path in enumerate(paths)}  # stored in another order: by path, as phiml.math.load does
+        order = list(range(len(specs))) if tuple(paths) == tuple(new_paths) else [lookup[p] for p in new_paths]
+        dense = [(s['names'], s['shape'], tuple(s['shape'].get_size(n) for n in s['names'])) for s in specs] \
+            if all(s['type'] is Dense for s in specs) else None
+    except Exception as err:  # noqa: BLE001 - phiml's parsing of plain but malformed members
+        raise _Refused(f"malformed tensor specs, paths or tree ({type(err).__name__}: {err})") from None
+    return tree, specs, paths, order, dense
 
 
 def _assemble(members: dict[str, Any]) -> Any:
     """The tree, assembled by phiml's own `assemble_tensors` and `assemble_tree` as `phiml.math.load` runs them:
     the members other than the meta members are handed to the tensors by position, in archive order."""
-    tree, specs, paths, order = _structure(*(_content_key(name, members[name]) for name in META))
+    missing = [name for name in META if name not in members]
+    if missing:
+        raise _Refused(f"not a phiml.math.save file (member {missing[0]!r} missing)")
+    tree, specs, paths, order, dense = _structure(*(members[name] for name in META))
     keys = [key for key in members if key not in META]
-    natives = [members[key] for key in keys]
-    if len(natives) < len(specs):
-        raise _Refused(f"{len(specs)} tensors but only {len(natives)} array members")
-    for key, label, native in zip(keys, paths, natives):  # each spec takes at least the next member
-        if not isinstance(native, np.ndarray):
+    if len(keys) < len(specs):
+        raise _Refused(f"{len(specs)} tensors but only {len(keys)} array members")
+    for key, label in zip(keys, paths):  # each spec takes at least the next member
+        if not isinstance(members[key], np.ndarray):
             raise _Refused(f"member {key!r} would become (part of) tensor {label!r}, but is not an .npy array")
+    natives = [members[key] for key in keys]
     try:
-        tensors = assemble_tensors(natives, specs)
+        if dense and all(native.shape == sizes for native, (_, _, sizes) in zip(natives, dense)):
+            # what Dense._from_spec_and_natives builds, without asking each array for its backend twice
+            tensors = [Dense(native, names, shape, _NUMPY) for native, (names, shape, _) in zip(natives, dense)]
+        else:
+            tensors = assemble_tensors(natives, specs)
         return assemble_tree(tree, [tensors[i] for i in order], attr_type=all_attributes)
     except Exception as err:  # noqa: BLE001 - phiml's own errors on a malformed file
         raise _Refused(f"its members do not assemble into a tree ({type(err).__name__}: {err})") from None

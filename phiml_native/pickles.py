@@ -1,8 +1,5 @@
-"""Unpickling the `tree` and `specs` members of a `phiml.math.save` file without running code from the file.
-
-`phiml.math.load` unpickles them with `allow_pickle=True`, so a crafted file executes code. Here the unpickler admits
-only numpy's object-array reconstruction, and the result must hold nothing but plain containers and values.
-"""
+"""Unpickling the `tree` and `specs` members of a `phiml.math.save` file without running code from the file: the
+unpickler admits only numpy's object-array reconstruction, and the result must hold only plain containers and values."""
 from __future__ import annotations
 
 import functools
@@ -30,7 +27,7 @@ def unpickle_object_array(data: bytes) -> Any:
 
     Raises:
         ValueError: the pickle names a global other than numpy's array reconstruction, is malformed, or holds anything
-            but an object array of plain values.
+            but an object array of plain values (exact types).
     """
     try:
         array = _RestrictedUnpickler(io.BytesIO(data)).load()
@@ -38,24 +35,10 @@ def unpickle_object_array(data: bytes) -> Any:
         raise ValueError(str(err)) from None
     if not isinstance(array, np.ndarray) or array.dtype != object:
         raise ValueError(f"the pickle holds a {type(array).__name__}, expected an object array")
-    result = array.tolist()
-    problem = plain_problem(result)
-    if problem:
-        raise ValueError(problem)
-    return result
-
-
-def plain_problem(obj: Any) -> str | None:
-    """What in `obj` is not a plain container or value (exact types), in words; None if nothing."""
-    pending = [obj]
+    pending = [result := array.tolist()]
     while pending:
         item = pending.pop()
-        kind = type(item)
-        if kind not in PLAIN:
-            return f"it holds a {kind.__name__}, expected only plain containers and values"
-        if kind is dict:
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif kind is list or kind is tuple:
-            pending.extend(item)
-    return None
+        if type(item) not in PLAIN:
+            raise ValueError(f"it holds a {type(item).__name__}, expected only plain containers and values")
+        pending.extend([*item.keys(), *item.values()] if type(item) is dict else item if type(item) in (list, tuple) else ())
+    return result

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from phiml.math import Tensor
@@ -21,6 +21,7 @@ class NativePipeline(AbstractPipeline):
     """
     name = 'phiml'
     file_suffix = '.npz'
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
 
     def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
         super().__init__(cache_dir, rollout_steps)
@@ -57,7 +58,7 @@ class NativePipeline(AbstractPipeline):
 
     def open(self, sims: Sequence[int]) -> None:
         self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps, memory=self.memory,
-                                    memory_budget=self.memory_budget)
+                                    memory_budget=self.memory_budget, cast_float32=self.cast_float32)
 
     def window_keys(self) -> list[WindowKey]:
         return self._require_open().window_keys()
@@ -90,9 +91,12 @@ class NativePipeline(AbstractPipeline):
 
     @classmethod
     def configured(cls, config) -> type['NativePipeline']:
-        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so."""
+        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so; with
+        `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
         options = {'memory': config.data.memory, 'memory_budget': config.data.memory_budget}
-        if options == {'memory': 'auto', 'memory_budget': 0.5}:
+        attributes = {} if options == {'memory': 'auto', 'memory_budget': 0.5} else \
+            {'__init__': functools.partialmethod(cls.__init__, **options)}
+        attributes.update({'cast_float32': True} if config.data.cast_float32 else {})
+        if not attributes:
             return cls
-        return type(cls.__name__, (cls,), {'__init__': functools.partialmethod(cls.__init__, **options),
-                                           '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+        return type(cls.__name__, (cls,), {**attributes, '__module__': cls.__module__, '__qualname__': cls.__qualname__})

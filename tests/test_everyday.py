@@ -209,6 +209,20 @@ def test_team_bugs_fail_their_audits(cls, failed, detail, cache_dirs, tiny_confi
             'windows served, 28 distinct, expected 7 (= 1 sims x 7 windows); from sims outside [3]: [0, 1, 2]')
 
 
+class UnknownVariant(NativePipeline):
+    """Declares a loader option its `everyday_epochs` does not take."""
+
+    def loader_variants(self):
+        return [{'prefetch': False}, {'workers': 2}]
+
+
+def test_an_everyday_path_that_raises_is_a_failed_row(cache_dirs, tiny_config, tiny_sim):
+    rows = _audit(UnknownVariant, cache_dirs['phiml'], tiny_config, tiny_sim)
+    assert [(r.check, r.passed) for r in rows] == [(check, True) for check, _ in PASSED] + [('everyday path runs', False)]
+    assert rows[-1].detail == ("TypeError: NativePipeline.everyday_epochs() got an unexpected keyword argument "
+                               "'workers'")
+
+
 # --- the verdict check ------------------------------------------------------------------------------------------------
 
 def _rows(name, failing=()):

@@ -96,6 +96,40 @@ def test_migration_of_a_teams_cache_is_bitwise_and_keeps_the_metadata(tmp_path, 
             assert np.array_equal(stock['density'].numpy('time,x,y'), arrays['density'][0])
 
 
+def test_a_float64_cache_is_refused_for_training_unless_cast_and_then_judged_on_what_is_served(tmp_path, capsys):
+    """Without `data.cast_float32` the refusal names the file, the dtype and the option; with it both pipelines serve
+    float32 (the migrated native cache keeps float64, bitwise) and the batches compared are those served."""
+    team = tmp_path / 'team'
+    written = team_cache(team, {'velocity': (2, 9, 16, 16)}, dtype=np.float64)
+    before = tree_state(team)
+    code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'refused', *FAST)
+    assert (code, output) == (2, f"python -m harness.compare: error: {team / 'sim_000000.pt'}: field 'velocity' has "
+                                 f"dtype torch.float64, expected torch.float32 for training (the option "
+                                 f"data.cast_float32=true casts float16/float64 caches to float32 when opened)\n")
+    code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'out', *FAST, 'data.cast_float32=true')
+    assert code == 0, output
+    assert tree_state(team) == before
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['verdict'] == 'go' and summary['source']['dtypes'] == {'velocity': 'float64'}
+    migrated = math.load(str(tmp_path / 'out' / 'native-cache' / 'sim_000003.npz'))['velocity']
+    with math.precision(64):
+        assert np.array_equal(migrated.numpy('vector,time,x,y'), written[3]['velocity'])  # float64, bitwise
+    from harness.config import load_config
+    from harness.plan import make_plan
+    from legacy import LegacyPipeline
+    from phiml_native import NativePipeline
+    config = load_config('burgers', ['data.cast_float32=true', 'data.rollout_steps=2'])
+    for cls, folder in ((LegacyPipeline, team), (NativePipeline, tmp_path / 'out' / 'native-cache')):
+        pipeline = cls.configured(config)(folder, 2)
+        pipeline.open([1])
+        plan = make_plan(pipeline.window_keys(), 4, seed=0, epoch=0)
+        for keys, raw in zip(plan.batches, pipeline.load_batches(plan)):
+            targets = pipeline.to_phiml(raw)['targets']
+            assert targets.dtype == math.DType(float, 32)
+            expected = np.stack([written[1]['velocity'][:, k.t0 + 1:k.t0 + 3] for k in keys]).astype(np.float32)
+            assert np.array_equal(targets.numpy('batch,vector,time,x,y'), expected)
+
+
 def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys):
     """--native-cache: the team's own .npz files, written by stock phiml.math.save."""
     team, native = tmp_path / 'team', tmp_path / 'team-npz'

@@ -4,6 +4,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from phiml import math
 from phiml.math import batch, channel, spatial
 
@@ -70,7 +71,8 @@ def _rewrite(cache_dirs, tmp_path, mutate):
                                            spatial(x=16), batch(time=9), spatial(y=16), channel(vector='x,y'))}, "in that order"),
     (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'vector', channel(vector='y,x'))}, "vector item names"),
     (lambda d: {**d, 'velocity': math.wrap(d['velocity'].numpy('time,x,y,vector').astype(np.float64), d['velocity'].shape)},
-     "dtype float64, expected float32"),
+     "dtype float64, expected float32 for training (the option data.cast_float32=true casts float16/float64 caches "
+     "to float32 when opened)"),
 ], ids=['missing-field', 'no-metadata', 'missing-metadata', 'wrong-n-frames', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
         'float64'])
 def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
@@ -165,3 +167,31 @@ def test_equal_data_gives_equal_bytes_whenever_written(cache_dirs, tmp_path, mon
             assert ours.namelist() == stock.namelist()
             assert all(ours.read(name) == stock.read(name) for name in stock.namelist())
     assert sorted(p.name for p in (tmp_path / 'a').iterdir()) == ['sim_000001.npz']  # no temporary file left
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float16])
+def test_cast_float32_serves_other_floats_as_float32(cache_dirs, tmp_path, tiny_config, dtype):
+    """`data.cast_float32`, through `configured`: a float64 (or float16) cache, written by stock `phiml.math.save`, is
+    served cast to float32 by both modes, the batches equal to numpy's cast of the stored values."""
+    from harness.config import load_config
+    from harness.plan import make_plan
+    stored = {}
+
+    def to_dtype(data):
+        stored['velocity'] = data['velocity'].numpy('time,x,y,vector').astype(dtype)
+        return {**data, 'velocity': math.wrap(stored['velocity'], data['velocity'].shape)}
+    folder, _ = _rewrite(cache_dirs, tmp_path, to_dtype)
+    cast = NativePipeline.configured(load_config('burgers', [*TINY_CAST, 'data.cast_float32=true']))
+    assert NativePipeline.configured(load_config('burgers', list(TINY_CAST))) is NativePipeline
+    for memory in ('load', 'map'):
+        pipeline = cast(folder, 2, memory=memory)
+        pipeline.open([0])
+        assert pipeline.dataset.memory == memory
+        plan = make_plan(pipeline.window_keys(), 3, seed=0, epoch=0)
+        for keys, batch in zip(plan.batches, pipeline.load_batches(plan)):
+            served = batch['initial_state'].native(['batch', 'x', 'y', 'vector'])
+            assert served.dtype == torch.float32
+            assert np.array_equal(served.numpy(), stored['velocity'][[k.t0 for k in keys]].astype(np.float32))
+
+
+TINY_CAST = ('sim.resolution=[16,16]', 'sim.n_steps=8', 'data.rollout_steps=2')

@@ -159,15 +159,20 @@ def test_reads_into_the_arrays_offered(tmp_path):
 
 
 def test_one_read_per_large_array(tmp_path, monkeypatch):
-    path = _save(tmp_path, 'cache-file-2d')
     calls = []
-    original = npz._read_into
-    monkeypatch.setattr(npz, '_read_into', lambda *args: calls.append(args[1]) or original(*args))
+
+    class Counting(io.BufferedReader):
+        def readinto(self, buffer):
+            calls.append(len(buffer))
+            return super().readinto(buffer)
+
+    monkeypatch.setattr(npz, 'open', lambda path, mode: Counting(io.FileIO(path, mode)), raising=False)
+    path = _save(tmp_path, 'cache-file-2d')
     read_phiml_npz(path)
-    assert len(calls) == 0  # a 3x4x5x2 field is small: read with its neighbours
-    math.save(str(path), {'velocity': _velocity(64, 64), 'metadata': dict(_META)})
-    read_phiml_npz(path)
-    assert len(calls) == 1
+    assert calls == []  # a 3x4x5x2 field is small: read with its neighbours
+    math.save(str(path), {'velocity': _velocity(256, 256), 'metadata': dict(_META)})  # beyond WHOLE: not read whole
+    assert_same_as_stock(read_phiml_npz(path), math.load(str(path)))
+    assert [n for n in calls if n > npz.HEAD] == [3 * 256 * 256 * 2 * 4]  # the scalars come from the read buffer
 
 
 class _Payload:
@@ -256,3 +261,19 @@ def test_results_do_not_share_mutable_state(tmp_path):
     first = read_phiml_npz(path)
     first['metadata']['fields'].append('changed')
     assert read_phiml_npz(path)['metadata']['fields'] == ['velocity']
+
+
+def test_a_file_of_the_same_size_is_read_by_its_own_structure(tmp_path):
+    """The sims of a cache share a layout (sizes, headers, zip directory, meta members): a later file is read by the
+    remembered one only where every byte outside the arrays' data repeats, else parsed afresh."""
+    manager = PhiMLDataManager(tmp_path)
+    for sim, scenario in enumerate(('burgers', 'burgerz', 'burgers')):  # equal sizes; the pickled tree differs
+        manager.save_cache(sim, {'velocity': _velocity(4, 5, seed=sim), 'metadata': {**_META, 'scenario': scenario}})
+    paths = [manager.get_cached_path(sim) for sim in range(3)]
+    assert len({p.stat().st_size for p in paths}) == 1
+    npz.clear_caches()
+    for path in paths:
+        ours = read_phiml_npz(path)
+        assert_same_as_stock(ours, math.load(str(path)))
+    assert [read_phiml_npz(p)['metadata']['scenario'] for p in paths] == ['burgers', 'burgerz', 'burgers']
+    assert len(npz._LAYOUTS[paths[0].stat().st_size]) == 2

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import shutil
+import runpy
 import signal
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 import numpy as np
 from phiml import math
 
+from harness.bench.scale_out import crossover
+from harness.cache.build import build_cache as build_here
 from harness.cache.manifest import MANIFEST_NAME, Manifest
 from harness.cache.migrate import migrate_cache as migrate_here
 from harness.cli.compare import main as compare_main
@@ -25,7 +29,7 @@ from harness.cli.train import main as train_main
 from harness.equivalence.batches import compare_pipelines as compare_here
 from harness.equivalence.expected import Expected
 from harness.errors import CacheError, ConfigError
-from harness.scale import InProcessExecutor, open_executor, split_sims, stages
+from harness.scale import DaskExecutor, InProcessExecutor, open_executor, split_sims, stages
 from harness.scale.migrate import migrate_cache
 from harness.scale.tasks import pipeline_ref
 from harness.config import load_config, quick_overrides
@@ -149,17 +153,32 @@ def test_chunked_simulation_is_bitwise_the_in_process_one(tiny_config, tiny_sim)
     assert chunked.fields['velocity'].extrapolation == tiny_sim.fields['velocity'].extrapolation
 
 
-@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d', pytest.param('smoke', marks=pytest.mark.slow)])
-def test_chunked_simulation_of_every_scenario_is_bitwise_the_in_process_one(scenario, caplog):
+@pytest.mark.parametrize('scenario', ['burgers1d', 'burgers3d'])
+def test_chunked_simulation_of_every_rank_is_bitwise_the_in_process_one(scenario):
     config = load_config(scenario, [*quick_overrides(scenario), 'sim.n_steps=3', 'data.rollout_steps=1'])
     here = simulate_here(config)
-    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
-        chunked = stages.simulate(Chunked(), config)
+    chunked = stages.simulate(Chunked(), config)
     for name, values in arrays(here).items():
         assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
-    assert chunked.constants == here.constants
-    split = scenario != 'smoke'  # smoke's pressure solve runs batched over all sims: simulated here in one run
-    assert ("smoke sims are simulated in one run here" in caplog.text) is not split
+
+
+def test_smoke_is_simulated_here_and_its_chunks_written_by_tasks(smoke_sim, tmp_path, caplog):
+    """Smoke's sims cannot be split (see harness.data.simulate.CHUNKED): one run here, bitwise the in-process one;
+    its fields (a scalar and a vector field) are then shipped to the write tasks by chunk."""
+    config, r = smoke_sim.config, smoke_sim.config.data.rollout_steps
+    with caplog.at_level(logging.INFO, logger='harness.scale.simulate'):
+        chunked = stages.simulate(Chunked(), config)
+    assert "smoke sims are simulated in one run here: its sims cannot be split into chunks bitwise" in caplog.text
+    for name, values in arrays(smoke_sim).items():
+        assert arrays(chunked)[name].view(np.uint32).tobytes() == values.view(np.uint32).tobytes(), name
+    assert chunked.constants == smoke_sim.constants
+    progress = []
+    pipelines = [PIPELINES[name](tmp_path / 'chunked' / name, r) for name in ('legacy', 'phiml')]
+    stages.build_caches(Chunked(), pipelines, config, chunked, progress=progress.append)
+    assert progress == [1] * 8  # 4 sims in 4 chunks, both pipelines
+    for name in ('legacy', 'phiml'):
+        build_here(PIPELINES[name](tmp_path / 'here' / name, r), config, smoke_sim)
+        assert_same_cache(tmp_path / 'chunked' / name, tmp_path / 'here' / name)
 
 
 @pytest.mark.parametrize('shipped', [True, False], ids=['fields-shipped', 'simulated-on-workers'])
@@ -224,20 +243,52 @@ def test_chunked_comparison_equals_the_in_process_one(built, tiny_config, tiny_s
         assert chunked.worst[0].max_abs == here.worst[0].max_abs == pytest.approx(0.5)
 
 
+def test_the_crossover_is_where_the_cluster_s_gain_first_exceeds_its_overhead():
+    sizes = [4, 8, 16, 32, 64]
+    here = {n: n / 4 for n in sizes}  # in-process: 0.25 s per sim
+    dask = {n: 0.5 + n / 8 for n in sizes}  # on the cluster: half as much per sim, 0.5 s more per build
+    assert crossover(sizes, here, dask, 0.0) == {'first_faster_sims': 8, 'interpolated_sims': 4.0, 'below': False}
+    assert crossover(sizes, here, dask, 3.0) == {'first_faster_sims': 32, 'interpolated_sims': 28.0, 'below': False}
+    assert crossover(sizes, here, dask, 100.0) == {'first_faster_sims': None, 'interpolated_sims': None,
+                                                   'below': False}
+    faster = {n: n / 8 for n in sizes}
+    assert crossover(sizes, here, faster, 0.0) == {'first_faster_sims': 4, 'interpolated_sims': None, 'below': True}
+
+
+class ReversedNative(NativePipeline):
+    """Serves every batch's windows in reverse order: each is some other planned window's place."""
+
+    def to_phiml(self, raw):
+        return {name: value.batch[::-1] for name, value in super().to_phiml(raw).items()}
+
+
+def test_chunked_comparison_finds_windows_served_in_another_s_place(built, tiny_config, tiny_sim):
+    r = tiny_config.data.rollout_steps
+    legacy, native = LegacyPipeline(built / 'legacy', r), ReversedNative(built / 'phiml', r)
+    expected = Expected.of(tiny_config, tiny_sim)
+    chunked = stages.compare_pipelines(Chunked(), legacy, native, expected.plans, expected.tolerances, expected.frames)
+    plan = expected.plans[0]
+    want = []  # chunks of one sim: the windows of each sim in a batch are reversed among themselves
+    for batch in plan.batches:
+        for sim in tiny_config.train_sims:
+            part = [k for k in batch if k.sim == sim]
+            want += [(p, d) for p, d in zip(part, reversed(part)) if p != d]
+    want.sort(key=lambda pair: plan.keys().index(pair[0]))
+    audit = next(c for c in chunked.coverage if c.pipeline == 'phiml')
+    assert want and audit.misplaced == want and not audit.passed
+    assert not audit.missing and not audit.duplicated and not audit.unexpected and not audit.unidentified
+    assert next(c for c in chunked.coverage if c.pipeline == 'legacy').passed
+
+
 # --- on a real cluster: a scheduler and two worker processes on this machine ---------------------------------------
 
 @pytest.fixture(scope='module')
 def cluster():
-    """A scheduler (in this process) and two worker processes on this machine, each one thread."""
-    from distributed import Client, LocalCluster
-    quiet = logging.getLogger('distributed')
-    level, quiet.level = quiet.level, logging.ERROR  # its INFO lines would go to streams the tests capture and close
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
-                Client(local) as client:
-            yield local, client
-    finally:
-        quiet.setLevel(level)
+    """What `--workers 2` starts: a scheduler in this process and two single-threaded worker processes. The tests
+    pass its address (`--scheduler`), as to an existing cluster; yields `(LocalCluster, Client)`."""
+    with open_executor(workers=2) as executor:
+        assert executor.describe()['cluster'] == 'LocalCluster (worker processes on this machine)'
+        yield executor.client.cluster, executor.client
 
 
 def ran_on(local) -> set[str]:
@@ -261,6 +312,16 @@ def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster,
     assert '(4 converted and verified bitwise, 0 already done)' in out
     assert_same_cache(tmp_path / 'npz', migrated_here)
     assert ran_on(local) >= {'describe-sources', 'migrate'}
+
+
+@pytest.mark.parametrize('module', ['harness.compare', 'harness.migrate', 'harness.train', 'harness.bench.scale_out'])
+@pytest.mark.filterwarnings('ignore:.*found in sys.modules after import of package:RuntimeWarning')  # imported here
+def test_spawned_workers_import_the_command_line_modules_without_running_them(module, capsys):
+    """A worker process that `--workers` spawns first runs the parent's main module as `__mp_main__` (what
+    `multiprocessing.spawn` does for `python -m MODULE`, though not for a package's `__main__.py`): the `__main__`
+    guard must keep the command from running there."""
+    runpy.run_module(module, run_name='__mp_main__')
+    assert capsys.readouterr() == ('', '')
 
 
 QUICK_ARGS = ['burgers', '--quick', 'trainer.epochs=1', 'compare.selftest=false', 'compare.timing_repeats=1',
@@ -297,7 +358,8 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
     workers = sorted(client.scheduler_info()['workers'])
     assert there['provenance']['scale'] == {
         'executor': 'dask', 'scheduler': local.scheduler_address, 'cluster': 'existing cluster', 'workers': 2,
-        'threads': 2, 'worker_addresses': workers, 'dask': there['provenance']['scale']['dask']}
+        'threads': 2, 'worker_addresses': workers, 'worker_torch_threads': [1],
+        'dask': there['provenance']['scale']['dask']}
     assert here['provenance']['scale'] == {'executor': 'in-process', 'scheduler': None, 'workers': 1}
     assert ran_on(local) >= {'write-cache', 'compare'}  # the simulation runs on the client (harness.scale.simulate)
 
@@ -305,21 +367,47 @@ def test_compare_quick_on_the_cluster_equals_in_process(quick_here, cluster, tmp
 @pytest.mark.slow
 def test_train_builds_its_cache_on_the_cluster(quick_here, cluster, tmp_path, capsys):
     """Each write task simulates its own chunk (no simulation at hand): the cache equals compare's in-process one."""
-    local, _ = cluster
+    local, client = cluster
     here_out, _ = quick_here
+
+    def step_traces() -> dict[int, tuple[int, int]]:  # run on each worker (pickled by value)
+        from harness.data import simulate as simulate_module
+        return {json.loads(key)['n_sims']: (len(step.traces), sum(map(len, step.recorded_mappings.values())))
+                for key, step in simulate_module._STEPS.items()}
+
     before = tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')
+    traced_before = client.run(step_traces)
     assert train_main(['burgers', '--quick', 'trainer.epochs=1', 'data.pipeline=phiml', '--out', str(tmp_path / 'run'),
                        '--scheduler', local.scheduler_address, '--no-progress']) == 0
     assert capsys.readouterr().err == ''
     assert_same_cache(tmp_path / 'run' / 'cache' / 'phiml', here_out / 'cache' / 'phiml')
     assert (tasks_seen(local, 'write-cache'), tasks_seen(local, 'simulate')) == (before[0] + 4, before[1])  # 4 chunks
+    # the jit-compiled step was built in the workers, for chunks of one sim, and traced once in each (one signature);
+    # a worker's later chunks reuse it: compare's simulation tasks on this cluster left as many traces as there are now
+    traced = client.run(step_traces)
+    assert {n for steps in traced.values() for n in steps} == {1}
+    assert all(steps[1][0] == 1 for steps in traced.values() if steps)
+    assert all(traced[worker] == steps for worker, steps in traced_before.items() if steps)
+
+
+
+@pytest.mark.slow
+def test_tasks_carry_large_arguments_without_a_warning(cluster):
+    """A chunk's fields travel inside its task (so that it can be rerun after its worker died); Dask's warning about
+    large graphs would reach the user of `compare --workers` as noise."""
+    _, client = cluster
+    payload = np.zeros(3_000_000, np.float32)  # 12 MB, above Dask's 10 MB threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        done = list(DaskExecutor(client, local=False).run(len, [(payload,)], name='large'))
+    assert done == [(0, 3_000_000)]
 
 
 class SlowNative(NativePipeline):
-    """The native pipeline, one second slower per file written: a worker can be killed while it converts."""
+    """The native pipeline, half a second slower per file written: a worker can be killed while it converts."""
 
     def write_fields(self, sim, fields, metadata):
-        time.sleep(1.0)
+        time.sleep(0.5)
         return super().write_fields(sim, fields, metadata)
 
 
@@ -337,12 +425,12 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     """Last of the module: the killed worker's nanny starts a new one, with another address."""
     local, client = cluster
     pids = client.run(os.getpid)
-    outcome = {}
+    outcome, progress = {}, []
 
     def migrate():
         try:
             with open_executor(scheduler=local.scheduler_address) as executor:
-                outcome['report'] = migrate_cache(executor, built / 'legacy', tmp_path / 'npz',
+                outcome['report'] = migrate_cache(executor, built / 'legacy', tmp_path / 'npz', progress.append,
                                                   legacy_cls=LegacyPipeline, native_cls=SlowNative)
         except BaseException as err:  # noqa: BLE001 - handed to the test's thread
             outcome['error'] = err
@@ -355,6 +443,7 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     thread.join(timeout=180)
     assert 'error' not in outcome, outcome.get('error')
     assert outcome['report'].converted == [0, 1, 2, 3] and outcome['report'].skipped == []
+    assert progress == [1, 1, 1, 1]  # one chunk of one sim landing at a time, the rerun one included
     assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
     assert victim not in client.scheduler_info()['workers']
     assert local.scheduler.task_prefixes['migrate'].suspicious >= 1  # a task that was running on a worker that died

@@ -56,3 +56,34 @@ def test_other_ranks(resolution, dims):
 def test_sim_index_checked(tiny_sim):
     with pytest.raises(IndexError, match='`sim` \\(=99\\)'):
         tiny_sim.sim_fields(99)
+
+
+def test_cg_stops_every_sim_of_a_batch_at_its_smallest_tolerance_so_smoke_is_not_chunked():
+    """Why `CHUNKED` leaves smoke out: in a batch, the sim with the large right-hand side iterates until the residual
+    meets the small one's relative tolerance, so its solution depends on the other sim (phiml 1.16.1, torch CG)."""
+    import warnings
+    from phi.torch import flow  # noqa: F401  (the torch backend, as smoke runs on)
+    from phiml import math
+    from phiml.math import Solve, batch, spatial
+
+    from harness.data.simulate import CHUNKED
+
+    @math.jit_compile_linear
+    def operator(p):  # symmetric positive definite
+        below, above = math.shift(p, (-1, 1), padding=0, stack_dim=None)
+        return 2.05 * p - below - above
+
+    rhs = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32) * np.array([[1e2], [1e-3]], np.float32)
+    y = math.tensor(rhs, batch('sim'), spatial('x'))
+
+    def solve(y):
+        with warnings.catch_warnings(), math.SolveTape() as tape:
+            warnings.filterwarnings('ignore', message='Sparse (CSR tensor support|invariant checks)',
+                                    category=UserWarning)
+            x = math.solve_linear(operator, y, Solve('CG', 1e-5, 1e-5, x0=0 * y))
+        return x.numpy(['sim', 'x']), tape[0].iterations.numpy('sim').tolist()
+
+    (both, iterations_both), (alone, iterations_alone) = solve(y), solve(y.sim[0:1])
+    assert (iterations_both, iterations_alone) == ([36, 25], [31])
+    assert both[0].tobytes() != alone[0].tobytes()
+    assert 'smoke' not in CHUNKED and 'burgers' in CHUNKED

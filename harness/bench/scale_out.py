@@ -1,10 +1,14 @@
-"""How much `--workers N` buys on this machine: both caches built from scratch (simulation included) and the legacy
-cache migrated, in this process and on a `LocalCluster` of N single-threaded workers, in one run; and the cluster's
-fixed costs (start with the workers' imports, a warm-up task, a task's round trip, close), from which the crossover
-size follows. Both sides are warmed up alike (imports, a tiny simulation); each traces the real sizes in its timed run.
+"""How much `--workers N` buys on this machine, in one run: both caches built from scratch (simulation included) and
+the legacy cache migrated, in this process and on a `LocalCluster` of N single-threaded workers; the cluster's fixed
+costs (start, a trivial task's round trip, the workers' first imports, close); and cold builds of fewer sims, from
+which the crossover follows (the number of sims from which `--workers N` is faster).
+
+Each size is built in this process and then on the cluster, one right after the other, so that the load of the
+machine changes little between the two; both sides are warmed up alike (imports, a tiny simulation) and trace the
+real sizes in their timed runs.
 
     python -m harness.bench.scale_out --legacy legacy:LegacyPipeline --native phiml_native:NativePipeline \\
-        --sims 64 --resolution 64 --workers 2 --out reports/scale_out.json
+        --sims 64 --resolution 64 --workers 2 --crossover-sims 4,8,16,32 --out reports/scale_out.json
 """
 from __future__ import annotations
 
@@ -12,116 +16,212 @@ import argparse
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-import torch
+# The harness, torch and PhiFlow are imported inside the functions: each worker that `--workers` spawns imports this
+# module on start (as `__mp_main__`), and those imports would count as the cluster's start, which for the CLIs
+# (`harness/compare.py` and the like import nothing before their `__main__` guard) they do not.
+if TYPE_CHECKING:
+    from harness.config import ScenarioConfig
+    from harness.pipeline import AbstractPipeline
 
-from harness.cache.build import build_cache
-from harness.cache.migrate import migrate_cache
-from harness.config import ScenarioConfig, load_config
-from harness.data.simulate import simulate
-from harness.pipeline import AbstractPipeline, load_pipeline
-from harness.provenance import provenance
-from harness.scale import open_executor, stages
+ROUND_TRIPS = 20
+WARM_UP = ('sim.resolution=[8,8]', 'sim.n_steps=2', 'data.n_sims=1', 'data.n_val_sims=0', 'data.rollout_steps=1')
 
 
 def _noop(x: int) -> int:
     return x
 
 
-WARM_UP = ('sim.resolution=[8,8]', 'sim.n_steps=2', 'data.n_sims=1', 'data.n_val_sims=0', 'data.rollout_steps=1')
-
-
-def _warm(x: int) -> int:
+def _warm(x: int = 0) -> int:
     """What a process does once before its first real task: the imports of PhiFlow's torch backend and the harness
     (a tiny simulation; the real sizes are traced in the timed runs, by each process)."""
+    from harness.config import load_config
+    from harness.data.simulate import simulate
     simulate(load_config('burgers', WARM_UP))
     return x
 
 
-def measure(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
-            workers: int, folder: Path) -> dict:
-    """Seconds of each stage in-process and on `workers` worker processes, and their ratios (in-process / Dask).
+def _seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
-    The in-process side runs with torch on `config.trainer.torch_threads` threads (as `harness.compare` does); each
-    worker runs one thread.
-    """
+
+def scenario(sims: int, resolution: int) -> ScenarioConfig:
+    """The benchmark's burgers scenario: `sims` training sims of the default 41 frames at `resolution`²."""
+    from harness.config import load_config
+    return load_config('burgers', [f'sim.resolution=[{resolution},{resolution}]', f'data.n_sims={sims}',
+                                   'data.n_val_sims=0'])
+
+
+def build_here(config: ScenarioConfig, classes: Sequence[type[AbstractPipeline]], folder: Path) -> dict[str, float]:
+    """Seconds to simulate and write every pipeline's cache in this process (as `harness.compare` does)."""
+    from harness.cache.build import build_cache
+    from harness.data.simulate import simulate
     r = config.data.rollout_steps
-    result = {'n_sims': len(config.all_sims), 'resolution': list(config.sim.resolution),
-              'n_frames': config.sim.n_frames, 'workers': workers, 'load_before': os.getloadavg()}
-    torch.set_num_threads(config.trainer.torch_threads)
-    _warm(0)
-    here = {}
+    times = {}
     start = time.perf_counter()
     simulation = simulate(config)
-    here['simulate_s'] = time.perf_counter() - start
-    for cls in (legacy_cls, native_cls):
-        start = time.perf_counter()
-        build_cache(cls(folder / 'here' / cls.name, r), config, simulation)
-        here[f'write_{cls.name}_s'] = time.perf_counter() - start
-    here['build_s'] = here['simulate_s'] + sum(here[f'write_{c.name}_s'] for c in (legacy_cls, native_cls))
-    start = time.perf_counter()
-    migrate_cache(folder / 'here' / legacy_cls.name, folder / 'here' / 'migrated', legacy_cls=legacy_cls,
-                  native_cls=native_cls)
-    here['migrate_s'] = time.perf_counter() - start
-    del simulation
+    times['simulate_s'] = time.perf_counter() - start
+    for cls in classes:
+        times[f'write_{cls.name}_s'] = _seconds(lambda: build_cache(cls(folder / cls.name, r), config, simulation))
+    times['build_s'] = time.perf_counter() - start
+    return times
 
-    dask = {}
-    start = time.perf_counter()
-    with open_executor(workers=workers) as executor:
-        dask['cluster_start_s'] = time.perf_counter() - start
-        start = time.perf_counter()
-        list(executor.run(_warm, [(k,) for k in range(workers)], name='warm'))
-        dask['first_task_s'] = time.perf_counter() - start  # the warm-up this process did before its timed runs
-        start = time.perf_counter()
-        list(executor.run(_noop, [(k,) for k in range(100)], name='noop'))
-        dask['task_round_trip_s'] = (time.perf_counter() - start) / 100
-        start = time.perf_counter()
-        pipelines = [cls(folder / 'dask' / cls.name, r) for cls in (legacy_cls, native_cls)]
-        stages.build_caches(executor, pipelines, config)
-        dask['build_s'] = time.perf_counter() - start
-        start = time.perf_counter()
-        stages.migrate_cache(executor, folder / 'dask' / legacy_cls.name, folder / 'dask' / 'migrated',
-                             legacy_cls=legacy_cls, native_cls=native_cls)
-        dask['migrate_s'] = time.perf_counter() - start
-        dask['close_start'] = time.perf_counter()
-    dask['cluster_close_s'] = time.perf_counter() - dask.pop('close_start')
-    result.update(in_process=here, dask=dask, load_after=os.getloadavg())
-    fixed = dask['cluster_start_s'] + dask['first_task_s'] + dask['cluster_close_s']
-    result['ratios'] = {'build': here['build_s'] / dask['build_s'], 'migrate': here['migrate_s'] / dask['migrate_s'],
-                        'build_with_fixed_costs': here['build_s'] / (dask['build_s'] + fixed)}
-    result['fixed_s'] = fixed
-    per_sim_here, per_sim_dask = here['build_s'] / result['n_sims'], dask['build_s'] / result['n_sims']
-    # in-process a*n; on Dask fixed + b*n (both linear in n past the jit trace): equal at n = fixed / (a - b)
-    result['crossover_sims'] = fixed / (per_sim_here - per_sim_dask) if per_sim_here > per_sim_dask else None
+
+def build_on(executor, config: ScenarioConfig, classes: Sequence[type[AbstractPipeline]], folder: Path,
+             *, simulate_first: bool = False) -> float:
+    """Seconds to build every pipeline's cache on `executor`: each write task simulates its chunk (`harness.train`'s
+    path), or, with `simulate_first`, the simulation tasks return the fields and the write tasks get them shipped
+    back (`harness.compare`'s path, which needs the fields here)."""
+    from harness.scale import stages
+    pipelines = [cls(folder / cls.name, config.data.rollout_steps) for cls in classes]
+
+    def build():
+        simulation = stages.simulate(executor, config) if simulate_first else None
+        stages.build_caches(executor, pipelines, config, simulation)
+    return _seconds(build)
+
+
+def crossover(sizes: Sequence[int], here_s: Mapping[int, float], dask_s: Mapping[int, float],
+              overhead_s: float) -> dict[str, float | int | None]:
+    """Where `--workers` starts to win: the smallest measured size whose in-process build took longer than the Dask
+    build plus `overhead_s`, and the size where the difference crosses zero, interpolated linearly between the
+    measured sizes around it (None when it never does, or already at the smallest size: then `below` says so).
+
+    Args:
+        sizes: Numbers of sims measured, ascending.
+        here_s, dask_s: Seconds of each size's build, in this process and on the cluster.
+        overhead_s: What the cluster adds once per command (0 for a cluster already running).
+    """
+    gain = [here_s[n] - dask_s[n] - overhead_s for n in sizes]
+    first = next((i for i, g in enumerate(gain) if g > 0), None)
+    result: dict[str, float | int | None] = {'first_faster_sims': None if first is None else sizes[first],
+                                             'interpolated_sims': None, 'below': False}
+    if first == 0:
+        result['below'] = True  # faster already at the smallest size measured
+    elif first is not None:
+        (n0, g0), (n1, g1) = (sizes[first - 1], gain[first - 1]), (sizes[first], gain[first])
+        result['interpolated_sims'] = n0 + (n1 - n0) * -g0 / (g1 - g0)
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def machine() -> dict[str, str | list[float]]:
+    """What the machine was and how loaded while measured: `lscpu`'s model name, `uptime`, the load averages."""
+    def run(*command: str) -> str:
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ''
+    model = next((line.split(':', 1)[1].strip() for line in run('lscpu').splitlines()
+                  if line.startswith('Model name:')), '')
+    return {'lscpu_model': model, 'uptime': run('uptime'), 'load': list(os.getloadavg())}
+
+
+def measure(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
+            workers: int, folder: Path, crossover_sims: Sequence[int] = ()) -> dict:
+    """Seconds of each stage in this process and on `workers` worker processes, their ratios (in-process / Dask),
+    the cluster's fixed costs and the crossover.
+
+    The in-process side runs torch on `config.trainer.torch_threads` threads (as `harness.compare` does); each worker
+    runs one thread.
+    """
+    import torch
+
+    from harness.cache.migrate import migrate_cache
+    from harness.scale import open_executor, stages
+    classes = (legacy_cls, native_cls)
+    n_sims, resolution = len(config.all_sims), config.sim.resolution[0]
+    sizes = sorted({*crossover_sims, n_sims})
+    result = {'n_sims': n_sims, 'resolution': list(config.sim.resolution), 'n_frames': config.sim.n_frames,
+              'workers': workers, 'torch_threads_in_process': config.trainer.torch_threads,
+              'machine_before': machine()}
+    torch.set_num_threads(config.trainer.torch_threads)
+    _warm()
+    here, dask, cluster = {}, {}, {}
+    here_builds, dask_builds = {}, {}
+    start = time.perf_counter()
+    with open_executor(workers=workers) as executor:
+        cluster['start_s'] = time.perf_counter() - start
+        cluster['first_round_trip_s'] = _seconds(lambda: list(executor.run(_noop, [(0,)], name='noop')))
+        cluster['workers_warm_up_s'] = _seconds(lambda: executor.client.run(_warm))  # on every worker, at once
+        trips = [_seconds(lambda: list(executor.run(_noop, [(k,)], name='noop'))) for k in range(ROUND_TRIPS)]
+        cluster['round_trip_s'] = statistics.median(trips)
+        for n in sizes:
+            sized = config if n == n_sims else scenario(n, resolution)
+            here_builds[n] = build_here(sized, classes, folder / f'here-{n}')
+            dask_builds[n] = build_on(executor, sized, classes, folder / f'dask-{n}')
+        here.update(here_builds[n_sims])
+        dask['build_s'] = dask_builds[n_sims]
+        dask['build_simulate_first_s'] = build_on(executor, config, classes, folder / 'dask-compare',
+                                                  simulate_first=True)
+        source = folder / f'here-{n_sims}' / legacy_cls.name
+        here['migrate_s'] = _seconds(lambda: migrate_cache(source, folder / 'migrated-here', legacy_cls=legacy_cls,
+                                                           native_cls=native_cls))
+        dask['migrate_s'] = _seconds(lambda: stages.migrate_cache(executor, source, folder / 'migrated-dask',
+                                                                  legacy_cls=legacy_cls, native_cls=native_cls))
+        closing = time.perf_counter()
+    cluster['close_s'] = time.perf_counter() - closing
+    cluster['fixed_overhead_s'] = cluster['start_s'] + cluster['first_round_trip_s']
+    cluster['cold_command_overhead_s'] = (cluster['fixed_overhead_s'] + cluster['workers_warm_up_s']
+                                          + cluster['close_s'])
+    here_s = {n: here_builds[n]['build_s'] for n in sizes}
+    result.update(in_process=here, dask=dask, cluster=cluster, machine_after=machine())
+    result['builds'] = [{'n_sims': n, 'in_process_s': here_s[n], 'dask_s': dask_builds[n],
+                         'ratio': here_s[n] / dask_builds[n]} for n in sizes]
+    result['ratios'] = {
+        'build': here['build_s'] / dask['build_s'],
+        'build_simulate_first': here['build_s'] / dask['build_simulate_first_s'],
+        'migrate': here['migrate_s'] / dask['migrate_s'],
+        'build_with_cold_command_overhead': here['build_s'] / (dask['build_s'] + cluster['cold_command_overhead_s'])}
+    result['crossover'] = {
+        'running_cluster': crossover(sizes, here_s, dask_builds, 0.0),
+        'cold_command': crossover(sizes, here_s, dask_builds, cluster['cold_command_overhead_s'])}
+    return result
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m harness.bench.scale_out', description=__doc__.split('\n\n')[0])
     parser.add_argument('--legacy', required=True, metavar='MODULE:CLASS')
     parser.add_argument('--native', required=True, metavar='MODULE:CLASS')
     parser.add_argument('--sims', type=int, default=64)
     parser.add_argument('--resolution', type=int, default=64)
     parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--crossover-sims', default='4,8,16,32', metavar='N,N,...',
+                        help="smaller numbers of sims also built both ways, for the crossover (default 4,8,16,32)")
     parser.add_argument('--out', type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from harness.pipeline import load_pipeline
+    from harness.provenance import provenance
+    parser = make_parser()
     args = parser.parse_args(argv)
-    config = load_config('burgers', [f'sim.resolution=[{args.resolution},{args.resolution}]',
-                                     f'data.n_sims={args.sims}', 'data.n_val_sims=0'])
+    try:
+        sizes = [int(n) for n in args.crossover_sims.split(',') if n.strip()]
+    except ValueError:
+        parser.error(f"--crossover-sims (={args.crossover_sims!r}) must be whole numbers separated by commas")
+    if any(n < 1 for n in sizes) or args.sims < 1:
+        parser.error(f"--sims (={args.sims}) and --crossover-sims (={args.crossover_sims!r}) must be at least 1")
+    config = scenario(args.sims, args.resolution)
     folder = Path(tempfile.mkdtemp(prefix='scale-out-'))
     try:
         result = measure(config, load_pipeline(args.legacy, '--legacy'), load_pipeline(args.native, '--native'),
-                         args.workers, folder)
+                         args.workers, folder, sizes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result['provenance'] = {k: v for k, v in provenance(config).items() if k != 'config'}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ('in_process', 'dask', 'ratios', 'fixed_s', 'crossover_sims',
-                                             'load_before', 'load_after')}, indent=2))
+    print(json.dumps({k: result[k] for k in ('ratios', 'cluster', 'builds', 'crossover', 'machine_before',
+                                             'machine_after')}, indent=2))
     return 0
 
 

@@ -236,7 +236,7 @@ def audit_network(config: ScenarioConfig, simulation: Simulation):
 
 def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[int]], AbstractPipeline],
                    config: ScenarioConfig, simulation: Simulation, network=None, *, epochs: int | None = None,
-                   val_sims: Sequence[int] | None = None) -> list[EverydayRow]:
+                   val_sims: Sequence[int] | None = None, trainer: bool = True) -> list[EverydayRow]:
     """Every audit of one pipeline's everyday path.
 
     Args:
@@ -246,15 +246,28 @@ def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[in
         network: What the trainer audit trains, as clones only (left untouched); default `audit_network`.
         epochs: Epochs judged (default `compare.everyday_epochs`).
         val_sims: The validation sims in the cache (default `config.val_sims`; none: that audit is left out).
+        trainer: Audit the pipeline's own trainer too (`everyday_train`, replayed through `train`).
+
+    Returns:
+        The rows; when the everyday path raises, the rows so far and a failed row 'everyday path runs' naming the error.
     """
+    rows: list[EverydayRow] = []
+    try:
+        _audit(rows, pipeline, open_fresh, config, simulation, network, epochs or config.compare.everyday_epochs,
+               config.val_sims if val_sims is None else list(val_sims), trainer)
+    except Exception as err:  # noqa: BLE001 - a pipeline's own code failing is a finding, not a crash of the judge
+        reason = str(err).splitlines()[0] if str(err) else ''
+        rows.append(EverydayRow(pipeline.name, 'everyday path runs', False, f"{type(err).__name__}: {reason}"))
+    return rows
+
+
+def _audit(rows: list[EverydayRow], pipeline: AbstractPipeline, open_fresh, config: ScenarioConfig,
+           simulation: Simulation, network, epochs: int, val_sims: list[int], trainer: bool) -> None:
     name, b, seed = pipeline.name, config.data.batch_size, config.seed
-    epochs = epochs or config.compare.everyday_epochs
     wps, train_sims = config.windows_per_sim, config.train_sims
-    val_sims = config.val_sims if val_sims is None else list(val_sims)
     frames = FrameIndex(simulation, [*train_sims, *val_sims])
     variants = pipeline.loader_variants()
     served = serve(pipeline, b, seed=seed, epochs=epochs, frames=frames, variant=variants[0], keep=True)
-    rows = []
     for epoch in range(epochs):
         rows.append(_coverage(name, f"epoch {epoch}: each window exactly once", served.epoch_keys(epoch), train_sims, wps))
         sizes, want = served.sizes(epoch), expected_sizes(len(train_sims) * wps, b)
@@ -291,8 +304,9 @@ def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[in
         digests.append(batch_digest(batch))
         kept.append((0, index, batch))
     rows.append(_lifetime(name, 'plan-driven batches keep their values', kept, [digests], "batches of a plan-driven epoch"))
-    rows += audit_trainer(pipeline, network or audit_network(config, simulation), config, simulation, frames,
-                          [k for e in range(epochs) for k in served.epoch_keys(e)], epochs)
+    if trainer:
+        rows += audit_trainer(pipeline, network or audit_network(config, simulation), config, simulation, frames,
+                              [k for e in range(epochs) for k in served.epoch_keys(e)], epochs)
     for variant in variants[1:]:
         other = serve(pipeline, b, seed=seed, epochs=epochs, frames=frames, variant=variant)
         difference = _first_difference(served, other)
@@ -300,7 +314,6 @@ def audit_everyday(pipeline: AbstractPipeline, open_fresh: Callable[[Sequence[in
                                 f"{epochs} epochs against {_variant(variants[0])}: " +
                                 (f"{served.n_batches} batches bitwise identical" if difference is None else difference),
                                 VARIANT))
-    return rows
 
 
 def _variant(variant: dict) -> str:

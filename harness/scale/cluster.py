@@ -14,6 +14,7 @@ import abc
 import contextlib
 import logging
 import uuid
+import warnings
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from harness.errors import ConfigError, HarnessError
@@ -105,18 +106,25 @@ class DaskExecutor(AbstractExecutor):
         return max(1, len(self._workers_now()))
 
     def describe(self) -> dict[str, Any]:
+        """Also the torch thread counts the workers run with (one, from Dask's `OMP_NUM_THREADS=1`, unless their
+        environment says otherwise), asked of the workers now."""
         import dask
         return {'executor': 'dask', 'scheduler': self.client.scheduler.address,
                 'cluster': 'LocalCluster (worker processes on this machine)' if self.local else 'existing cluster',
                 'workers': len(self._started), 'threads': sum(self._started.values()),
-                'worker_addresses': sorted(self._started), 'dask': dask.__version__}
+                'worker_addresses': sorted(self._started),
+                'worker_torch_threads': sorted(set(self.client.run(torch_threads).values())), 'dask': dask.__version__}
 
     def run(self, task, arguments, *, name):
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
         token = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(task, *args, key=f"{name}-{index}-{token}", pure=False)
-                   for index, args in enumerate(arguments)]
+        with warnings.catch_warnings():
+            # a chunk's fields ride in its task, held by the scheduler, so that the task can run again elsewhere when
+            # its worker dies (data scattered to a worker would die with it): a large graph is intended
+            warnings.filterwarnings('ignore', message='Sending large graph', category=UserWarning)
+            futures = [self.client.submit(task, *args, key=f"{name}-{index}-{token}", pure=False)
+                       for index, args in enumerate(arguments)]
         index_of = {future.key: index for index, future in enumerate(futures)}
         try:
             for future in as_completed(futures):
@@ -129,6 +137,12 @@ class DaskExecutor(AbstractExecutor):
                 yield index_of[future.key], result
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+
+def torch_threads() -> int:
+    """The intra-op threads torch runs with in this process (run on each worker by `DaskExecutor.describe`)."""
+    import torch
+    return torch.get_num_threads()
 
 
 @contextlib.contextmanager

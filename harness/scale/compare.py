@@ -3,7 +3,8 @@ on those sims only (`harness.scale.tasks.compare_chunk`); the client merges the 
 
 Every batch of a plan is compared in parts, one per chunk holding some of its windows; a batch counts once, as failed
 when any part differs, so the counts, element totals, largest errors and coverage equal the in-process comparison's.
-A failure names the plan's epoch and batch and the part's windows.
+A failure names the plan's epoch and batch and the part's windows. A window served in place of another is found
+within each part of a batch (the planned window at each place of the part), in plan order.
 """
 from __future__ import annotations
 
@@ -94,7 +95,11 @@ def merge(parts: Sequence[tasks.ChunkComparison], plans: Sequence[BatchPlan], na
                          for name, stats in tensors.items()}
     if coverage:
         for plan in plans:
+            place = {tuple(key): i for i, key in enumerate(plan.keys())}
             for name in names:
                 delivered = [key for part in parts for key in part.delivered.get((name, plan.epoch), [])]
-                result.coverage.append(local.audit_coverage(name, plan.epoch, plan.keys(), delivered))
+                audit = local.audit_coverage(name, plan.epoch, plan.keys(), delivered)
+                misplaced = [pair for part in parts for pair in part.misplaced.get((name, plan.epoch), [])]
+                audit.misplaced = sorted(misplaced, key=lambda pair: place.get(tuple(pair[0]), len(place)))
+                result.coverage.append(audit)
     return result

@@ -3,7 +3,9 @@ from the seed), each chunk of sims is stepped by a task on a worker, and the chu
 
 The fields are bitwise those of the in-process `harness.data.simulate.simulate`: the per-sim arithmetic does not depend
 on how many sims share a batch or on torch's thread count (tests/test_scale.py checks it). Physics whose sims cannot be
-split (smoke: one batched pressure solve over all sims) are simulated here, in one run, as in-process.
+split are simulated here, in one run, as in-process: smoke, whose pressure solve stops every sim of a batch at the
+smallest tolerance in it (phiml 1.16.1's CG on torch), so a sim's fields depend on the other sims of its batch (see
+`harness.data.simulate.CHUNKED`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from harness.data import simulate as local
 from harness.scale.cluster import AbstractExecutor
 
 logger = logging.getLogger(__name__)
-NOT_CHUNKED = "its sims cannot be split into chunks (see harness.data.simulate.CHUNKED)"
+NOT_CHUNKED = ("its sims cannot be split into chunks bitwise: the pressure solve stops every sim of a batch at the "
+               "batch's smallest tolerance (see harness.data.simulate.CHUNKED)")
 
 
 def simulate(executor: AbstractExecutor, config: ScenarioConfig,

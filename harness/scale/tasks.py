@@ -129,6 +129,8 @@ class ChunkComparison:
             `max_abs`, `max_rel`.
         failures: The first parts that differ (at most `MAX_REPORTED`), with the plan's batch index.
         delivered: `(pipeline name, epoch)` -> the window identified for every element delivered.
+        misplaced: `(pipeline name, epoch)` -> `(planned, served)` for every element whose served window is another
+            than the one planned at its place in the batch.
         worst: `(TensorDiff, legacy tensor, native tensor)` of the chunk's largest value error.
     """
     sims: list[int]
@@ -142,6 +144,7 @@ class ChunkComparison:
     failures: list[BatchFailure] = field(default_factory=list)
     batch_count_errors: list[str] = field(default_factory=list)
     delivered: dict[tuple[str, int], list[WindowKey | None]] = field(default_factory=dict)
+    misplaced: dict[tuple[str, int], list[tuple[WindowKey, WindowKey]]] = field(default_factory=dict)
     worst: tuple | None = None
 
     def add(self, epoch: int, index: int, keys: list[WindowKey], diffs: list[TensorDiff], legacy: dict,
@@ -174,7 +177,8 @@ def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir
                   rollout_steps: int, sims: Sequence[int], plans: Sequence[BatchPlan], tolerance: ToleranceMap,
                   frames: FrameIndex | None) -> ChunkComparison:
     """Opens both pipelines on the chunk's sims only and compares, batch by batch of every plan, the windows of the
-    batch that belong to these sims; identifies every delivered element by content when `frames` is given."""
+    batch that belong to these sims; identifies every delivered element by content when `frames` is given, and
+    notes each one served in place of another planned window of its part of the batch."""
     legacy = _pipeline(legacy_spec, legacy_dir, rollout_steps)
     native = _pipeline(native_spec, native_dir, rollout_steps)
     legacy.open(list(sims))
@@ -195,8 +199,11 @@ def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir
                     counts[pipeline.name] += 1
                     batches[pipeline.name] = pipeline.to_phiml(raw)
                     if frames is not None:
-                        result.delivered.setdefault((pipeline.name, plan.epoch), []).extend(
-                            frames.identify(batches[pipeline.name]))
+                        served = frames.identify(batches[pipeline.name], keys)
+                        result.delivered.setdefault((pipeline.name, plan.epoch), []).extend(served)
+                        result.misplaced.setdefault((pipeline.name, plan.epoch), []).extend(
+                            (WindowKey(*p), WindowKey(*d)) for p, d in zip(keys, served)
+                            if d is not None and tuple(d) != tuple(p))
             if len(batches) == 2:
                 diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, list(keys))
                 result.add(plan.epoch, index, list(keys), diffs, batches[legacy.name], batches[native.name])

@@ -118,7 +118,8 @@ CATALOGUE: dict[str, type[InjectedBug]] = {
 
 
 def judge_everyday(ctx, native: AbstractPipeline) -> tuple[list[str], str, str]:
-    """The everyday audit of `native` (a `SelftestContext`'s native pipeline, clean or with a bug): the failed checks,
+    """The everyday audit of `native` (a `SelftestContext`'s native pipeline, clean or with a bug; its trainer is
+    audited by the comparison itself, not here, where no bug concerns it): the failed checks,
     the diagnosis kind (of the first failing audit) and a summary, as `harness.selftest.run.Finding` takes them."""
     config, r = ctx.config, ctx.config.data.rollout_steps
 
@@ -130,7 +131,7 @@ def judge_everyday(ctx, native: AbstractPipeline) -> tuple[list[str], str, str]:
 
     on_disk = [sim for sim in config.val_sims if ctx.native_cls(ctx.native_dir, r).cache_file(sim).is_file()]
     rows = audit_everyday(native, open_fresh, config, ctx.simulation,
-                          val_sims=on_disk if on_disk == config.val_sims else [])
+                          val_sims=on_disk if on_disk == config.val_sims else [], trainer=False)
     failed = [row for row in rows if not row.passed]
     if not failed:
         return [], 'none', f"no difference: {len(rows)} everyday audits pass"

@@ -11,7 +11,7 @@ import pytest
 from harness import model
 from harness.bench.bandwidth import epoch_bytes
 from harness.plan import make_plan
-from harness.bench.stages import network_inputs
+from harness.bench.stages import frame_bytes as batch_frame_bytes, network_inputs
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
 from benchmarks.naive import NaiveWindowLoader
@@ -47,7 +47,7 @@ def opened(bench_sim, tmp_path_factory):
     plan = make_plan(pipelines['phiml'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
     raw = {name: list(p.load_batches(plan)) for name, p in pipelines.items()}
     network = model.make_network(config.model, 2, 2, seed=config.seed)
-    frame_bytes = pipelines['phiml'].dataset.frame_bytes
+    frame_bytes = batch_frame_bytes(pipelines['phiml'].to_phiml(raw['phiml'][0]))
     return {'pipelines': pipelines, 'mapped': mapped, 'sims': sims, 'plan': plan, 'raw': raw, 'network': network, 'config': config,
             'epoch_bytes': epoch_bytes(plan.n_windows, frame_bytes, config.data.rollout_steps)}
 
