@@ -28,3 +28,36 @@ def test_ctrl_c_is_one_line_and_exit_130(command, delay_s, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (130, f"python -m harness.{command}: interrupted\n")
+
+
+SWALLOWED = '''
+import os, sys, time, types
+import harness.cli
+from harness.cli.common import guarded
+
+def raise_interrupt():  # what a Ctrl-C inside logging's at-fork callback does: Python only reports it
+    raise KeyboardInterrupt
+
+def work(argv):
+    os.register_at_fork(after_in_parent=raise_interrupt)  # each fork loses one Ctrl-C
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(30)
+    return 0
+
+command = types.ModuleType('harness.cli.forking')
+command.main = lambda: guarded(work, 'python -m harness.forking')
+sys.modules['harness.cli.forking'] = command
+sys.exit(harness.cli.launch('forking'))
+'''
+
+
+def test_ctrl_c_swallowed_by_an_at_fork_callback_still_interrupts():
+    """Seen in CI: SIGINT while a DataLoader forked its workers landed in logging's at-fork lock release; Python
+    printed 'Exception ignored' and the command ran on to exit code 0."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, '-c', SWALLOWED], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "python -m harness.forking: interrupted\n")
+    assert time.perf_counter() - started < 25  # interrupted at once, not after the 30 s of work

@@ -10,6 +10,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 
 INTERRUPTED = 130
 
@@ -28,6 +29,7 @@ def launch(command: str) -> int:
         module = importlib.import_module(f'harness.cli.{command}')
     finally:
         signal.signal(signal.SIGINT, previous)
+    sys.unraisablehook = _redeliver_swallowed_interrupt
     code = module.main()  # its guard turns a later Ctrl-C into one line and INTERRUPTED
     if code == INTERRUPTED:
         # not a normal exit: after an interrupt inside Python code run by an extension (a traced function) the
@@ -36,3 +38,15 @@ def launch(command: str) -> int:
         sys.stderr.flush()
         os._exit(INTERRUPTED)
     return code
+
+
+def _redeliver_swallowed_interrupt(unraisable) -> None:
+    """A Ctrl-C that lands in code whose exceptions Python only reports (an at-fork callback such as logging's, run
+    when a DataLoader starts its workers; a `__del__`) would be printed as 'Exception ignored' and lost, and the
+    command would run on to exit code 0: deliver it again, so that it is raised in the main program."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # from another thread, a moment later: a signal raised here would be handled here, and swallowed again
+        main = threading.main_thread().ident
+        threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()
+    else:
+        sys.__unraisablehook__(unraisable)
