@@ -3,10 +3,11 @@
 `phiml.math.load` is `np.load(allow_pickle=True)` plus phiml's reassembly, so a crafted file executes code. This reader
 returns what `phiml.math.load` returns for every file it accepts and refuses anything else with a `CacheError` naming
 the file and member: the zip directory from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
-`specs` through the restricted unpickler of `pickles`, the tree assembled by phiml's own functions. Each array member
-takes one `readinto` (into `out` where it fits) or is memory-mapped. What a file's structure gives is remembered by
-content: a later file whose every byte outside its arrays' data and CRCs repeats (the sims of a cache) is not parsed
-again. Not checked: the zip CRCs of stored members (the cache manifest holds SHA-256 digests of whole files).
+`specs` through the restricted unpickler of `pickles`. Each large array member takes one `readinto` (into `out` where
+it fits) or is memory-mapped; the bytes around them (headers, meta members, small arrays, the zip directory) take one
+read per stretch. What a file's structure gives is remembered by content: a later file whose every byte outside its
+arrays' data and CRCs repeats (the sims of a cache) is not parsed again. Not checked: the zip CRCs of stored members
+(the cache manifest holds SHA-256 digests of whole files).
 """
 from __future__ import annotations
 
@@ -21,20 +22,30 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from numpy.lib import format as npy_format
 from phiml.backend import choose_backend
+from phiml.math._shape import EMPTY_SHAPE
 from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
-from phiml.math._tree import all_attributes, assemble_tree, attr_paths_from_container
+from phiml.math._tree import MISSING_TENSOR, NATIVE_TENSOR, all_attributes, assemble_tree, attr_paths_from_container
 
 from harness.errors import CacheError
 from .pickles import unpickle_object_array
 
 META = ('tree', 'specs', 'paths')
-WHOLE = 2 ** 16  # files up to this size are read whole (unless mapped); larger ones: no second copy of the data
-HEAD = 4096  # bytes read first from a stored member: its local and .npy headers, all of a small member
+WHOLE = 2 ** 16  # files up to this size are parsed from one read of the whole file (unless mapped)
+HEAD = 4096  # arrays larger than this are read (or mapped) on their own; the first bytes read of a member when parsing
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
 _NUMPY = choose_backend(np.zeros(0))
 
-
 _Meta = NamedTuple('_Meta', [('header', bytes), ('data', bytes)])  # a meta member, parsed by `_structure` once
+# A stored array member: where its data lies (`chunk`: -1 for a large array, at `start` in the file; else the index of
+# the stretch of the file that holds it, `start` relative to that), and what it is.
+_Array = NamedTuple('_Array', [('name', str), ('chunk', int), ('start', int), ('nbytes', int), ('dtype', np.dtype),
+                               ('shape', tuple), ('fortran', bool)])
+# A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read; the stretches of
+# the file around its large arrays' data (`chunks`, each taken in one read); and every byte of those outside the
+# arrays' data and CRCs (`gaps`: chunk, start, end, bytes). A later file of the same size whose gaps hold these bytes
+# is read alike.
+_Layout = NamedTuple('_Layout', [('members', tuple), ('chunks', tuple), ('gaps', tuple)])
+_LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
 
 
 def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str, np.ndarray] | None = None) -> Any:
@@ -52,13 +63,15 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     try:
         with open(path, 'rb') as fp:
             size = os.fstat(fp.fileno()).st_size
-            if not mmap and size <= WHOLE:
-                fp = io.BytesIO(fp.read())
-            layout = next((known for known in _LAYOUTS.get(size, ()) if all(
-                _read(fp, a, b - a) == gap for (a, b), gap in zip(known.gap_ranges, known.gaps))), None)
-            layout = layout or _parse(fp, size)
-            members = {key: _array(fp, value, mmap, (out or {}).get(key)) if isinstance(value, _Array) else value
-                       for key, value in layout.members}
+            for layout in _LAYOUTS.get(size, ()):
+                chunks = [_read(fp, a, b - a) for a, b in layout.chunks]
+                if all(chunks[i][a:b] == gap for i, a, b, gap in layout.gaps):
+                    break
+            else:  # parsed from memory where the file is small: many small reads
+                fp = io.BytesIO(_read(fp, 0, size)) if not mmap and size <= WHOLE else fp
+                layout, chunks = _parse(fp, size)
+            members = {key: _array(fp, chunks, value, mmap, (out or {}).get(key)) if isinstance(value, _Array)
+                       else value for key, value in layout.members}
         return _assemble(members)
     except _Refused as err:
         raise CacheError(f"{path}: {err}") from None
@@ -79,19 +92,9 @@ class _Refused(Exception):
     """A file this reader refuses; the message says why (the caller adds the path)."""
 
 
-_Array = NamedTuple('_Array', [('name', str), ('start', int), ('nbytes', int), ('dtype', np.dtype), ('shape', tuple),
-                               ('fortran', bool)])  # where a stored array member's data lies in the file, what it is
-
-
-# A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read, and the bytes of
-# the file outside those arrays' data and CRCs (`gaps`, at `gap_ranges`): every other header byte, the zip directory,
-# the meta members. A later file of the same size whose gaps are these bytes is parsed alike.
-_Layout = NamedTuple('_Layout', [('members', tuple), ('gap_ranges', tuple), ('gaps', tuple)])
-_LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
-
-
-def _parse(fp, size: int) -> _Layout:
-    """The layout of a file, parsed by `zipfile` and `numpy.lib.format`, remembered for files of its size."""
+def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
+    """The layout of a file, parsed by `zipfile` and `numpy.lib.format`, remembered for files of its size; and the
+    bytes of its chunks."""
     archive, members = zipfile.ZipFile(fp), {}
     fp.seek(0)
     if fp.read(4) != zipfile.stringFileHeader:  # np.load would not take it for a zip, and would unpickle it
@@ -101,20 +104,36 @@ def _parse(fp, size: int) -> _Layout:
         if key in members:
             raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
         members[key] = _member(archive, fp, info, key)
-    regions, entry = [], archive.start_dir  # the arrays' data and CRCs (zip local header +14, directory entry +16)
+    holes, entry = [], archive.start_dir  # data and CRCs of the arrays (zip local header +14, directory entry +16)
     for info, value in zip(archive.infolist(), members.values()):
         if isinstance(value, _Array):
-            regions += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
-                        (entry + 16, entry + 20)]
+            holes += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
+                      (entry + 16, entry + 20)]
         entry += 46 + len(info.orig_filename.encode(_encoding(info))) + len(info.extra) + len(info.comment)
-    regions.sort()
-    edges = [0, *(edge for region in regions for edge in region), size]
-    ranges = tuple(zip(edges[::2], edges[1::2]))
-    if not all(a <= b for a, b in ranges):  # overlapping data: not remembered
-        return _Layout(tuple(members.items()), (), ())
-    layout = _Layout(tuple(members.items()), ranges, tuple(_read(fp, a, b - a) for a, b in ranges))
+    large = sorted((a.start, a.start + a.nbytes) for a in members.values() if isinstance(a, _Array) and a.nbytes > HEAD)
+    edges = [0, *(edge for stretch in large for edge in stretch), size]
+    spans = tuple(zip(edges[::2], edges[1::2]))
+    holes = sorted(hole for hole in holes if hole not in large)
+
+    def place(array: _Array) -> _Array:
+        chunk = next((i for i, (a, b) in enumerate(spans) if a <= array.start and array.start + array.nbytes <= b), None)
+        if array.nbytes > HEAD or chunk is None:
+            if array.nbytes <= HEAD or any(a > b for a, b in spans):
+                raise _Refused(f"member {array.name!r}: its data overlaps another member's")
+            return array
+        return array._replace(chunk=chunk, start=array.start - spans[chunk][0])
+
+    members = {key: place(value) if isinstance(value, _Array) else value for key, value in members.items()}
+    chunks, gaps = [_read(fp, a, b - a) for a, b in spans], []
+    for i, (a, b) in enumerate(spans):
+        cut = a
+        for start, end in (hole for hole in holes if a <= hole[0] < b):
+            gaps.append((i, cut - a, start - a))
+            cut = max(cut, end)
+        gaps.append((i, cut - a, b - a))
+    layout = _Layout(tuple(members.items()), spans, tuple((i, a, b, chunks[i][a:b]) for i, a, b in gaps if a < b))
     _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
-    return layout
+    return layout, chunks
 
 
 def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> Any:
@@ -146,26 +165,28 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> An
     if math.prod(shape) * dtype.itemsize != size - length:
         raise _Refused(f"member {name!r} holds {size - length} bytes of data, its header announces "
                        f"{math.prod(shape) * dtype.itemsize} (truncated or corrupt)")
-    array = _Array(name, start + length, size - length, dtype, shape, fortran)
-    return _array(io.BytesIO(content), array._replace(start=length), False, None) if info.compress_type else array
+    array = _Array(name, -1, start + length, size - length, dtype, shape, fortran)
+    return _array(None, [content], array._replace(chunk=0, start=length), False, None) if info.compress_type else array
 
 
 def _encoding(info: zipfile.ZipInfo) -> str:
     return 'utf-8' if info.flag_bits & 0x800 else 'cp437'
 
 
-def _array(fp, array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
-    """An array member's data: memory-mapped (large ones, with `mmap`), or read with one `readinto` into `target`
-    where it fits (C order, writable), else into a fresh array."""
-    order = 'F' if array.fortran else 'C'
-    if mmap and array.nbytes > HEAD:
-        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, order))
+def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
+    """An array member's data: copied from its chunk (small ones), memory-mapped (large ones, with `mmap`), or read
+    with one `readinto`; into `target` where it fits (C order, writable), else into a fresh array."""
+    if mmap and array.chunk < 0:
+        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, 'F' if array.fortran else 'C'))
     fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
         and target.flags.c_contiguous and target.flags.writeable
     buffer = target if fits else np.empty(array.shape[::-1] if array.fortran else array.shape, array.dtype)
-    fp.seek(array.start)
-    if array.nbytes and fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
-        raise EOFError(f"member {array.name!r} ends early (truncated file)")
+    if array.chunk >= 0:
+        buffer.reshape(-1)[...] = np.frombuffer(chunks[array.chunk], array.dtype, buffer.size, array.start)
+    elif array.nbytes:
+        fp.seek(array.start)
+        if fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
+            raise EOFError(f"member {array.name!r} ends early (truncated file)")
     return buffer.T if array.fortran else buffer  # fortran: read as the transpose in C order
 
 
@@ -206,24 +227,26 @@ def _meta_value(name: str, member: Any) -> Any:
 def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list, list[int], list | None]:
     """`(tree, specs, paths, order, dense)` as `phiml.math.load` derives them from the meta members: the tree with
     `None` where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, which stored tensor
-    each of the tree's tensor leaves takes, and where every spec is dense, `(names, shape, native sizes)` of each
-    (callers must not mutate the cached result)."""
+    each of the tree's tensor leaves takes, and where every spec is dense and the tree holds no layout,
+    `(names, shape, native sizes)` of each (callers must not mutate the cached result)."""
     tree, specs, paths = (_meta_value(name, member) for name, member in zip(META, (tree, specs, paths)))
     try:
-        tree, specs = tree['tree'], [unserialize_spec(spec) for spec in specs]
+        keys = [repr(spec) for spec in specs]  # the specs of equal tensors (the metadata's scalars) repeat
+        unique = {key: unserialize_spec(spec) for key, spec in dict(zip(keys, specs)).items()}
+        tree, specs = tree['tree'], [unique[key] for key in keys]
         new_paths = attr_paths_from_container(tree, all_attributes, 'root')
         lookup = {path: i for i, path in enumerate(paths)}  # stored in another order: by path, as phiml.math.load does
         order = list(range(len(specs))) if tuple(paths) == tuple(new_paths) else [lookup[p] for p in new_paths]
         dense = [(s['names'], s['shape'], tuple(s['shape'].get_size(n) for n in s['names'])) for s in specs] \
-            if all(s['type'] is Dense for s in specs) else None
+            if all(s['type'] is Dense for s in specs) and '__layout__' not in repr(tree) else None
     except Exception as err:  # noqa: BLE001 - phiml's parsing of plain but malformed members
         raise _Refused(f"malformed tensor specs, paths or tree ({type(err).__name__}: {err})") from None
     return tree, specs, paths, order, dense
 
 
 def _assemble(members: dict[str, Any]) -> Any:
-    """The tree, assembled by phiml's own `assemble_tensors` and `assemble_tree` as `phiml.math.load` runs them:
-    the members other than the meta members are handed to the tensors by position, in archive order."""
+    """The tree as `phiml.math.load` assembles it: the members other than the meta members are handed to the tensors
+    by position, in archive order."""
     missing = [name for name in META if name not in members]
     if missing:
         raise _Refused(f"not a phiml.math.save file (member {missing[0]!r} missing)")
@@ -235,12 +258,29 @@ def _assemble(members: dict[str, Any]) -> Any:
         if not isinstance(members[key], np.ndarray):
             raise _Refused(f"member {key!r} would become (part of) tensor {label!r}, but is not an .npy array")
     natives = [members[key] for key in keys]
+    if dense and all(native.shape == sizes for native, (_, _, sizes) in zip(natives, dense)):
+        return _fill(tree, iter([(natives[i], dense[i]) for i in order]))
     try:
-        if dense and all(native.shape == sizes for native, (_, _, sizes) in zip(natives, dense)):
-            # what Dense._from_spec_and_natives builds, without asking each array for its backend twice
-            tensors = [Dense(native, names, shape, _NUMPY) for native, (names, shape, _) in zip(natives, dense)]
-        else:
-            tensors = assemble_tensors(natives, specs)
+        tensors = assemble_tensors(natives, specs)
         return assemble_tree(tree, [tensors[i] for i in order], attr_type=all_attributes)
     except Exception as err:  # noqa: BLE001 - phiml's own errors on a malformed file
         raise _Refused(f"its members do not assemble into a tree ({type(err).__name__}: {err})") from None
+
+
+def _fill(node: Any, leaves) -> Any:
+    """What phiml's `assemble_tree` makes of a tree of plain containers and dense tensors (`leaves`: native and
+    `(names, shape, sizes)` of each tensor in tree order): a tensor for `None`, the native for `'__native__'` (a
+    Python scalar where it has no dims), `None` for `'__missing__'`."""
+    kind = type(node)
+    if node is None or (kind is str and node == NATIVE_TENSOR):
+        native, (names, shape, _) = next(leaves)
+        if node is None:
+            return Dense(native, names, shape, _NUMPY)
+        return native.item() if shape == EMPTY_SHAPE else native
+    if kind is str:
+        return None if node == MISSING_TENSOR else node
+    if kind is dict:
+        return {key: _fill(value, leaves) for key, value in node.items()}
+    if kind is list or kind is tuple:
+        return kind(_fill(value, leaves) for value in node)
+    return node
