@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from phiml.math import Tensor
 
 from harness.atomic import atomic_path
 from harness.errors import CacheError
-from .npz import read_phiml_npz
+from .npz import directory_offsets, read_phiml_npz
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +52,8 @@ class PhiMLDataManager:
         1980-01-01 so that equal data gives equal bytes (resumed and repeated builds compare files byte for byte)."""
         path = self.get_cached_path(sim_index)
         with atomic_path(path, '.npz') as tmp:
-            stamped = tmp.with_name(tmp.name.removesuffix('.tmp.npz') + '.stamped.tmp.npz')
-            try:
-                math.save(str(stamped), dict(data))
-                _copy_with_fixed_timestamps(stamped, tmp)
-            finally:
-                stamped.unlink(missing_ok=True)
+            math.save(str(tmp), dict(data))
+            _date_members_1980(tmp)
         return path
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
@@ -85,15 +80,21 @@ class PhiMLDataManager:
         return data
 
 
-def _copy_with_fixed_timestamps(source: Path, target: Path) -> None:
-    """Copies the zip `source` member by member (same names, order, bytes, compression) into `target`, each member
-    dated 1980-01-01 00:00 instead of the time of writing."""
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, 'w') as dst:
-        for info in src.infolist():
-            fixed = zipfile.ZipInfo(info.filename, (1980, 1, 1, 0, 0, 0))
-            fixed.compress_type, fixed.external_attr, fixed.file_size = info.compress_type, info.external_attr, info.file_size
-            with src.open(info) as reader, dst.open(fixed, 'w') as writer:
-                shutil.copyfileobj(reader, writer, 1 << 20)
+def _date_members_1980(path: Path) -> None:
+    """Dates every member of the zip `path` 1980-01-01 00:00 in place, in its local header and its directory entry."""
+    with zipfile.ZipFile(path) as archive:
+        places = [(info.header_offset, b'PK\x03\x04', 10) for info in archive.infolist()] + \
+                 [(entry, b'PK\x01\x02', 12) for entry in directory_offsets(archive)]
+    with open(path, 'r+b') as fp:
+        for offset, signature, field in places:
+            fp.seek(offset)
+            if fp.read(4) != signature:
+                raise CacheError(f"{path}: no zip header at offset {offset}, cannot date its members")
+            fp.seek(offset + field)
+            fp.write(_DOS_1980)
+
+
+_DOS_1980 = bytes([0, 0, 33, 0])  # 00:00:00 and 1980-01-01 as zip stores them (DOS time and date, little endian)
 
 
 def _file_name(sim_index: int) -> str:

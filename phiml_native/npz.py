@@ -104,12 +104,11 @@ def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
         if key in members:
             raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
         members[key] = _member(archive, fp, info, key)
-    holes, entry = [], archive.start_dir  # data and CRCs of the arrays (zip local header +14, directory entry +16)
-    for info, value in zip(archive.infolist(), members.values()):
+    holes = []  # data and CRCs of the arrays (zip local header +14, directory entry +16)
+    for info, value, entry in zip(archive.infolist(), members.values(), directory_offsets(archive)):
         if isinstance(value, _Array):
             holes += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
                       (entry + 16, entry + 20)]
-        entry += 46 + len(info.orig_filename.encode(_encoding(info))) + len(info.extra) + len(info.comment)
     large = sorted((a.start, a.start + a.nbytes) for a in members.values() if isinstance(a, _Array) and a.nbytes > HEAD)
     edges = [0, *(edge for stretch in large for edge in stretch), size]
     spans = tuple(zip(edges[::2], edges[1::2]))
@@ -167,6 +166,15 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> An
                        f"{math.prod(shape) * dtype.itemsize} (truncated or corrupt)")
     array = _Array(name, -1, start + length, size - length, dtype, shape, fortran)
     return _array(None, [content], array._replace(chunk=0, start=length), False, None) if info.compress_type else array
+
+
+def directory_offsets(archive: zipfile.ZipFile) -> list[int]:
+    """Where each member's entry in the zip directory starts, in archive order."""
+    offsets, entry = [], archive.start_dir
+    for info in archive.infolist():
+        offsets.append(entry)
+        entry += 46 + len(info.orig_filename.encode(_encoding(info))) + len(info.extra) + len(info.comment)
+    return offsets
 
 
 def _encoding(info: zipfile.ZipInfo) -> str:
