@@ -189,7 +189,8 @@ class PhiMLDataset:
             else:
                 windows, maps = np.empty((count, run, *frame), np.float32), self.maps[name]
                 flat = windows.reshape(count, run, -1)
-                for i, (position, t0) in enumerate(zip(*divmod(rows, self.n_frames))):
+                positions, starts = divmod(rows, self.n_frames)
+                for i, position, t0 in zip(range(count), positions.tolist(), starts.tolist()):
                     flat[i] = maps[position][t0:t0 + run]  # cast to float32 on assignment (`cast_float32`)
             windows = windows.reshape(count, run, *frame)
             initial[name] = Dense(torch.from_numpy(windows[:, 0]), initial_shape.names, initial_shape, _TORCH)
