@@ -9,6 +9,7 @@ dataset per batch), `math.wrap` per batch (its checks cost more than a small gat
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -74,8 +75,10 @@ class PhiMLDataset:
         self._batch_shapes: dict[tuple[str, int], tuple[Shape, Shape, tuple]] = {}
 
     def _auto_mode(self, budget: float) -> str:
-        paths = [self.data_manager.get_cached_path(sim) for sim in self.sim_indices]
-        cached = sum(os.path.getsize(path) for path in paths if os.path.isfile(path))
+        cached = 0
+        for sim in self.sim_indices:  # a missing file is named when it is read
+            with contextlib.suppress(OSError):
+                cached += os.stat(self.data_manager.get_cached_path(sim)).st_size
         mode = 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
         logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
         return mode
@@ -101,11 +104,13 @@ class PhiMLDataset:
                                  f"differ from {first.name} {list(self.shapes.items())}; one cache must hold sims of one "
                                  f"resolution and one set of fields")
             for name, shape in signature.items():
+                if getattr(data[name], '_native', None) is slots.get(name, ()):  # the reader filled the slot
+                    continue
                 with math.precision(data[name].dtype.bits if self.cast_float32 else 32):  # cast on copy or gather
                     values = data[name].numpy(shape.names)  # the stored array itself (mapped: its map) unless compact
                 if mapped:
                     self.maps[name].append(values.reshape(shape.get_size('time'), -1))
-                elif not np.may_share_memory(values, slots[name]):  # the reader filled the slot unless compact or cast
+                else:
                     np.copyto(slots[name], values)
 
     @property

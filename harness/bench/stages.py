@@ -99,7 +99,9 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     result['read'].update(bytes=cache_bytes, sims=len(sims), npy_load_s=npy_s, npy_bytes=sum(f.stat().st_size for f in npy_files),
                           native_vs_npy_load=result['read']['native_s'] / npy_s,
                           legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory,
-                          per_repetition={'native_vs_npy_load': ratios(timings['read'].native, npy_load)})
+                          per_repetition={'native_vs_npy_load': ratios(timings['read'].native, npy_load),
+                                          'speedup': ratios(timings['read'].legacy, timings['read'].native)})
+    result['write']['per_repetition'] = {'speedup': ratios(timings['write'].legacy, timings['write'].native)}
     moved = epoch_bytes(plan.n_windows, frame_bytes(first['native']), rollout)
     bandwidth = probe.bandwidth(since=samples_before)
     floor = floor_seconds(moved, bandwidth)
@@ -116,7 +118,8 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
                              legacy_vs_step=per_batch['legacy'] / result['step']['legacy_s'],
                              native_vs_step=per_batch['native'] / result['step']['native_s'],
                              per_repetition={'native_vs_step': ratios([c / len(plan) for c in timings['convert'].native],
-                                                                      timings['step'].native)})
+                                                                      timings['step'].native),
+                                             'speedup': ratios(timings['convert'].legacy, timings['convert'].native)})
     result['step'].update(batch_size=len(plan.batches[0]), rollout_steps=rollout)
     loading = result['iterate']['native_s'] / len(plan)
     result['iterate']['loading_share'] = loading / (loading + result['step']['native_s'])
@@ -124,6 +127,11 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
         it / len(plan) / (it / len(plan) + step) for it, step in zip(timings['iterate'].native, timings['step'].native)]
     result['step']['per_repetition'] = {'speedup': ratios(timings['step'].legacy, timings['step'].native)}
     result['read']['native_vs_step'] = result['read']['native_s'] / result['step']['native_s']
+    training = result['step']['native_s'] * len(plan) * config.trainer.epochs  # what compare's training passes take
+    for stage in ('write', 'read'):  # paid once: compare passes them within this share of the training they feed
+        extra = result[stage]['native_s'] - result[stage]['legacy_s']
+        result[stage].update(training_s=training, extra_vs_training=max(0.0, extra) / training,
+                             one_time_share=config.compare.one_time_share)
     return result
 
 
