@@ -1,8 +1,7 @@
 """The PhiML-native data pipeline: PhiFlow fields -> PhiML tensors with named dims (`time, x, y, vector`) ->
 `phiml.math.save` `.npz` cache -> `PhiMLDataset.iterate_batches` -> `phiml.nn.update_weights`, no conversion layer."""
 from .data_manager import PhiMLDataManager
-from .dataset import PhiMLDataset
-from .factory import create_phiml
+from .dataset import PhiMLDataset, create_phiml
 from .npz import read_phiml_npz
 from .pipeline import NativePipeline
 from .trainer import PhiMLSyntheticTrainer

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import zipfile
@@ -16,8 +15,6 @@ from phiml.math import Tensor
 from harness.atomic import atomic_path
 from harness.errors import CacheError
 from .npz import directory_offsets, read_phiml_npz
-
-logger = logging.getLogger(__name__)
 
 
 class PhiMLDataManager:

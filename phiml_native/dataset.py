@@ -1,17 +1,13 @@
-"""The PhiML-native dataset: sliding windows over the cached sims, each batch one `np.take` per field.
-
-A field of one sim is a table of frame rows `(time, frame values)`; the window `(sim, t0)` is rows `t0 ... t0 + R`.
-Loaded, all sims of a field live in one array and a batch is one `np.take` of its windows' rows into a fresh array;
-mapped, each sim's stored array is memory-mapped in its file and each window is copied from its map, so an epoch's
-anonymous memory does not grow with the dataset. Initial states and targets are two views of the gathered array,
-wrapped for torch without another copy. Avoided: PhiML indexing with a batch-type index tensor (copies the whole
-dataset per batch), `math.wrap` per batch (its checks cost more than a small gather), reused output buffers.
-"""
+"""The PhiML-native dataset: sliding windows over the cached sims. A field of one sim is a table of frame rows; the
+window `(sim, t0)` is rows `t0 ... t0 + R`. Loaded, all sims of a field live in one array and a batch is one `np.take`
+of its windows' rows into a fresh array; mapped, each sim's array is memory-mapped in its file and each window copied
+from its map, so an epoch's anonymous memory does not grow with the dataset. Initial states and targets are two views
+of the gathered array, handed to torch without another copy. Avoided: PhiML indexing with a batch-type index tensor
+(copies the whole dataset per batch), `math.wrap` per batch (its checks cost more than a small gather)."""
 from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -28,7 +24,6 @@ from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
 
-logger = logging.getLogger(__name__)
 _TORCH = choose_backend(torch.zeros(0))
 
 
@@ -79,9 +74,7 @@ class PhiMLDataset:
         for sim in self.sim_indices:  # a missing file is named when it is read
             with contextlib.suppress(OSError):
                 cached += os.stat(self.data_manager.get_cached_path(sim)).st_size
-        mode = 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
-        logger.debug("native dataset: %.3g GB of cache files, budget %.3g of the RAM: %s", cached / 1e9, budget, mode)
-        return mode
+        return 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
 
     def _load(self) -> None:
         """Reads (or maps) each sim once, validated by the data manager. Loaded, each sim after the first (which tells
@@ -160,8 +153,7 @@ class PhiMLDataset:
         return map(self._gather_rows, np.split(rows, np.cumsum(sizes)[:-1]) if sizes else [])
 
     def gather(self, keys: Sequence[WindowKey]) -> dict:
-        """The batch of the windows `keys` (see `rows_of` for the errors)."""
-        return self._gather_rows(self.rows_of(keys))
+        return self._gather_rows(self.rows_of(keys))  # the batch of the windows `keys` (errors: see `rows_of`)
 
     def rows_of(self, keys: Sequence[WindowKey]) -> np.ndarray:
         """The frame row of each window's initial state, `position(sim) * n_frames + t0`, as int64.
@@ -181,9 +173,8 @@ class PhiMLDataset:
         return self._sim_order[slots] * self.n_frames + t0
 
     def _gather_rows(self, rows: np.ndarray) -> dict:
-        """The batch whose initial states are the frame rows `rows` (from `rows_of`, so known to be in range):
-        `{'initial_state': Tensor(batch, *spatial, [vector]), 'targets': Tensor(batch, time, *spatial, [vector])}`,
-        float32 torch views of one fresh array per field, or dicts of those keyed by field name."""
+        """The batch of the windows starting at the frame rows `rows` (from `rows_of`, so in range): float32 torch
+        views of one fresh array per field, or dicts of those keyed by field name."""
         count, run = len(rows), len(self._run)
         initial, targets = {}, {}
         for name in self.field_names:
@@ -205,8 +196,7 @@ class PhiMLDataset:
                 'targets': targets.popitem()[1] if single else targets}
 
     def _shapes_for(self, name: str, count: int) -> tuple[Shape, Shape, tuple]:
-        """The shapes of the initial states and targets of a batch of `count` windows of field `name`, and the sizes
-        of one frame."""
+        """Shapes of the initial states and targets of `count` windows of field `name`; sizes of one frame."""
         frame, lead = self.shapes[name].without('time'), math.batch(batch=count)
         shapes = (math.concat_shapes(lead, frame), math.concat_shapes(lead, math.batch(time=self.rollout_steps), frame),
                   frame.sizes)
@@ -223,3 +213,11 @@ def _prefetched(build, parts: list) -> Iterator[dict]:
             ready = [pending.result()]
             pending = pool.submit(build, part) if part is not None else None
             yield ready.pop()
+
+
+def create_phiml(config, sim_indices: Sequence[int], cache_dir) -> PhiMLDataset:
+    """The migration plan's factory: the native dataset (no DataLoader wrapper) over `sim_indices` of the cache in
+    `cache_dir` (a `harness.config.ScenarioConfig`), loaded or mapped and prefetching as `config.data` says."""
+    data = config.data
+    return PhiMLDataset(PhiMLDataManager(cache_dir), sim_indices, data.rollout_steps, memory=data.memory,
+                        memory_budget=data.memory_budget, prefetch=data.prefetch, cast_float32=data.cast_float32)

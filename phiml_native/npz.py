@@ -1,14 +1,10 @@
-"""Reading `phiml.math.save` files as `phiml.math.load` does, without running code the file carries.
-
-`phiml.math.load` is `np.load(allow_pickle=True)` plus phiml's reassembly, so a crafted file executes code. This reader
-returns what `phiml.math.load` returns for every file it accepts and refuses anything else with a `CacheError` naming
-the file and member: the zip directory from `zipfile`, `.npy` headers from `numpy.lib.format`, the pickled `tree` and
-`specs` through the restricted unpickler of `pickles`. Each large array member takes one `readinto` (into `out` where
-it fits) or is memory-mapped; the bytes around them (headers, meta members, small arrays, the zip directory) take one
-read per stretch. What a file's structure gives is remembered by content: a later file whose every byte outside its
-arrays' data and CRCs repeats (the sims of a cache) is not parsed again. Not checked: the zip CRCs of stored members
-(the cache manifest holds SHA-256 digests of whole files).
-"""
+"""Reading `phiml.math.save` files as `phiml.math.load` (`np.load(allow_pickle=True)` + phiml's reassembly) does,
+without running code a crafted file carries: what `phiml.math.load` returns for every file accepted, a `CacheError`
+naming file and member for anything else. The zip directory comes from `zipfile`, `.npy` headers from
+`numpy.lib.format`, the pickled `tree` and `specs` from the restricted unpickler of `pickles`. A large array takes one
+`readinto` (into `out` where it fits) or is memory-mapped; the bytes around the large arrays take one read per stretch.
+A later file whose every byte outside its arrays' data and CRCs repeats one already parsed (the sims of a cache) is
+read by that file's layout. Not checked: zip CRCs (the cache manifest holds SHA-256 digests of whole files)."""
 from __future__ import annotations
 
 import functools
@@ -36,14 +32,12 @@ _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name 
 _NUMPY = choose_backend(np.zeros(0))
 
 _Meta = NamedTuple('_Meta', [('header', bytes), ('data', bytes)])  # a meta member, parsed by `_structure` once
-# A stored array member: where its data lies (`chunk`: -1 for a large array, at `start` in the file; else the index of
-# the stretch of the file that holds it, `start` relative to that), and what it is.
+# A stored array member: where its data lies (`chunk` -1: a large array at `start` in the file; else `start` in chunk)
 _Array = NamedTuple('_Array', [('name', str), ('chunk', int), ('start', int), ('nbytes', int), ('dtype', np.dtype),
                                ('shape', tuple), ('fortran', bool)])
-# A file's members in archive order, `(key, value)` with an `_Array` where an array's data is read; the stretches of
-# the file around its large arrays' data (`chunks`, each taken in one read); and every byte of those outside the
-# arrays' data and CRCs (`gaps`: chunk, start, end, bytes). A later file of the same size whose gaps hold these bytes
-# is read alike.
+# A file's members in archive order (`(key, value)`, an `_Array` where an array is read), the stretches of the file
+# around its large arrays (`chunks`: start, end), and their bytes outside arrays' data and CRCs (`gaps`: chunk, start,
+# end, bytes): a later file of the same size whose gaps hold these bytes is read alike.
 _Layout = NamedTuple('_Layout', [('members', tuple), ('chunks', tuple), ('gaps', tuple)])
 _LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
 
@@ -93,8 +87,7 @@ class _Refused(Exception):
 
 
 def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
-    """The layout of a file, parsed by `zipfile` and `numpy.lib.format`, remembered for files of its size; and the
-    bytes of its chunks."""
+    """The layout of a file (remembered for files of its size) and the bytes of its chunks."""
     archive, members = zipfile.ZipFile(fp), {}
     fp.seek(0)
     if fp.read(4) != zipfile.stringFileHeader:  # np.load would not take it for a zip, and would unpickle it
@@ -200,8 +193,7 @@ def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarra
 
 def _read(fp, offset: int, size: int) -> bytes:
     fp.seek(offset)
-    data = fp.read(size)
-    if len(data) != size:
+    if len(data := fp.read(size)) != size:
         raise EOFError(f"the file ends {size - len(data)} bytes early")
     return data
 
