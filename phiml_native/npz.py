@@ -18,7 +18,6 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from numpy.lib import format as npy_format
 from phiml.backend import choose_backend
-from phiml.math._shape import EMPTY_SHAPE
 from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
 from phiml.math._tree import MISSING_TENSOR, NATIVE_TENSOR, all_attributes, assemble_tree, attr_paths_from_container
 
@@ -55,7 +54,7 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
     """
     try:
-        with open(path, 'rb') as fp:
+        with open(path, 'rb', buffering=0) as fp:  # a read or readinto per stretch and large array: no buffer
             size = os.fstat(fp.fileno()).st_size
             for layout in _LAYOUTS.get(size, ()):
                 chunks = [_read(fp, a, b - a) for a, b in layout.chunks]
@@ -183,7 +182,7 @@ def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarra
         and target.flags.c_contiguous and target.flags.writeable
     buffer = target if fits else np.empty(array.shape[::-1] if array.fortran else array.shape, array.dtype)
     if array.chunk >= 0:
-        buffer.reshape(-1)[...] = np.frombuffer(chunks[array.chunk], array.dtype, buffer.size, array.start)
+        np.copyto(buffer, np.frombuffer(chunks[array.chunk], array.dtype, buffer.size, array.start).reshape(buffer.shape))
     elif array.nbytes:
         fp.seek(array.start)
         if fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
@@ -273,10 +272,10 @@ def _fill(node: Any, leaves) -> Any:
     Python scalar where it has no dims), `None` for `'__missing__'`."""
     kind = type(node)
     if node is None or (kind is str and node == NATIVE_TENSOR):
-        native, (names, shape, _) = next(leaves)
+        native, (names, shape, sizes) = next(leaves)
         if node is None:
             return Dense(native, names, shape, _NUMPY)
-        return native.item() if shape == EMPTY_SHAPE else native
+        return native.item() if not sizes else native  # no dims: a Python scalar
     if kind is str:
         return None if node == MISSING_TENSOR else node
     if kind is dict:

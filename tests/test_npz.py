@@ -166,7 +166,7 @@ def test_one_read_per_large_array(tmp_path, monkeypatch):
             calls.append(len(buffer))
             return super().readinto(buffer)
 
-    monkeypatch.setattr(npz, 'open', lambda path, mode: Counting(io.FileIO(path, mode)), raising=False)
+    monkeypatch.setattr(npz, 'open', lambda path, mode, **_: Counting(io.FileIO(path, mode)), raising=False)
     path = _save(tmp_path, 'cache-file-2d')
     read_phiml_npz(path)
     assert calls == []  # a 3x4x5x2 field is small: read with its neighbours
