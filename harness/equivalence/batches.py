@@ -4,11 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from harness.equivalence.diff import TensorDiff, Tolerance, ToleranceMap, compare_batches
 from harness.equivalence.identify import FrameIndex
-from harness.pipeline import AbstractPipeline, BatchPlan, WindowKey
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 
 MAX_REPORTED = 20
 
@@ -115,6 +115,14 @@ class EquivalenceResult:
         return '; '.join(parts)
 
 
+
+def paired_batches(legacy: AbstractPipeline, native: AbstractPipeline, plan: BatchPlan
+                   ) -> Iterator[tuple[int, dict[str, Batch]]]:
+    """Both pipelines' batches of `plan` side by side, converted to PhiML: `(index, {pipeline name: batch})`, without
+    the pipeline that has delivered all its batches where the other delivers more."""
+    for index, raws in enumerate(zip_longest(legacy.load_batches(plan), native.load_batches(plan))):
+        yield index, {p.name: p.to_phiml(raw) for p, raw in zip((legacy, native), raws) if raw is not None}
+
 def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans: Sequence[BatchPlan],
                       tolerance: Tolerance | ToleranceMap, frames: FrameIndex | None = None,
                       progress: Callable[[int], None] | None = None) -> EquivalenceResult:
@@ -137,17 +145,13 @@ def compare_pipelines(legacy: AbstractPipeline, native: AbstractPipeline, plans:
     result = EquivalenceResult()
     for plan in plans:
         delivered = {legacy.name: [], native.name: []}
-        pairs = zip_longest(legacy.load_batches(plan), native.load_batches(plan))
         counts = {legacy.name: 0, native.name: 0}
-        for index, (raw_a, raw_b) in enumerate(pairs):
+        for index, batches in paired_batches(legacy, native, plan):
             keys = list(plan.batches[index]) if index < len(plan.batches) else []
-            batches = {}
-            for pipeline, raw in ((legacy, raw_a), (native, raw_b)):
-                if raw is not None:
-                    counts[pipeline.name] += 1
-                    batches[pipeline.name] = pipeline.to_phiml(raw)
-                    if frames is not None:
-                        delivered[pipeline.name] += frames.identify(batches[pipeline.name], keys)
+            for name, batch in batches.items():
+                counts[name] += 1
+                if frames is not None:
+                    delivered[name] += frames.identify(batch, keys)
             if len(batches) == 2:
                 diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, keys)
                 _record(result, plan.epoch, index, keys, diffs)

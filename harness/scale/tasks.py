@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -20,7 +19,7 @@ from harness.cache.manifest import FileRecord, cache_kind, config_digest, record
 from harness.cache.migrate import _signature, _target_intact, convert
 from harness.config import HealthConfig, ScenarioConfig
 from harness.data.simulate import assemble, simulate_chunk
-from harness.equivalence.batches import MAX_REPORTED, BatchFailure
+from harness.equivalence.batches import MAX_REPORTED, BatchFailure, paired_batches
 from harness.equivalence.diff import TensorDiff, ToleranceMap, compare_batches, flatten_batch
 from harness.equivalence.identify import FrameIndex
 from harness.errors import ConfigError
@@ -190,20 +189,17 @@ def compare_chunk(legacy_spec: PipelineRef, native_spec: PipelineRef, legacy_dir
         parts = [(index, keys) for index, keys in parts if keys]
         sub = BatchPlan(plan.seed, plan.epoch, tuple(keys for _, keys in parts))
         counts = {legacy.name: 0, native.name: 0}
-        for delivered, (raw_a, raw_b) in enumerate(zip_longest(legacy.load_batches(sub), native.load_batches(sub))):
+        for delivered, batches in paired_batches(legacy, native, sub):
             beyond = (len(plan.batches) + delivered - len(parts), ())  # a batch more than the plan has
             index, keys = parts[delivered] if delivered < len(parts) else beyond
-            batches = {}
-            for pipeline, raw in ((legacy, raw_a), (native, raw_b)):
-                if raw is not None:
-                    counts[pipeline.name] += 1
-                    batches[pipeline.name] = pipeline.to_phiml(raw)
-                    if frames is not None:
-                        served = frames.identify(batches[pipeline.name], keys)
-                        result.delivered.setdefault((pipeline.name, plan.epoch), []).extend(served)
-                        result.misplaced.setdefault((pipeline.name, plan.epoch), []).extend(
-                            (WindowKey(*p), WindowKey(*d)) for p, d in zip(keys, served)
-                            if d is not None and tuple(d) != tuple(p))
+            for name, batch in batches.items():
+                counts[name] += 1
+                if frames is not None:
+                    served = frames.identify(batch, keys)
+                    result.delivered.setdefault((name, plan.epoch), []).extend(served)
+                    result.misplaced.setdefault((name, plan.epoch), []).extend(
+                        (WindowKey(*p), WindowKey(*d)) for p, d in zip(keys, served)
+                        if d is not None and tuple(d) != tuple(p))
             if len(batches) == 2:
                 diffs = compare_batches(batches[legacy.name], batches[native.name], tolerance, list(keys))
                 result.add(plan.epoch, index, list(keys), diffs, batches[legacy.name], batches[native.name])
