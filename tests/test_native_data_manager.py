@@ -9,6 +9,7 @@ from phiml import math
 from phiml.math import batch, channel, spatial
 
 from harness.errors import CacheError
+from phiml_native import npz
 from phiml_native import NativePipeline, PhiMLDataManager, read_phiml_npz
 
 
@@ -166,6 +167,14 @@ def test_equal_data_gives_equal_bytes_whenever_written(cache_dirs, tmp_path, mon
         with zipfile.ZipFile(tmp_path / 'stock.npz') as stock:  # member for member what math.save writes
             assert ours.namelist() == stock.namelist()
             assert all(ours.read(name) == stock.read(name) for name in stock.namelist())
+            assert {info.date_time for info in ours.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+            assert ours.testzip() is None  # every member's CRC holds
+    # dated in place: the bytes are stock math.save's but for the date and time of each local header and directory entry
+    stock, dated = (tmp_path / 'stock.npz').read_bytes(), paths[0].read_bytes()
+    with zipfile.ZipFile(tmp_path / 'stock.npz') as archive:
+        fields = {info.header_offset + 10 + i for info in archive.infolist() for i in range(4)}
+        fields |= {entry + 12 + i for entry in npz.directory_offsets(archive) for i in range(4)}
+    assert len(stock) == len(dated) and {i for i, (a, b) in enumerate(zip(stock, dated)) if a != b} <= fields
     assert sorted(p.name for p in (tmp_path / 'a').iterdir()) == ['sim_000001.npz']  # no temporary file left
 
 
