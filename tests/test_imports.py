@@ -57,7 +57,7 @@ def layer(module: str) -> int:
         return 0
     if module.startswith('harness.data'):
         return 1
-    if module.startswith(WINGS) and not module.endswith('__main__'):
+    if '.'.join(module.split('.')[:2]) in WINGS and not module.endswith('__main__'):  # not harness.scale_out
         return 2
     if module in ('harness.run', 'harness.training_run'):
         return 3

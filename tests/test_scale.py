@@ -314,7 +314,7 @@ def test_migrate_on_the_cluster_equals_in_process(built, migrated_here, cluster,
     assert ran_on(local) >= {'describe-sources', 'migrate'}
 
 
-@pytest.mark.parametrize('module', ['harness.compare', 'harness.migrate', 'harness.train', 'harness.bench.scale_out'])
+@pytest.mark.parametrize('module', ['harness.compare', 'harness.migrate', 'harness.train', 'harness.scale_out'])
 @pytest.mark.filterwarnings('ignore:.*found in sys.modules after import of package:RuntimeWarning')  # imported here
 def test_spawned_workers_import_the_command_line_modules_without_running_them(module, capsys):
     """A worker process that `--workers` spawns first runs the parent's main module as `__mp_main__` (what
@@ -447,3 +447,15 @@ def test_a_worker_killed_mid_migration_is_survived(built, migrated_here, cluster
     assert_same_cache(tmp_path / 'npz', migrated_here)  # no leftover of the killed write either
     assert victim not in client.scheduler_info()['workers']
     assert local.scheduler.task_prefixes['migrate'].suspicious >= 1  # a task that was running on a worker that died
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--crossover-sims', '4,x'], "--crossover-sims (='4,x') must be whole numbers separated by commas"),
+    (['--sims', '0'], "--sims (=0) and --crossover-sims (='4,8,16,32') must be at least 1"),
+])
+def test_scale_out_bad_input_is_one_line_and_exit_2(argv, words, tmp_path, capsys):
+    from harness.cli import scale_out
+    base = ['--legacy', 'legacy:LegacyPipeline', '--native', 'phiml_native:NativePipeline', '--out', str(tmp_path / 'o.json')]
+    assert scale_out.main([*base, *argv]) == 2
+    assert capsys.readouterr() == ('', f"python -m harness.scale_out: error: {words}\n")
+    assert not (tmp_path / 'o.json').exists()

@@ -7,25 +7,20 @@ Each size is built in this process and then on the cluster, one right after the 
 machine changes little between the two; both sides are warmed up alike (imports, a tiny simulation) and trace the
 real sizes in their timed runs.
 
-    python -m harness.bench.scale_out --legacy legacy:LegacyPipeline --native phiml_native:NativePipeline \\
+    python -m harness.scale_out --legacy legacy:LegacyPipeline --native phiml_native:NativePipeline \\
         --sims 64 --resolution 64 --workers 2 --crossover-sims 4,8,16,32 --out reports/scale_out.json
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-# The harness, torch and PhiFlow are imported inside the functions: each worker that `--workers` spawns imports this
-# module on start (as `__mp_main__`), and those imports would count as the cluster's start, which for the CLIs
-# (`harness/compare.py` and the like import nothing before their `__main__` guard) they do not.
+# The harness, torch and PhiFlow are imported inside the functions, so that importing this module costs nothing that
+# would be timed as the cluster's start (its command, `harness.scale_out`, imports nothing before its `__main__` guard).
 if TYPE_CHECKING:
     from harness.config import ScenarioConfig
     from harness.pipeline import AbstractPipeline
@@ -184,46 +179,3 @@ def measure(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_c
         'running_cluster': crossover(sizes, here_s, dask_builds, 0.0),
         'cold_command': crossover(sizes, here_s, dask_builds, cluster['cold_command_overhead_s'])}
     return result
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m harness.bench.scale_out', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--legacy', required=True, metavar='MODULE:CLASS')
-    parser.add_argument('--native', required=True, metavar='MODULE:CLASS')
-    parser.add_argument('--sims', type=int, default=64)
-    parser.add_argument('--resolution', type=int, default=64)
-    parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--crossover-sims', default='4,8,16,32', metavar='N,N,...',
-                        help="smaller numbers of sims also built both ways, for the crossover (default 4,8,16,32)")
-    parser.add_argument('--out', type=Path, required=True)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from harness.pipeline import load_pipeline
-    from harness.provenance import provenance
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    try:
-        sizes = [int(n) for n in args.crossover_sims.split(',') if n.strip()]
-    except ValueError:
-        parser.error(f"--crossover-sims (={args.crossover_sims!r}) must be whole numbers separated by commas")
-    if any(n < 1 for n in sizes) or args.sims < 1:
-        parser.error(f"--sims (={args.sims}) and --crossover-sims (={args.crossover_sims!r}) must be at least 1")
-    config = scenario(args.sims, args.resolution)
-    folder = Path(tempfile.mkdtemp(prefix='scale-out-'))
-    try:
-        result = measure(config, load_pipeline(args.legacy, '--legacy'), load_pipeline(args.native, '--native'),
-                         args.workers, folder, sizes)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    result['provenance'] = {k: v for k, v in provenance(config).items() if k != 'config'}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ('ratios', 'cluster', 'builds', 'crossover', 'machine_before',
-                                             'machine_after')}, indent=2))
-    return 0
-
-
-if __name__ == '__main__':  # worker processes are spawned: they import this module without running it
-    raise SystemExit(main())
