@@ -6,7 +6,6 @@ of the gathered array, handed to torch without another copy. Avoided: PhiML inde
 (copies the whole dataset per batch), `math.wrap` per batch (its checks cost more than a small gather)."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -70,10 +69,7 @@ class PhiMLDataset:
         self._batch_shapes: dict[tuple[str, int], tuple[Shape, Shape, tuple]] = {}
 
     def _auto_mode(self, budget: float) -> str:
-        cached = 0
-        for sim in self.sim_indices:  # a missing file is named when it is read
-            with contextlib.suppress(OSError):
-                cached += os.stat(self.data_manager.get_cached_path(sim)).st_size
+        cached = self.data_manager.cached_bytes(self.sim_indices)
         return 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
 
     def _load(self) -> None:

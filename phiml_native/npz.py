@@ -176,18 +176,22 @@ def _encoding(info: zipfile.ZipInfo) -> str:
 def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
     """An array member's data: copied from its chunk (small ones), memory-mapped (large ones, with `mmap`), or read
     with one `readinto`; into `target` where it fits (C order, writable), else into a fresh array."""
+    order = 'F' if array.fortran else 'C'
     if mmap and array.chunk < 0:
-        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, 'F' if array.fortran else 'C'))
+        return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, order))
     fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
         and target.flags.c_contiguous and target.flags.writeable
-    buffer = target if fits else np.empty(array.shape[::-1] if array.fortran else array.shape, array.dtype)
     if array.chunk >= 0:
-        np.copyto(buffer, np.frombuffer(chunks[array.chunk], array.dtype, buffer.size, array.start).reshape(buffer.shape))
-    elif array.nbytes:
-        fp.seek(array.start)
-        if fp.readinto(memoryview(buffer).cast('B')) != array.nbytes:
-            raise EOFError(f"member {array.name!r} ends early (truncated file)")
-    return buffer.T if array.fortran else buffer  # fortran: read as the transpose in C order
+        data = np.frombuffer(chunks[array.chunk], array.dtype, math.prod(array.shape), array.start)
+        if not fits:
+            return data.reshape(array.shape, order=order).copy(order)
+        np.copyto(target, data.reshape(array.shape))
+        return target
+    buffer = target if fits else np.empty(array.shape, array.dtype, order=order)
+    fp.seek(array.start)
+    if array.nbytes and fp.readinto(memoryview(buffer.T if array.fortran else buffer).cast('B')) != array.nbytes:
+        raise EOFError(f"member {array.name!r} ends early (truncated file)")
+    return buffer
 
 
 def _read(fp, offset: int, size: int) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 
 _ALLOWED_GLOBALS = {('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'),
                     ('numpy', 'ndarray'), ('numpy', 'dtype')}
-PLAIN = frozenset((dict, list, tuple, str, bytes, int, float, bool, type(None)))
+_SCALARS = frozenset((str, bytes, int, float, bool, type(None)))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -35,10 +35,22 @@ def unpickle_object_array(data: bytes) -> Any:
         raise ValueError(str(err)) from None
     if not isinstance(array, np.ndarray) or array.dtype != object:
         raise ValueError(f"the pickle holds a {type(array).__name__}, expected an object array")
-    pending = [result := array.tolist()]
-    while pending:
-        item = pending.pop()
-        if type(item) not in PLAIN:
-            raise ValueError(f"it holds a {type(item).__name__}, expected only plain containers and values")
-        pending.extend([*item.keys(), *item.values()] if type(item) is dict else item if type(item) in (list, tuple) else ())
+    try:
+        _check_plain([result := array.tolist()])
+    except RecursionError:
+        raise ValueError("its containers nest too deeply") from None
     return result
+
+
+def _check_plain(node: Any) -> None:
+    """Raises ValueError unless the container `node` holds only plain containers and values (exact types)."""
+    kind = type(node)
+    if kind is dict:
+        children = [*node.keys(), *node.values()]
+    elif kind is list or kind is tuple:
+        children = node
+    else:
+        raise ValueError(f"it holds a {kind.__name__}, expected only plain containers and values")
+    for child in children:
+        if type(child) not in _SCALARS:
+            _check_plain(child)

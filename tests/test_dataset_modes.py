@@ -1,5 +1,6 @@
 """The native dataset's modes: loaded and memory-mapped give bitwise-identical batches, `auto` follows the budget, and
 prefetching gives the same batches without holding any it has handed out."""
+import os
 import weakref
 
 import numpy as np
@@ -40,7 +41,11 @@ def test_mapped_and_loaded_batches_are_bitwise_identical(cache_dirs, tiny_config
 
 def test_auto_loads_what_fits_the_budget_and_maps_the_rest(cache_dirs, tiny_config, monkeypatch):
     assert _dataset(cache_dirs, tiny_config).memory == 'load'  # a tiny cache fits half the RAM
-    assert _dataset(cache_dirs, tiny_config, memory_budget=1e-12).memory == 'map'
+    files = [PhiMLDataManager(cache_dirs['phiml']).get_cached_path(s) for s in tiny_config.train_sims]
+    ram = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    cached = sum(f.stat().st_size for f in files)
+    assert _dataset(cache_dirs, tiny_config, memory_budget=(cached + 0.5) / ram).memory == 'load'  # fits, to the byte
+    assert _dataset(cache_dirs, tiny_config, memory_budget=(cached - 0.5) / ram).memory == 'map'
     with pytest.raises(ValueError, match="`memory` \\(='disk'\\) must be one of"):
         _dataset(cache_dirs, tiny_config, memory='disk')
 

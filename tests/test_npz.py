@@ -2,6 +2,7 @@
 accepts it returns exactly what `phiml.math.load` returns; anything else is refused with a `CacheError` naming it."""
 import contextlib
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -52,6 +53,9 @@ CORPUS = {
         'tuple': (1, 2), 'missing-word': '__missing__', 'bytes': b'raw'}},
     'layout': lambda: {'v': _scalar(2), 'names': math.layout(['a', 'b'], channel('c'))},
     'no-tensors': lambda: {'metadata': {'only': 'strings'}},
+    'fortran-order': lambda: {  # stored with fortran_order=True: one array small enough to share a read, one not
+        'small': math.wrap(np.asfortranarray(np.arange(6.).reshape(2, 3)), spatial('x,y')),
+        'large': math.wrap(np.asfortranarray(np.random.default_rng(2).normal(size=(40, 30))), spatial('x,y'))},
 }
 
 
@@ -87,6 +91,7 @@ def assert_same_as_stock(ours, theirs, where='root'):
             assert_same_as_stock(ours.numpy(theirs.shape.names), theirs.numpy(theirs.shape.names), f'{where}.values')
     elif isinstance(theirs, np.ndarray):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, f"{where}: {ours.dtype}{ours.shape}"
+        assert ours.flags.c_contiguous == theirs.flags.c_contiguous, f"{where}: memory order"
         assert ours.tobytes() == theirs.tobytes(), f"{where}: values differ"
     elif isinstance(theirs, dict):
         assert list(ours) == list(theirs), f"{where}: keys {list(ours)} != {list(theirs)}"
@@ -104,6 +109,9 @@ def assert_same_as_stock(ours, theirs, where='root'):
 @pytest.mark.parametrize('mmap', [False, True], ids=['read', 'mapped'])
 def test_reads_what_phiml_load_reads(tmp_path, name, mmap):
     path = _save(tmp_path, name)
+    if name == 'fortran-order':
+        with zipfile.ZipFile(path) as archive:
+            assert all(b"'fortran_order': True" in archive.read(f'root[{key}]:0.npy')[:128] for key in ('small', 'large'))
     assert_same_as_stock(read_phiml_npz(path, mmap=mmap), math.load(str(path)))
 
 
@@ -212,6 +220,38 @@ def test_crafted_pickle_refused_and_never_run(tmp_path, member, words):
     with contextlib.suppress(Exception):  # the payload is live: stock loading runs it (and may fail afterwards)
         math.load(str(path))
     assert marker.exists()
+
+
+def _deep(levels):
+    node = []
+    for _ in range(levels):
+        node = [node]
+    return node
+
+
+@pytest.mark.parametrize('value, words', [
+    ({1, 2}, "it holds a set, expected only plain containers and values"),
+    (frozenset({1}), "it holds a frozenset, expected only plain containers and values"),
+    (bytearray(b'ab'), "global 'builtins.bytearray' is not allowed"),  # np.save pickles with protocol 3
+    (np.zeros(2), "it holds a ndarray, expected only plain containers and values"),
+    ({'a': [1, (2, {3: {4}})]}, "it holds a set, expected only plain containers and values"),
+    (_deep(5000), "its containers nest too deeply"),
+], ids=['set', 'frozenset', 'bytearray', 'nested-array', 'set-deep-inside', 'deep-nesting'])
+def test_tree_holding_anything_but_plain_values_refused(tmp_path, value, words):
+    """Built without any global but numpy's own, these pass the unpickler: the check of what it built refuses them."""
+    source = _save(tmp_path, 'cache-file-2d')
+    with np.load(source, allow_pickle=True) as original:
+        tree = original['tree'].tolist()
+    tree['tree']['metadata']['odd'] = value
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling recurses too
+    try:
+        path = _with_members(source, tmp_path / 'odd.npz', tree=np.asarray(tree, dtype=object))
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(path) in str(info.value) and f"refused to unpickle member 'tree.npy': {words}" in str(info.value)
 
 
 def test_specs_naming_phiml_classes_refused(tmp_path):
