@@ -3,8 +3,7 @@
 from .data_manager import PhiMLDataManager
 from .dataset import PhiMLDataset, create_phiml
 from .npz import read_phiml_npz
-from .pipeline import NativePipeline
-from .trainer import PhiMLSyntheticTrainer
+from .pipeline import NativePipeline, PhiMLSyntheticTrainer
 
 __all__ = ['PhiMLDataManager', 'PhiMLDataset', 'PhiMLSyntheticTrainer', 'create_phiml',
            'read_phiml_npz', 'NativePipeline']

@@ -1,16 +1,20 @@
 """Reading `phiml.math.save` files as `phiml.math.load` (`np.load(allow_pickle=True)` + phiml's reassembly) does,
 without running code a crafted file carries: what `phiml.math.load` returns for every file accepted, a `CacheError`
 naming file and member for anything else. The zip directory comes from `zipfile`, `.npy` headers from
-`numpy.lib.format`, the pickled `tree` and `specs` from the restricted unpickler of `pickles`. A large array takes one
-`readinto` (into `out` where it fits) or is memory-mapped; the bytes around the large arrays take one read per stretch.
+`numpy.lib.format`, the pickled `tree` and `specs` from an unpickler that admits only numpy's array reconstruction and
+plain values. A large array takes one `readinto` (into `out` where it fits) or is memory-mapped; the bytes around the
+large arrays take one read per stretch.
 A later file whose every byte outside its arrays' data and CRCs repeats one already parsed (the sims of a cache) is
 read by that file's layout. Not checked: zip CRCs (the cache manifest holds SHA-256 digests of whole files)."""
 from __future__ import annotations
 
+import bisect
 import functools
 import io
+import itertools
 import math
 import os
+import pickle
 import struct
 import zipfile
 from typing import Any, Mapping, NamedTuple
@@ -22,7 +26,6 @@ from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phi
 from phiml.math._tree import MISSING_TENSOR, NATIVE_TENSOR, all_attributes, assemble_tree, attr_paths_from_container
 
 from harness.errors import CacheError
-from .pickles import unpickle_object_array
 
 META = ('tree', 'specs', 'paths')
 WHOLE = 2 ** 16  # files up to this size are parsed from one read of the whole file (unless mapped)
@@ -96,25 +99,21 @@ def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
         if key in members:
             raise _Refused(f"member name {key!r} repeats (after dropping '.npy')")
         members[key] = _member(archive, fp, info, key)
-    holes = []  # data and CRCs of the arrays (zip local header +14, directory entry +16)
-    for info, value, entry in zip(archive.infolist(), members.values(), directory_offsets(archive)):
-        if isinstance(value, _Array):
-            holes += [(value.start, value.start + value.nbytes), (info.header_offset + 14, info.header_offset + 18),
-                      (entry + 16, entry + 20)]
-    large = sorted((a.start, a.start + a.nbytes) for a in members.values() if isinstance(a, _Array) and a.nbytes > HEAD)
-    edges = [0, *(edge for stretch in large for edge in stretch), size]
+    arrays = [value for value in members.values() if isinstance(value, _Array)]
+    edges = [0, *itertools.chain(*sorted((a.start, a.start + a.nbytes) for a in arrays if a.nbytes > HEAD)), size]
     spans = tuple(zip(edges[::2], edges[1::2]))
-    holes = sorted(hole for hole in holes if hole not in large)
-
-    def place(array: _Array) -> _Array:
-        chunk = next((i for i, (a, b) in enumerate(spans) if a <= array.start and array.start + array.nbytes <= b), None)
-        if array.nbytes > HEAD or chunk is None:
-            if array.nbytes <= HEAD or any(a > b for a, b in spans):
-                raise _Refused(f"member {array.name!r}: its data overlaps another member's")
-            return array
-        return array._replace(chunk=chunk, start=array.start - spans[chunk][0])
-
-    members = {key: place(value) if isinstance(value, _Array) else value for key, value in members.items()}
+    starts = [a for a, _ in spans]
+    for array in (a for a in arrays if a.nbytes <= HEAD):  # each small array lies in a chunk, large ones apart
+        i = bisect.bisect_right(starts, array.start) - 1
+        if array.start + array.nbytes > spans[i][1]:
+            raise _Refused(f"member {array.name!r}: its data overlaps another member's")
+        members[array.name.removesuffix('.npy')] = array._replace(chunk=i, start=array.start - starts[i])
+    if any(a > b for a, b in spans):
+        raise _Refused("the data of two large array members overlap")
+    # not compared with a later file: small arrays' data, and every member's CRC (local header +14, directory +16)
+    holes = sorted([(a.start, a.start + a.nbytes) for a in arrays if a.nbytes <= HEAD] + [
+        (offset, offset + 4) for info, entry in zip(archive.infolist(), directory_offsets(archive))
+        for offset in (info.header_offset + 14, entry + 16)])
     chunks, gaps = [_read(fp, a, b - a) for a, b in spans], []
     for i, (a, b) in enumerate(spans):
         cut = a
@@ -287,3 +286,50 @@ def _fill(node: Any, leaves) -> Any:
     if kind is list or kind is tuple:
         return kind(_fill(value, leaves) for value in node)
     return node
+
+
+_ALLOWED_GLOBALS = {('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'),
+                    ('numpy', 'ndarray'), ('numpy', 'dtype')}
+_SCALARS = frozenset((str, bytes, int, float, bool, type(None)))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+@functools.lru_cache(maxsize=64)  # by content: the sims of one cache share their `tree` and `specs`
+def unpickle_object_array(data: bytes) -> Any:
+    """`.tolist()` of the object array pickled in `data`; callers must not mutate the (cached) result.
+
+    Raises:
+        ValueError: the pickle names a global other than numpy's array reconstruction, is malformed, or holds anything
+            but an object array of plain values (exact types).
+    """
+    try:
+        array = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, AttributeError, EOFError, TypeError, IndexError, KeyError) as err:
+        raise ValueError(str(err)) from None
+    if not isinstance(array, np.ndarray) or array.dtype != object:
+        raise ValueError(f"the pickle holds a {type(array).__name__}, expected an object array")
+    try:
+        _check_plain([result := array.tolist()])
+    except RecursionError:
+        raise ValueError("its containers nest too deeply") from None
+    return result
+
+
+def _check_plain(node: Any) -> None:
+    """Raises ValueError unless the container `node` holds only plain containers and values (exact types)."""
+    kind = type(node)
+    if kind is dict:
+        children = [*node.keys(), *node.values()]
+    elif kind is list or kind is tuple:
+        children = node
+    else:
+        raise ValueError(f"it holds a {kind.__name__}, expected only plain containers and values")
+    for child in children:
+        if type(child) not in _SCALARS:
+            _check_plain(child)

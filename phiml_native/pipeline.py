@@ -1,16 +1,21 @@
-"""The PhiML-native pipeline behind the harness's `Pipeline` interface."""
+"""The PhiML-native pipeline behind the harness's `Pipeline` interface, and its trainer: PhiML batches go straight into
+`phiml.nn.update_weights`, with no conversion layer."""
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
+from harness import model
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from phiml.math import Tensor
 
 from .data_manager import PhiMLDataManager, validate_native
 from .dataset import PhiMLDataset
-from .trainer import PhiMLSyntheticTrainer
+from .npz import clear_caches
+
+logger = logging.getLogger(__name__)
 
 
 class NativePipeline(AbstractPipeline):
@@ -35,11 +40,9 @@ class NativePipeline(AbstractPipeline):
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         data = self.manager.load_cache(sim, allow_any_float=True)
-        fields = {}
-        for name in data['metadata']['fields']:
-            shape, dtype = data[name].shape, data[name].dtype
-            items = shape.get_item_names('vector') if 'vector' in shape else None
-            fields[name] = FieldLayout(shape.names, shape.sizes, f"{dtype.kind.__name__}{dtype.bits}", tuple(items or ()))
+        fields = {name: FieldLayout(t.shape.names, t.shape.sizes, f"{t.dtype.kind.__name__}{t.dtype.bits}",
+                                    tuple(t.shape.get_item_names('vector') or ()) if 'vector' in t.shape else ())
+                  for name, t in ((name, data[name]) for name in data['metadata']['fields'])}
         return fields, dict(data['metadata'])
 
     def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
@@ -53,7 +56,6 @@ class NativePipeline(AbstractPipeline):
 
     @classmethod
     def forget_read_caches(cls) -> None:
-        from .npz import clear_caches
         clear_caches()
 
     def open(self, sims: Sequence[int]) -> None:
@@ -100,3 +102,33 @@ class NativePipeline(AbstractPipeline):
         if not attributes:
             return cls
         return type(cls.__name__, (cls,), {**attributes, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+
+
+class PhiMLSyntheticTrainer:
+    """Trains the shared network on a `PhiMLDataset`.
+
+    Args:
+        network: The shared PhiML (torch) network.
+        optimizer: Its optimizer.
+        batch_size: Windows per batch of `train` (not needed by `train_batches`, which takes ready batches).
+        seed: Seed of the dataset's shuffling in `train` (epoch `e` uses `(seed, e)`).
+    """
+
+    def __init__(self, network, optimizer, batch_size: int | None = None, *, seed: int = 0):
+        self.network, self.optimizer, self.batch_size, self.seed = network, optimizer, batch_size, seed
+
+    def train(self, dataset: PhiMLDataset, num_epochs: int) -> list[float]:
+        """Trains for `num_epochs` shuffled epochs; returns the loss of every step."""
+        if self.batch_size is None or self.batch_size < 1:
+            raise ValueError(f"`batch_size` (={self.batch_size}) must be >= 1 to train on a dataset")
+        losses = []
+        for epoch in range(num_epochs):
+            epoch_losses = self.train_batches(dataset.iterate_batches(self.batch_size, True, seed=self.seed, epoch=epoch))
+            logger.debug("native epoch %d: mean loss %.6g", epoch, sum(epoch_losses) / max(1, len(epoch_losses)))
+            losses += epoch_losses
+        return losses
+
+    def train_batches(self, batches: Iterable[dict]) -> list[float]:
+        """One step per batch; each batch is let go before the next is built (`map` keeps no reference to it, where a
+        `for` loop's variable would), so a data set holds one batch at a time, not two."""
+        return list(map(functools.partial(model.train_step, self.network, self.optimizer), batches))
