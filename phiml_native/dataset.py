@@ -1,9 +1,10 @@
 """The PhiML-native dataset: sliding windows over the cached sims. A field of one sim is a table of frame rows; the
 window `(sim, t0)` is rows `t0 ... t0 + R`. Loaded, all sims of a field live in one array and a batch is one `np.take`
-of its windows' rows into a fresh array; mapped, each sim's array is memory-mapped in its file and each window copied
-from its map, so an epoch's anonymous memory does not grow with the dataset. Initial states and targets are two views
-of the gathered array, handed to torch without another copy. Avoided: PhiML indexing with a batch-type index tensor
-(copies the whole dataset per batch), `math.wrap` per batch (its checks cost more than a small gather)."""
+of its windows' rows into a fresh array (large windows: one `torch.stack`, spread over torch's threads); mapped, each
+sim's array is memory-mapped in its file and each window copied from its map, so an epoch's anonymous memory does not
+grow with the dataset. Initial states and targets are two views of the gathered array, handed to torch without another
+copy. Avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch), `math.wrap` per
+batch (its checks cost more than a small gather)."""
 from __future__ import annotations
 
 import itertools
@@ -24,6 +25,9 @@ from harness.pipeline import BatchPlan, WindowKey
 from .data_manager import PhiMLDataManager
 
 _TORCH = choose_backend(torch.zeros(0))
+# Windows of at least this many bytes are copied by `torch.stack` of views (the copy dwarfs a view's cost); smaller
+# ones by one `np.take`, which costs less per window but runs on one thread.
+STACK_BYTES = 2 ** 20
 
 
 class PhiMLDataset:
@@ -177,7 +181,11 @@ class PhiMLDataset:
             initial_shape, targets_shape, frame = self._batch_shapes.get((name, count)) or self._shapes_for(name, count)
             if name in self.arrays:
                 table = self.arrays[name].reshape(len(self.sim_indices) * self.n_frames, -1)
-                windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip')
+                if table.shape[1] * table.itemsize * run >= STACK_BYTES and table.flags.writeable:
+                    source = torch.from_numpy(table)  # on torch's intra-op threads, as legacy's collate copies
+                    windows = torch.stack([source[row:row + run] for row in rows.tolist()]).numpy()
+                else:
+                    windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip')
             else:
                 windows, maps = np.empty((count, run, *frame), np.float32), self.maps[name]
                 flat = windows.reshape(count, run, -1)
