@@ -56,20 +56,14 @@ class PhiMLDataManager:
     def cached_bytes(self, sim_indices: list[int]) -> int:
         """Bytes of the cache files of `sim_indices`, estimated from the first one (the sims of a cache are alike, or
         refused when opened); 0 where it is missing (it is named when it is read)."""
-        try:
-            return os.stat(os.path.join(self._folder, _file_name(sim_indices[0]))).st_size * len(sim_indices)
-        except OSError:
-            return 0
+        first = self.get_cached_path(sim_indices[0])
+        return first.stat().st_size * len(sim_indices) if first.is_file() else 0
 
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
                    out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """Loads one sim's cache without unpickling code, and validates it.
-
-        Args:
-            sim_index: Which sim.
-            mmap: Memory-map the fields instead of reading them (read-only views into the file).
-            allow_any_float: Accept float16 and float64 fields too (migrated caches); training caches must be float32.
-            out: Field name -> array to read the field into, used where it fits (see `read_phiml_npz`).
+        """Loads one sim's cache without unpickling code, and validates it: fields memory-mapped with `mmap`, read into
+        `out[field]` where it fits (see `read_phiml_npz`), float16/float64 accepted with `allow_any_float` (migrated
+        caches; training caches must be float32).
 
         Raises:
             CacheError: missing or unsafe file, missing metadata or field, wrong dims, types or item names.

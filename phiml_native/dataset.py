@@ -59,9 +59,7 @@ class PhiMLDataset:
         self.data_manager, self.sim_indices, self.rollout_steps = data_manager, list(sim_indices), rollout_steps
         self.prefetch, self.cast_float32 = prefetch, cast_float32
         self.memory = memory if memory != 'auto' else self._auto_mode(memory_budget)
-        self.arrays: dict[str, np.ndarray] = {}
-        self.maps: dict[str, list[np.ndarray]] = {}
-        self.shapes: dict[str, Shape] = {}
+        self.arrays, self.maps, self.shapes = {}, {}, {}
         self._load()
         self.n_frames = self.shapes[self.field_names[0]].get_size('time')
         if self.n_frames <= rollout_steps:

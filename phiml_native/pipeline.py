@@ -39,11 +39,10 @@ class NativePipeline(AbstractPipeline):
         return self.manager.save_cache(sim, {**data, 'metadata': dict(metadata)})
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
-        data = self.manager.load_cache(sim, allow_any_float=True)
-        fields = {name: FieldLayout(t.shape.names, t.shape.sizes, f"{t.dtype.kind.__name__}{t.dtype.bits}",
-                                    tuple(t.shape.get_item_names('vector') or ()) if 'vector' in t.shape else ())
-                  for name, t in ((name, data[name]) for name in data['metadata']['fields'])}
-        return fields, dict(data['metadata'])
+        fields, metadata = self.read_fields(sim)
+        return {name: FieldLayout(t.shape.names, t.shape.sizes, f"{t.dtype.kind.__name__}{t.dtype.bits}",
+                                  tuple(t.shape.get_item_names('vector') or ()) if 'vector' in t.shape else ())
+                for name, t in fields.items()}, metadata
 
     def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
         data = self.manager.load_cache(sim, allow_any_float=True)
@@ -105,14 +104,8 @@ class NativePipeline(AbstractPipeline):
 
 
 class PhiMLSyntheticTrainer:
-    """Trains the shared network on a `PhiMLDataset`.
-
-    Args:
-        network: The shared PhiML (torch) network.
-        optimizer: Its optimizer.
-        batch_size: Windows per batch of `train` (not needed by `train_batches`, which takes ready batches).
-        seed: Seed of the dataset's shuffling in `train` (epoch `e` uses `(seed, e)`).
-    """
+    """Trains the shared network (with its optimizer) on a `PhiMLDataset`: `train` draws `batch_size` windows per
+    batch, shuffled by `(seed, epoch)`; `train_batches` takes ready batches."""
 
     def __init__(self, network, optimizer, batch_size: int | None = None, *, seed: int = 0):
         self.network, self.optimizer, self.batch_size, self.seed = network, optimizer, batch_size, seed
