@@ -12,7 +12,7 @@ from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, Wi
 from phiml.math import Tensor
 
 from .data_manager import PhiMLDataManager, validate_native
-from .dataset import PhiMLDataset
+from .dataset import STACK_BYTES, PhiMLDataset
 from .npz import clear_caches
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class NativePipeline(AbstractPipeline):
     name = 'phiml'
     file_suffix = '.npz'
     cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
+    gather_method = f"np.take of the windows' frame rows (windows of {STACK_BYTES >> 20} MiB and more: torch.stack)"
 
     def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
         super().__init__(cache_dir, rollout_steps)

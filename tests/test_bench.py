@@ -225,7 +225,8 @@ def test_run_bench_writes_the_documented_json(tmp_path):
     assert set(written) == {'scenario', 'machine', 'method', 'bandwidth', 'stages', 'targets', 'wall_s'}
     assert set(written['machine']) == {'cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
                                        'git_commit', 'date', 'argv', 'gather'}
-    assert written['machine']['gather'] == "np.take of the windows' frame rows"
+    assert written['machine']['gather'] == NativePipeline.gather_method
+    assert "np.take of the windows' frame rows (windows of 1 MiB and more: torch.stack)" == NativePipeline.gather_method
     assert set(written['stages']) == {'write', 'read', 'iterate', 'convert', 'step'}
     for figures in written['stages'].values():
         assert STAGE_KEYS <= set(figures)

@@ -3,8 +3,8 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
 
 `run_bench(config)` returns the content of `bench.json` (the compare report shows the same figures):
 
-- `scenario`, `machine` (cpu, cores, torch threads, package versions, how native batches are gathered: `gather`),
-  `config` (resolved), `wall_s`.
+- `scenario`, `machine` (cpu, cores, torch threads, package versions, how native batches are gathered: `gather`, as
+  the native class's `gather_method` states it), `config` (resolved), `wall_s`.
 - `method`: repetitions, warm-up, statistic (median), interleaving, what "cold" means, how memory is measured.
 - `bandwidth`: streaming copy bandwidth (`harness.floor.Bandwidth`): `bytes_per_s` and its two measurements, medians
   of the samples taken between the timed repetitions of the whole run (each floor uses the samples of its own
@@ -100,7 +100,7 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
         simulation = simulate(config)
         result = {
             'scenario': config.name,
-            'machine': _machine(config, argv),
+            'machine': _machine(config, argv, native_cls),
             'method': _method(repeats, warmup),
             'stages': bench_stages(config, legacy_cls, native_cls, simulation, workdir / 'stages', probe, repeats=repeats, warmup=warmup),
         }
@@ -270,11 +270,11 @@ def _baseline(stage: str, figures: dict) -> str:
     return ''
 
 
-def _machine(config: ScenarioConfig, argv: list[str] | None) -> dict:
+def _machine(config: ScenarioConfig, argv: list[str] | None, native_cls: type[AbstractPipeline]) -> dict:
     info = provenance(config, argv)
     machine = {key: info[key] for key in ('cpu', 'cpu_count', 'torch_threads', 'python', 'platform', 'packages',
                                           'git_commit', 'date', 'argv')}
-    machine['gather'] = 'np.take of the windows\' frame rows'
+    machine['gather'] = getattr(native_cls, 'gather_method', f'a method {native_cls.__name__} does not state')
     return machine
 
 
