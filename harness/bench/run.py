@@ -22,6 +22,9 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
 - `mapped` (unless skipped): the native dataset mapped against loaded on a cache of >= 1 GiB
   (`harness.scaling.bench_mapped`): epoch times, `mapped_vs_loaded`, and per mode the memory of open + an epoch with
   its anonymous part (`anon_epoch_bytes`), against 3 batches + 64 MB (`anon_vs_limit`).
+- `variants` (unless skipped): one training epoch of the scenario per native loader variant (prefetch off and on),
+  loaded and mapped from a dropped page cache (`harness.bench.variants.bench_variants`): `epoch_s`, `vs_first` (over
+  the first variant) and `per_repetition` per variant.
 - `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`, and `spread`: the first
   and third quartile of the same ratio per repetition, None for a single measurement). `met` judges `value`, the ratio
   of the medians; `spread` shows how far single repetitions of this shared machine scatter around it. A cold read row
@@ -50,6 +53,7 @@ from harness.bench.bandwidth import BandwidthProbe
 from harness.bench.memory import measure_peaks
 from harness.provenance import provenance
 from harness.bench.scaling import bench_mapped, bench_scaling
+from harness.bench.variants import REPEATS as VARIANT_REPEATS, bench_variants
 from harness.data.simulate import simulate
 from harness.bench.stages import bench_stages
 from harness.bench.timing import middle_half
@@ -74,7 +78,8 @@ STEP_TARGET = 0.9  # train step speedup: compare's default min_speedup (the same
 
 def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
               out: Path | None = None, *, repeats: int = REPEATS, warmup: int = 1, scaling: bool = True,
-              memory: bool = True, mapped: bool = False, argv: list[str] | None = None) -> dict:
+              memory: bool = True, mapped: bool = False, variants: bool = False, argv: list[str] | None = None
+              ) -> dict:
     """Benchmarks both pipelines on `config`; writes `out/bench.json` when `out` is given. Keys: see the module doc.
 
     Args:
@@ -86,6 +91,8 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
         memory: Measure peak resident memory (one subprocess per pipeline and size).
         mapped: Include the native dataset's mapped mode against its loaded mode on a cache of >= 1 GiB
             (`harness.scaling.bench_mapped`; the CLI runs it unless `--skip mapped`).
+        variants: Include one training epoch per native loader variant (`harness.bench.variants`; the CLI runs it
+            unless `--skip variants`).
 
     Raises:
         HarnessError: a memory worker failed, or `out` cannot be written.
@@ -110,6 +117,8 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
                       'native': native_cls(workdir / 'stages' / 'phiml', rollout)}
             result['memory'] = measure_peaks(caches, config.train_sims, rollout, config.data.batch_size,
                                              seed=config.seed, torch_threads=config.trainer.torch_threads)
+        if variants:
+            result['variants'] = bench_variants(config, native_cls, workdir / 'stages' / 'phiml', warmup=warmup)
         if scaling:
             result['scaling'] = bench_scaling(config, legacy_cls, native_cls, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
                                               memory_at=MEMORY_AT if memory else ())
@@ -231,6 +240,10 @@ def format_table(result: dict) -> str:
                       f"(limit {m['anon_limit_bytes'] / 1e6:.1f} MB), loaded "
                       f"{m['memory']['load']['anon_epoch_bytes'] / 1e6:.1f} MB "
                       f"({m['memory']['load']['anon_epoch_bytes'] / m['cached_bytes']:.3g}x the cache files)"]
+    for mode, figures in result.get('variants', {}).items():
+        lines += [f"one training epoch per native loader variant, {mode}: " + ', '.join(
+            f"{label} {figures['epoch_s'][label]:.3g} s ({ratio:.3g}x{_spread_of(figures['per_repetition'][label])})"
+            for label, ratio in figures['vs_first'].items())]
     lines += ['', 'targets (spread: the middle half of the same ratio taken repetition by repetition):']
     lines += [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
               f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" + _alternative(t) + _spread(t)
@@ -253,6 +266,11 @@ def streaming_note(machine: dict) -> str:
 def _alternative(target: dict) -> str:
     alternative = target.get('alternative')
     return f" or {alternative['name']} {alternative['value']:.3g} (<= {alternative['limit']:g})" if alternative else ''
+
+
+def _spread_of(values: list[float]) -> str:
+    spread = middle_half(values)
+    return f", per repetition {spread[0]:.3g}-{spread[1]:.3g}" if spread and spread[0] != spread[1] else ''
 
 
 def _spread(target: dict) -> str:
@@ -303,5 +321,9 @@ def _method(repeats: int, warmup: int) -> dict:
         'mapped': 'a synthetic cache of >= 1 GiB; each repetition one epoch of the loaded dataset (opened once) and one '
                   'of a freshly opened mapped one (pages faulted in from the warm page cache), order alternating; '
                   'anonymous memory (RssAnon) sampled after open and as each batch is handed over',
+        'variants': f'{VARIANT_REPEATS} epochs per native loader variant after the warm-up, each a training epoch '
+                    'from everyday_epochs on a fresh pipeline and a fresh copy of one network, variants in an order '
+                    'reversed every other repetition; mapped: the page cache of the cache files dropped first '
+                    '(posix_fadvise DONTNEED)',
     }
 

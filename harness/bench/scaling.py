@@ -29,7 +29,7 @@ from harness.bench.memory import measure_peaks
 from harness.pipeline import AbstractPipeline, drain
 from harness.plan import make_plan
 from harness.data.simulate import simulate
-from harness.bench.stages import frame_bytes as batch_frame_bytes, time_cold_reads, write_npy
+from harness.bench.stages import frame_bytes as batch_frame_bytes, network_for, time_cold_reads, write_npy
 from harness.bench.timing import ratios
 
 logger = logging.getLogger(__name__)
@@ -185,10 +185,7 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
 def time_native_step(native: AbstractPipeline, plan, config: ScenarioConfig) -> float:
     """Median seconds of `STEP_REPEATS` native train steps on the plan's first (full) batch, after one untimed."""
     batch = next(iter(native.load_batches(plan)))
-    spatial = len(config.sim.resolution)
-    channels = sum(max(1, t.shape.channel.volume) for t in
-                   (batch['initial_state'].values() if isinstance(batch['initial_state'], dict) else [batch['initial_state']]))
-    network = model.make_network(config.model, channels, spatial, seed=config.seed)
+    network = network_for(config, batch)
     optimizer = model.make_optimizer(network, config.trainer.learning_rate)
     times = []
     for _ in range(1 + STEP_REPEATS):

@@ -64,8 +64,7 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     plan = make_plan(pipelines['native'].window_keys(), config.data.batch_size, seed=config.seed, epoch=0)
     raw = {name: list(p.load_batches(plan)) for name, p in pipelines.items()}
     first = {name: p.to_phiml(raw[name][0]) for name, p in pipelines.items()}
-    channels = sum(max(1, t.shape.channel.volume) for t in _field_tensors(first['native']['initial_state']))
-    network = model.make_network(config.model, channels, len(config.sim.resolution), seed=config.seed)
+    network = network_for(config, first['native'])
     nets = {name: model.clone_network(network) for name in pipelines}
     optimizers = {name: model.make_optimizer(net, config.trainer.learning_rate) for name, net in nets.items()}
 
@@ -143,6 +142,12 @@ def network_inputs(batch: Batch) -> list:
         groups = [tensor.shape.batch, tensor.shape.channel, *tensor.shape.spatial.names]
         natives.append(tensor.native(groups, force_expand=False))
     return natives
+
+
+def network_for(config: ScenarioConfig, batch: Batch):
+    """The scenario's network, seeded by `config.seed`, for batches like `batch` (its channels: all fields')."""
+    channels = sum(max(1, t.shape.channel.volume) for t in _field_tensors(batch['initial_state']))
+    return model.make_network(config.model, channels, len(config.sim.resolution), seed=config.seed)
 
 
 def frame_bytes(batch: Batch) -> int:

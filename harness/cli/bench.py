@@ -25,7 +25,7 @@ def make_parser() -> OneLineParser:
     parser.add_argument('--out', type=Path, help="output folder for bench.json (default: as for harness.compare)")
     parser.add_argument('--repeats', type=int, default=REPEATS, help=f"timed repetitions per figure (median; default {REPEATS})")
     parser.add_argument('--warmup', type=int, default=1, help="untimed repetitions first (default 1)")
-    parser.add_argument('--skip', action='append', default=[], choices=['scaling', 'memory', 'mapped'],
+    parser.add_argument('--skip', action='append', default=[], choices=['scaling', 'memory', 'mapped', 'variants'],
                         help="leave out a part (repeatable)")
     add_pipeline_flags(parser)
     parser.add_argument('-v', '--verbose', action='store_true', help="log what each step does")
@@ -47,7 +47,7 @@ def _main(argv: Sequence[str] | None) -> int:
     out = args.out or report_folder(config, classes)
     result = run_bench(config, *classes, out, repeats=args.repeats, warmup=args.warmup,
                        scaling='scaling' not in args.skip, memory='memory' not in args.skip,
-                       mapped='mapped' not in args.skip,
+                       mapped='mapped' not in args.skip, variants='variants' not in args.skip,
                        argv=[args.scenario, *pipeline_argv(args.legacy, args.native), *args.overrides])
     print(format_table(result))
     print(f"bench.json: {(out / 'bench.json').resolve()}")
