@@ -1,12 +1,16 @@
 """`harness.bench.variants`: one training epoch per loader variant of the native pipeline, loaded and mapped from a
 dropped page cache; any pipeline class (one without variants or a mapped mode too); the cache files untouched."""
 import hashlib
+import json
 import math
 
 import pytest
 
+from conftest import TINY
 from harness import model
-from harness.bench.run import format_table
+from harness.bench.run import format_table, run_bench
+from harness.config import load_config
+from legacy import LegacyPipeline
 from harness.bench.variants import bench_variants, drop_page_cache, variant_label
 from harness.cache.build import build_cache
 from phiml_native import NativePipeline
@@ -76,3 +80,16 @@ def test_dropping_the_page_cache_changes_no_file(tmp_path):
     path.chmod(0o444)
     drop_page_cache([path])
     assert _digests(tmp_path) == before and path.stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.slow
+def test_run_bench_writes_the_variants_with_at_most_its_repeats(tmp_path):
+    config = load_config('burgers', TINY)
+    run_bench(config, LegacyPipeline, NativePipeline, tmp_path, repeats=1, warmup=0, scaling=False, memory=False,
+              variants=True)
+    written = json.loads((tmp_path / 'bench.json').read_text())
+    assert set(written['variants']) == {'load', 'map (page cache dropped)'}
+    for figures in written['variants'].values():
+        assert {label: len(ratios) for label, ratios in figures['per_repetition'].items()} == \
+            {'prefetch=False': 1, 'prefetch=True': 1}
+    assert 'variants' in written['method']

@@ -118,7 +118,8 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
             result['memory'] = measure_peaks(caches, config.train_sims, rollout, config.data.batch_size,
                                              seed=config.seed, torch_threads=config.trainer.torch_threads)
         if variants:
-            result['variants'] = bench_variants(config, native_cls, workdir / 'stages' / 'phiml', warmup=warmup)
+            result['variants'] = bench_variants(config, native_cls, workdir / 'stages' / 'phiml',
+                                                repeats=min(repeats, VARIANT_REPEATS), warmup=warmup)
         if scaling:
             result['scaling'] = bench_scaling(config, legacy_cls, native_cls, workdir / 'scaling', probe, repeats=repeats, warmup=warmup,
                                               memory_at=MEMORY_AT if memory else ())
@@ -321,9 +322,9 @@ def _method(repeats: int, warmup: int) -> dict:
         'mapped': 'a synthetic cache of >= 1 GiB; each repetition one epoch of the loaded dataset (opened once) and one '
                   'of a freshly opened mapped one (pages faulted in from the warm page cache), order alternating; '
                   'anonymous memory (RssAnon) sampled after open and as each batch is handed over',
-        'variants': f'{VARIANT_REPEATS} epochs per native loader variant after the warm-up, each a training epoch '
-                    'from everyday_epochs on a fresh pipeline and a fresh copy of one network, variants in an order '
-                    'reversed every other repetition; mapped: the page cache of the cache files dropped first '
-                    '(posix_fadvise DONTNEED)',
+        'variants': f'{VARIANT_REPEATS} epochs (fewer where `repeats` is) per native loader variant after the '
+                    'warm-up, each a training epoch from everyday_epochs on a fresh pipeline and a fresh copy of one '
+                    'network, variants in an order reversed every other repetition; mapped: the page cache of the '
+                    'cache files dropped first (posix_fadvise DONTNEED)',
     }
 
