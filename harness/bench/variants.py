@@ -4,7 +4,7 @@ training epoch of the scenario per variant, through `everyday_epochs` and one `h
 The cache is loaded and, where the pipeline has a mapped mode (`memory=`), also mapped with the page cache of its files
 dropped before each epoch (`posix_fadvise(DONTNEED)`), so that batches wait on the disk: where building the next batch
 during the step can pay most. Each repetition runs every variant once, the order reversed every other repetition, each
-on a freshly opened pipeline and a freshly seeded network; opening is not timed.
+on a freshly opened pipeline and a fresh copy of one seeded network; opening is not timed.
 """
 from __future__ import annotations
 
