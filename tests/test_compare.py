@@ -279,6 +279,13 @@ def test_report_shows_the_targets_of_a_bench_run_beside_it(quick_run, tmp_path):
     assert ('cold read, native / np.load of .npy', 'scenario', '1.32', 'pass') in rows
     assert ('batch loading, native / floor', '128x128', '1.61', 'fail') in rows
     assert '<td class="num">1.38–1.72</td>' in html and '<td class="num"></td>' in html
+    assert 'class="variants"' not in html  # this bench.json has no loader-variant epochs
+    bench['variants'] = {'load': {'epoch_s': {'prefetch=False': 1.78, 'prefetch=True': 1.74},
+                                  'vs_first': {'prefetch=False': 1.0, 'prefetch=True': 0.977},
+                                  'per_repetition': {'prefetch=False': [1.0, 1.0], 'prefetch=True': [0.95, 1.0]}}}
+    (tmp_path / 'bench.json').write_text(json.dumps(bench))
+    assert '<p class="variants">one training epoch per native loader variant, load: prefetch=False 1.78 s (1x), ' \
+           'prefetch=True 1.74 s (0.977x, per repetition 0.962-0.988)</p>' in write_report(tmp_path, summary).read_text()
     bench['machine']['streaming_gather'] = {'on': True, 'min_batch_bytes': 8 * 2 ** 20}
     (tmp_path / 'bench.json').write_text(json.dumps(bench))
     assert 'native batches of 8 MiB and more streamed' in write_report(tmp_path, summary).read_text()

@@ -241,10 +241,7 @@ def format_table(result: dict) -> str:
                       f"(limit {m['anon_limit_bytes'] / 1e6:.1f} MB), loaded "
                       f"{m['memory']['load']['anon_epoch_bytes'] / 1e6:.1f} MB "
                       f"({m['memory']['load']['anon_epoch_bytes'] / m['cached_bytes']:.3g}x the cache files)"]
-    for mode, figures in result.get('variants', {}).items():
-        lines += [f"one training epoch per native loader variant, {mode}: " + ', '.join(
-            f"{label} {figures['epoch_s'][label]:.3g} s ({ratio:.3g}x{_spread_of(figures['per_repetition'][label])})"
-            for label, ratio in figures['vs_first'].items())]
+    lines += variant_lines(result)
     lines += ['', 'targets (spread: the middle half of the same ratio taken repetition by repetition):']
     lines += [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
               f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" + _alternative(t) + _spread(t)
@@ -267,6 +264,13 @@ def streaming_note(machine: dict) -> str:
 def _alternative(target: dict) -> str:
     alternative = target.get('alternative')
     return f" or {alternative['name']} {alternative['value']:.3g} (<= {alternative['limit']:g})" if alternative else ''
+
+
+def variant_lines(result: dict) -> list[str]:
+    """One line per mode of the loader-variant epochs in `result` (none where they were not run)."""
+    return [f"one training epoch per native loader variant, {mode}: " + ', '.join(
+        f"{label} {figures['epoch_s'][label]:.3g} s ({ratio:.3g}x{_spread_of(figures['per_repetition'][label])})"
+        for label, ratio in figures['vs_first'].items()) for mode, figures in result.get('variants', {}).items()]
 
 
 def _spread_of(values: list[float]) -> str:

@@ -48,17 +48,18 @@ def write_report(out_dir: Path, summary: dict, extra_sections: Sequence[str] = (
 
 def load_bench(path: Path) -> dict | None:
     """What the report shows of a `python -m harness.bench` run written to `path`: `targets`, `date`, `git_commit`,
-    `cpu`, `bandwidth_gb_s`, `wall_s`, `gather` (how native batches were gathered); or `{'error': ...}` when the file
+    `cpu`, `bandwidth_gb_s`, `wall_s`, `gather` (how native batches were gathered), `variants` (a line per mode of
+    the loader-variant epochs); or `{'error': ...}` when the file
     cannot be read; None when there is none."""
     if not path.is_file():
         return None
-    from harness.bench.run import streaming_note  # bench imports the pipelines: only where there is a bench run to show
+    from harness.bench.run import streaming_note, variant_lines  # bench imports the pipelines: only where it is shown
     try:
         bench = json.loads(path.read_text())
         return {'targets': bench['targets'], 'date': bench['machine']['date'],
                 'git_commit': bench['machine']['git_commit'], 'cpu': bench['machine']['cpu'],
                 'cpu_count': bench['machine']['cpu_count'], 'bandwidth_gb_s': bench['bandwidth']['bytes_per_s'] / 1e9,
-                'wall_s': bench['wall_s'], 'gather': streaming_note(bench['machine'])}
+                'wall_s': bench['wall_s'], 'gather': streaming_note(bench['machine']), 'variants': variant_lines(bench)}
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("%s: not shown in the report (%s)", path, err)
         return {'error': f"{path.name} could not be read ({type(err).__name__}: {err})"}
