@@ -1,10 +1,8 @@
-"""The PhiML-native dataset: sliding windows over the cached sims. A field of one sim is a table of frame rows; the
-window `(sim, t0)` is rows `t0 ... t0 + R`. Loaded, all sims of a field live in one array and a batch is one `np.take`
-of its windows' rows into a fresh array (large windows: one `torch.stack`, spread over torch's threads); mapped, each
-sim's array is memory-mapped in its file and each window copied from its map, so an epoch's anonymous memory does not
-grow with the dataset. Initial states and targets are two views of the gathered array, handed to torch without another
-copy. Avoided: PhiML indexing with a batch-type index tensor (copies the whole dataset per batch), `math.wrap` per
-batch (its checks cost more than a small gather)."""
+"""The PhiML-native dataset: sliding windows over the cached sims. The window `(sim, t0)` is frame rows `t0 ... t0 + R`
+of one sim's field. Loaded, all sims of a field share one array and a batch is one `np.take` of its windows' rows (large
+windows: one `torch.stack`, on torch's threads); mapped, each sim is memory-mapped in its file and each window copied
+from its map. Initial states and targets are two views of the gathered array. Avoided: PhiML indexing with a batch-type
+index tensor (copies the whole dataset per batch), `math.wrap` per batch (its checks cost more than a small gather)."""
 from __future__ import annotations
 
 import itertools
@@ -123,11 +121,6 @@ class PhiMLDataset:
     def window_keys(self) -> list[WindowKey]:
         return [WindowKey(sim, t0) for sim in self.sim_indices for t0 in range(self.windows_per_sim)]
 
-    def epoch_order(self, *, seed: int, epoch: int = 0, shuffle: bool = True) -> list[WindowKey]:
-        """The window order of one epoch of `iterate_batches`, drawn from `(seed, epoch)` only."""
-        keys = self.window_keys()
-        return [keys[i] for i in np.random.default_rng([seed, epoch]).permutation(len(keys))] if shuffle else keys
-
     def iterate_batches(self, batch_size: int, shuffle: bool = True, *, seed: int = 0, epoch: int = 0,
                         prefetch: bool | None = None) -> Iterator[dict]:
         """Yields `{'initial_state': Tensor(batch, *spatial, vector), 'targets': Tensor(batch, time, *spatial, vector)}`.
@@ -140,7 +133,9 @@ class PhiMLDataset:
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` (={batch_size}) must be >= 1")
-        rows = self.rows_of(self.epoch_order(seed=seed, epoch=epoch, shuffle=shuffle))
+        keys = self.window_keys()  # the epoch's order is drawn from `(seed, epoch)` only
+        rows = self.rows_of([keys[i] for i in np.random.default_rng([seed, epoch]).permutation(len(keys))] if shuffle
+                            else keys)
         parts = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
         return _prefetched(self._gather_rows, parts) if (self.prefetch if prefetch is None else prefetch) else \
             map(self._gather_rows, parts)

@@ -279,7 +279,7 @@ def test_member_inserted_before_the_arrays_refused(tmp_path):
     (lambda data: b'garbage', 'not a readable .npz file'),
     (lambda data: b'JUNK' + data, 'not a zip archive'),
     (lambda data: data[:len(data) // 2], 'not a readable .npz file'),
-    (lambda data: data[:3000] + data[-2000:], ''),
+    (lambda data: data[:3000] + data[-2000:], 'not a readable .npz file'),
 ], ids=['garbage', 'prefixed', 'truncated', 'middle-cut'])
 def test_damaged_files_refused(tmp_path, damage, words):
     path = _save(tmp_path, 'cache-file-2d')
@@ -317,3 +317,38 @@ def test_a_file_of_the_same_size_is_read_by_its_own_structure(tmp_path):
         assert_same_as_stock(ours, math.load(str(path)))
     assert [read_phiml_npz(p)['metadata']['scenario'] for p in paths] == ['burgers', 'burgerz', 'burgers']
     assert len(npz._LAYOUTS[paths[0].stat().st_size]) == 2
+
+
+def _moved_inside(path, moved: str, into: str):
+    """Rewrites `path` so that member `moved` (a copy of its local header and data) lies inside the data of member
+    `into`, and the zip directory points there: two members whose data overlap."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        entries = dict(zip([i.filename for i in infos], npz.directory_offsets(archive)))
+    ends = {info.filename: (infos[k + 1].header_offset if k + 1 < len(infos) else archive.start_dir)
+            for k, info in enumerate(infos)}
+    source = {i.filename: i for i in infos}[moved]
+    copy = data[source.header_offset:ends[moved]]
+    offset = ends[into] - len(copy) - 64  # inside the data of `into`, past its headers
+    data[offset:offset + len(copy)] = copy
+    data[entries[moved] + 42:entries[moved] + 46] = offset.to_bytes(4, 'little')  # the directory's local header offset
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo(moved).header_offset == offset  # the file is crafted as meant
+    return path
+
+
+@pytest.mark.parametrize('moved, words', [
+    ('root[metadata][seed]:0.npy', "member 'root[metadata][seed]:0.npy': its data overlaps another member's"),
+    ('root[density]:0.npy', "the data of two large array members overlap"),
+], ids=['small-in-large', 'large-in-large'])
+def test_members_whose_data_overlap_refused(tmp_path, moved, words):
+    path = tmp_path / 'overlap.npz'
+    math.save(str(path), {'velocity': _velocity(32, 32), 'density': _scalar(32, 32), 'metadata': dict(_META)})
+    _moved_inside(path, moved, 'root[velocity]:0.npy')
+    before = path.read_bytes()
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(info.value) == f"{path}: {words}"
+    assert path.read_bytes() == before
