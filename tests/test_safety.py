@@ -96,8 +96,12 @@ def test_sigkill_at_random_moments(name, kill_setup):
             assert report.summary() in str(info.value)
         outcomes.append(len(config.all_sims) - len(report.bad_sims))
         if trial % 2 == 1:
+            # leftovers go only where the harness's manifest already was: a kill during a fresh folder's first
+            # manifest write leaves its temporary file in a folder that is not yet the harness's, and it stays
+            owned = Manifest.load(folder) is not None
             resumed = build_cache(pipeline, config, simulation)
-            assert resumed.after and resumed.rebuilt == report.bad_sims and not resumed.after.temp_files
+            assert resumed.after and resumed.rebuilt == report.bad_sims
+            assert resumed.after.temp_files == ([] if owned else report.temp_files)
             for sim in config.all_sims:
                 assert (folder / kind.file_name(sim)).read_bytes() == (reference / kind.file_name(sim)).read_bytes()
             shutil.rmtree(folder)

@@ -101,13 +101,17 @@ def test_only_the_harness_leftovers_are_removed(built, tiny_config, tiny_sim, tm
         [MANIFEST_NAME, *look_alikes, *(KINDS[name].file_name(sim) for sim in tiny_config.all_sims)])
 
 
-def test_leftovers_in_a_folder_without_the_harness_manifest_stay(tiny_config, tiny_sim, tmp_path):
+@pytest.mark.parametrize('leftover', ['.sim_000001.npz.0a1b2c3d.harness-tmp.npz',
+                                      '.manifest.json.0a1b2c3d.harness-tmp.json'], ids=['sim-file', 'first-manifest'])
+def test_leftovers_in_a_folder_without_the_harness_manifest_stay(tiny_config, tiny_sim, tmp_path, leftover):
+    """Not even once the build has made the folder the harness's: they were there before (a kill during a fresh
+    folder's first manifest write leaves `.manifest.json.*.harness-tmp.json` so)."""
     folder = tmp_path / 'phiml'
     folder.mkdir()
-    (folder / '.sim_000001.npz.0a1b2c3d.harness-tmp.npz').write_bytes(b'whose?')
+    (folder / leftover).write_bytes(b'whose?')
     result = build_cache(PIPELINES['phiml'](folder, tiny_config.data.rollout_steps), tiny_config, tiny_sim)
     assert result.removed_temp_files == [] and result.rebuilt == tiny_config.all_sims
-    assert (folder / '.sim_000001.npz.0a1b2c3d.harness-tmp.npz').read_bytes() == b'whose?'
+    assert result.after.temp_files == [leftover] and (folder / leftover).read_bytes() == b'whose?'
 
 
 COMPARE_PROG = 'python -m harness.compare'
