@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from harness.atomic import atomic_path
@@ -17,6 +18,11 @@ from harness.errors import CacheError
 logger = logging.getLogger(__name__)
 HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
 CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to float32 when opened"
+# numpy scalars (np.float32(0.01), np.int64(3), np.bool_(True)) as `torch.load(weights_only=True)` may build them:
+# numpy's scalar reconstruction (numpy 2 and numpy 1 spelling), `np.dtype` and the dtype classes of bools and numbers
+_SCALAR = np.float64(0).__reduce__()[0]
+NUMPY_SCALARS = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'), np.dtype,
+                 *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFD')]
 
 
 def _interned(value: Any) -> Any:
@@ -82,7 +88,9 @@ class DataManager:
         return self.load(sim_index, allow_any_float=allow_any_float)[0]
 
     def load(self, sim_index: int, *, allow_any_float: bool = False) -> tuple[dict[str, Any], LegacyLayout]:
-        """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run).
+        """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run); numpy scalars
+        in its metadata (`NUMPY_SCALARS`) are read as the Python values they hold (`.item()`, as `phiml.math.load`
+        returns a stored scalar), any other object but tensors and plain containers is refused.
 
         Args:
             sim_index: Which sim.
@@ -102,17 +110,31 @@ class DataManager:
             raise CacheError(f"{path}: not a readable torch file (expected the zip archive that torch.save writes; "
                              f"{path.stat().st_size} bytes, empty or truncated?)")
         try:
-            data = torch.load(path, weights_only=True, map_location='cpu')
+            with torch.serialization.safe_globals(NUMPY_SCALARS):
+                data = torch.load(path, weights_only=True, map_location='cpu')
         except pickle.UnpicklingError as err:
             reason = next((line.strip() for line in str(err).splitlines() if 'Unsupported global' in line), 'unsafe pickle')
-            raise CacheError(f"{path}: refused to load, the file holds objects other than tensors and plain containers "
-                             f"({reason[:200]})") from None
+            raise CacheError(f"{path}: refused to load, the file holds objects other than tensors, plain containers and "
+                             f"numpy scalars ({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
+        if isinstance(data, dict) and 'metadata' in data:
+            data['metadata'] = _python_scalars(data['metadata'])
         layout = validate_legacy(path, data, allow_any_float=allow_any_float or self.cast_float32, channels=self.channels)
         if self.cast_float32 and not allow_any_float:
             data['tensor_data'] = {name: t.to(torch.float32) for name, t in data['tensor_data'].items()}
         return data, layout
+
+
+def _python_scalars(value: Any) -> Any:
+    """`value` with every numpy scalar in its dicts, lists and tuples replaced by the Python value it holds."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) is dict:
+        return {_python_scalars(k): _python_scalars(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_python_scalars(v) for v in value)
+    return value
 
 
 SPATIAL = ('x', 'y', 'z')

@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,8 +8,8 @@ from harness.errors import CacheError
 from legacy import DataManager, LegacyPipeline, phiml_to_torch, torch_to_phiml
 
 # then torch's own words (cut short by the loader) on what it would have had to import
-REFUSED = ("refused to load, the file holds objects other than tensors and plain containers (WeightsUnpickler error: "
-           "Unsupported global: GLOBAL io.open was not an allowed global by default.")
+REFUSED = ("refused to load, the file holds objects other than tensors, plain containers and numpy scalars "
+           "(WeightsUnpickler error: Unsupported global: GLOBAL {} was not an allowed global by default.")
 
 
 def test_round_trip(cache_dirs, tiny_sim, tiny_config):
@@ -97,7 +98,7 @@ def test_unsafe_payload_not_executed(tmp_path):
     torch.save({'tensor_data': {}, 'metadata': Payload()}, tmp_path / 'sim_000000.pt')
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
-    assert str(info.value).startswith(f"{tmp_path / 'sim_000000.pt'}: {REFUSED}")
+    assert str(info.value).startswith(f"{tmp_path / 'sim_000000.pt'}: {REFUSED.format('io.open')}")
     assert not marker.exists()
 
 
@@ -112,7 +113,7 @@ def test_unsafe_payload_in_tensor_data_not_executed(tmp_path):
     torch.save({'tensor_data': {'velocity': Payload()}, 'metadata': {}}, path)
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
-    assert str(info.value).startswith(f"{path}: {REFUSED}")
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: an unrestricted load runs it
     assert marker.exists()
@@ -132,3 +133,60 @@ def test_any_float_only_when_asked(cache_dirs, tmp_path):
     with pytest.raises(CacheError, match='dtype torch.float64, expected torch.float32'):
         DataManager(tmp_path).load_cache(0)
     assert DataManager(tmp_path).load_cache(0, allow_any_float=True)['tensor_data']['velocity'].dtype == torch.float64
+
+
+def _numpy_1_spelling(save):
+    """Runs `save` with numpy's scalar reconstruction pickled as numpy 1 names it (`numpy.core.multiarray.scalar`)."""
+    scalar = np.float64(0).__reduce__()[0]
+    module, scalar.__module__ = scalar.__module__, 'numpy.core.multiarray'
+    try:
+        save()
+    finally:
+        scalar.__module__ = module
+
+
+@pytest.mark.parametrize('spelling', ['numpy 2', 'numpy 1'])
+def test_numpy_scalars_in_metadata_are_read_as_the_python_values_they_hold(tmp_path, spelling):
+    meta = {'dt': np.float32(0.01), 'Re': np.float64(180.0), 'run': np.int64(3), 'level': np.uint8(7),
+            'half': np.float16(0.5), 'ok': np.bool_(True), 'sizes': [np.int32(24), 16], 'solver': {'tol': np.float64(1e-6)},
+            'pair': (np.int16(-2), 'a'), 'case': 'channel-flow'}
+    path = tmp_path / 'sim_000000.pt'
+    save = lambda: torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': meta}, path)
+    _numpy_1_spelling(save) if spelling == 'numpy 1' else save()
+    assert (b'numpy.core.multiarray' in path.read_bytes()) == (spelling == 'numpy 1')
+    loaded = DataManager(tmp_path).load_cache(0)['metadata']
+    expected = {'dt': 0.009999999776482582, 'Re': 180.0, 'run': 3, 'level': 7, 'half': 0.5, 'ok': True, 'sizes': [24, 16],
+                'solver': {'tol': 1e-6}, 'pair': (-2, 'a'), 'case': 'channel-flow'}
+    assert loaded == expected
+    types = lambda v: {k: types(x) for k, x in v.items()} if isinstance(v, dict) else \
+        [types(x) for x in v] if isinstance(v, (list, tuple)) else type(v)
+    assert types(loaded) == types(expected)
+
+
+def test_numpy_arrays_in_metadata_are_refused(tmp_path):
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'grid': np.array([4, 4])}}, path)
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('numpy._core.multiarray._reconstruct')}")
+
+
+def test_a_numpy_scalar_cannot_carry_a_payload(tmp_path):
+    """numpy's scalar reconstruction is admitted, not what its arguments unpickle to."""
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    class Scalar:
+        def __reduce__(self):
+            return (np.float64(0).__reduce__()[0], (np.dtype('f8'), Payload()))
+
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {}, 'metadata': {'dt': Scalar()}}, path)
+    assert b'numpy._core.multiarray\nscalar' in path.read_bytes()
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
+    assert not marker.exists()
