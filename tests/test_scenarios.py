@@ -110,3 +110,23 @@ def test_the_flip_is_one_line_that_makes_phiml_the_default(tmp_path):
     assert changed[flip['line'] - 1] == flip['after'] and len(changed) == len(lines)
     assert load_config_file(copy).data.pipeline == 'phiml'
     assert default_flip('nosuch') is None
+
+
+def test_the_flip_names_the_installed_config_when_run_from_another_folder(tmp_path, monkeypatch):
+    """Installed as a wheel, the configs lie in site-packages: the flip names that file, not a path that does not
+    exist below the user's working folder."""
+    import subprocess
+    from harness.config import CONFIG_DIR
+    from harness.report import flip as flip_module
+    installed = tmp_path / 'site packages' / 'harness' / 'configs'
+    installed.mkdir(parents=True)
+    (installed / 'smoke.yaml').write_text((CONFIG_DIR / 'smoke.yaml').read_text())
+    elsewhere = tmp_path / 'work'
+    elsewhere.mkdir()
+    monkeypatch.setattr(flip_module, 'CONFIG_DIR', installed)
+    monkeypatch.chdir(elsewhere)
+    flip = flip_module.default_flip('smoke')
+    assert flip['file'] == str(installed.resolve() / 'smoke.yaml')
+    subprocess.run(flip['command'], shell=True, cwd=elsewhere, check=True)
+    assert (installed / 'smoke.yaml').read_text().splitlines()[flip['line'] - 1] == flip['after']
+    assert list(elsewhere.iterdir()) == []

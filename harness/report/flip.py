@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+from pathlib import Path
 
 from harness.config import CONFIG_DIR
 
@@ -10,8 +12,10 @@ def default_flip(scenario: str) -> dict | None:
     """The one-line change of `harness/configs/<scenario>.yaml` that makes the native pipeline the training default.
 
     Returns:
-        `{'file', 'line', 'before', 'after', 'current', 'command'}` (`line` counts from 1; `command` is a `sed` that
-        makes exactly that change), or None when the scenario has no YAML file or no `data.pipeline` line.
+        `{'file', 'line', 'before', 'after', 'current', 'command'}` (`file` relative to the working folder where it
+        lies below it, as in a checkout, else absolute, as where the harness is installed; `line` counts from 1;
+        `command` is a `sed` that makes exactly that change, run from the working folder), or None when the scenario
+        has no YAML file or no `data.pipeline` line.
     """
     path = CONFIG_DIR / f'{scenario}.yaml'
     if not path.is_file():
@@ -24,7 +28,8 @@ def default_flip(scenario: str) -> dict | None:
         if section == 'data' and match:
             current = match.group(1)
             after = line.replace(f"pipeline: {current}", "pipeline: phiml", 1)  # what `command` does
-            return {'file': f"harness/configs/{scenario}.yaml", 'line': number, 'before': line, 'after': after,
-                    'current': current,
-                    'command': f"sed -i '{number}s/pipeline: {current}/pipeline: phiml/' harness/configs/{scenario}.yaml"}
+            here, full = Path.cwd().resolve(), path.resolve()
+            shown = str(full.relative_to(here) if full.is_relative_to(here) else full)
+            return {'file': shown, 'line': number, 'before': line, 'after': after, 'current': current,
+                    'command': f"sed -i '{number}s/pipeline: {current}/pipeline: phiml/' {shlex.quote(shown)}"}
     return None
