@@ -25,16 +25,19 @@ NUMPY_SCALARS = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'), np.dtype,
                  *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFD')]
 
 
+def _map_leaves(value: Any, leaf) -> Any:
+    """`value` with `leaf` applied to everything in its dicts (keys too), lists and tuples that is none of those."""
+    if type(value) is dict:
+        return {_map_leaves(k, leaf): _map_leaves(v, leaf) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_map_leaves(v, leaf) for v in value)
+    return leaf(value)
+
+
 def _interned(value: Any) -> Any:
     """`value` with every `str` in its dicts, lists and tuples interned: pickle memoizes by identity, so equal
     metadata built from equal but distinct string objects (e.g. in another process) would give other bytes."""
-    if type(value) is str:
-        return sys.intern(value)
-    if type(value) is dict:
-        return {_interned(k): _interned(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(_interned(v) for v in value)
-    return value
+    return _map_leaves(value, lambda x: sys.intern(x) if type(x) is str else x)
 
 
 class DataManager:
@@ -128,13 +131,7 @@ class DataManager:
 
 def _python_scalars(value: Any) -> Any:
     """`value` with every numpy scalar in its dicts, lists and tuples replaced by the Python value it holds."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if type(value) is dict:
-        return {_python_scalars(k): _python_scalars(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(_python_scalars(v) for v in value)
-    return value
+    return _map_leaves(value, lambda x: x.item() if isinstance(x, np.generic) else x)
 
 
 SPATIAL = ('x', 'y', 'z')

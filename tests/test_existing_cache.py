@@ -149,7 +149,6 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys)
     assert not (tmp_path / 'out' / 'native-cache').exists()
 
 
-
 def test_a_cache_with_numpy_scalars_in_its_metadata_is_migrated_and_judged(tmp_path, capsys):
     """Metadata as numpy code often writes it (np.float32 dt, np.int64 run, np.bool_ flag): read as the Python values
     they hold, carried into the native cache as such, and judged go; the team's folder is left untouched."""
@@ -170,6 +169,7 @@ def test_a_cache_with_numpy_scalars_in_its_metadata_is_migrated_and_judged(tmp_p
     assert tree_state(team) == before
     checks = {c['name']: c for c in json.loads((tmp_path / 'out' / 'summary.json').read_text())['checks']}
     assert checks['metadata carried']['passed'] and "4 keys" in checks['metadata carried']['detail']
+
 
 @pytest.mark.parametrize('argv, message', [
     (['--native-cache', 'npz'], "--native-cache (='npz') needs --legacy-cache DIR: the legacy cache is the source of "
