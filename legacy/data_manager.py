@@ -18,11 +18,12 @@ from harness.errors import CacheError
 logger = logging.getLogger(__name__)
 HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
 CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to float32 when opened"
-# numpy scalars (np.float32(0.01), np.int64(3), np.bool_(True)) as `torch.load(weights_only=True)` may build them:
-# numpy's scalar reconstruction (numpy 2 and numpy 1 spelling), `np.dtype` and the dtype classes of bools and numbers
-_SCALAR = np.float64(0).__reduce__()[0]
-NUMPY_SCALARS = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'), np.dtype,
-                 *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFD')]
+# numpy values as `torch.load(weights_only=True)` may build them: scalars (np.float32(0.01), np.int64(3), np.bool_(True))
+# and arrays of numbers, bools or strings (np.array([64, 64])), each reconstruction as numpy 2 and numpy 1 spell it,
+# `np.ndarray`, `np.dtype` and the dtype classes of bools, numbers and str (not object: object arrays stay refused)
+_SCALAR, _ARRAY = np.float64(0).__reduce__()[0], np.zeros(0).__reduce__()[0]
+NUMPY_VALUES = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'),
+                _ARRAY, (_ARRAY, 'numpy.core.multiarray._reconstruct'), np.ndarray, np.dtype, *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFDU')]
 
 
 def _map_leaves(value: Any, leaf) -> Any:
@@ -92,8 +93,9 @@ class DataManager:
 
     def load(self, sim_index: int, *, allow_any_float: bool = False) -> tuple[dict[str, Any], LegacyLayout]:
         """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run); numpy scalars
-        in its metadata (`NUMPY_SCALARS`) are read as the Python values they hold (`.item()`, as `phiml.math.load`
-        returns a stored scalar), any other object but tensors and plain containers is refused.
+        and arrays in its metadata (`NUMPY_VALUES`) are read as the Python values they hold (`.tolist()`: a number as
+        `phiml.math.load` returns a stored scalar, an array as nested lists), any other object but tensors and plain
+        containers is refused.
 
         Args:
             sim_index: Which sim.
@@ -113,25 +115,27 @@ class DataManager:
             raise CacheError(f"{path}: not a readable torch file (expected the zip archive that torch.save writes; "
                              f"{path.stat().st_size} bytes, empty or truncated?)")
         try:
-            with torch.serialization.safe_globals(NUMPY_SCALARS):
+            with torch.serialization.safe_globals(NUMPY_VALUES):
                 data = torch.load(path, weights_only=True, map_location='cpu')
         except pickle.UnpicklingError as err:
-            reason = next((line.strip() for line in str(err).splitlines() if 'Unsupported global' in line), 'unsafe pickle')
+            text = ' '.join(str(err).split())  # torch's reason: a global it would import, or a type it would build
+            reason = text[text.find('WeightsUnpickler error:'):].split(' Check the documentation')[0] \
+                if 'WeightsUnpickler error:' in text else 'unsafe pickle'
             raise CacheError(f"{path}: refused to load, the file holds objects other than tensors, plain containers and "
-                             f"numpy scalars ({reason[:200]})") from None
+                             f"numpy values ({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
         if isinstance(data, dict) and 'metadata' in data:
-            data['metadata'] = _python_scalars(data['metadata'])
+            data['metadata'] = _python_values(data['metadata'])
         layout = validate_legacy(path, data, allow_any_float=allow_any_float or self.cast_float32, channels=self.channels)
         if self.cast_float32 and not allow_any_float:
             data['tensor_data'] = {name: t.to(torch.float32) for name, t in data['tensor_data'].items()}
         return data, layout
 
 
-def _python_scalars(value: Any) -> Any:
-    """`value` with every numpy scalar in its dicts, lists and tuples replaced by the Python value it holds."""
-    return _map_leaves(value, lambda x: x.item() if isinstance(x, np.generic) else x)
+def _python_values(value: Any) -> Any:
+    """`value` with every numpy scalar or array in its dicts, lists and tuples replaced by the Python value it holds."""
+    return _map_leaves(value, lambda x: x.tolist() if isinstance(x, (np.generic, np.ndarray)) else x)
 
 
 SPATIAL = ('x', 'y', 'z')

@@ -8,7 +8,7 @@ from harness.errors import CacheError
 from legacy import DataManager, LegacyPipeline, phiml_to_torch, torch_to_phiml
 
 # then torch's own words (cut short by the loader) on what it would have had to import
-REFUSED = ("refused to load, the file holds objects other than tensors, plain containers and numpy scalars "
+REFUSED = ("refused to load, the file holds objects other than tensors, plain containers and numpy values "
            "(WeightsUnpickler error: Unsupported global: GLOBAL {} was not an allowed global by default.")
 
 
@@ -163,12 +163,84 @@ def test_numpy_scalars_in_metadata_are_read_as_the_python_values_they_hold(tmp_p
     assert types(loaded) == types(expected)
 
 
-def test_numpy_arrays_in_metadata_are_refused(tmp_path):
+def _numpy_1_array_spelling(save):
+    """Runs `save` with numpy's array reconstruction pickled as numpy 1 names it (`numpy.core.multiarray._reconstruct`)."""
+    reconstruct = np.zeros(0).__reduce__()[0]
+    module, reconstruct.__module__ = reconstruct.__module__, 'numpy.core.multiarray'
+    try:
+        save()
+    finally:
+        reconstruct.__module__ = module
+
+
+@pytest.mark.parametrize('spelling', ['numpy 2', 'numpy 1'])
+def test_numpy_arrays_in_metadata_are_read_as_nested_lists(tmp_path, spelling):
+    meta = {'grid': np.array([64, 32]), 'extent': np.array([[0.0, 1.0], [0.0, 0.5]], np.float32),
+            'mask': np.array([True, False]), 'n_frames': np.array(5), 'spatial_dims': np.array(['x', 'y']),
+            'fortran': np.asfortranarray(np.arange(6, dtype=np.uint8).reshape(2, 3))}
     path = tmp_path / 'sim_000000.pt'
-    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'grid': np.array([4, 4])}}, path)
+    save = lambda: torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': meta}, path)
+    _numpy_1_array_spelling(save) if spelling == 'numpy 1' else save()
+    assert (b'numpy.core.multiarray\n_reconstruct' in path.read_bytes()) == (spelling == 'numpy 1')
+    data, layout = DataManager(tmp_path).load(0)
+    expected = {'grid': [64, 32], 'extent': [[0.0, 1.0], [0.0, 0.5]], 'mask': [True, False], 'n_frames': 5,
+                'spatial_dims': ['x', 'y'], 'fortran': [[0, 1, 2], [3, 4, 5]]}
+    assert data['metadata'] == expected
+    leaves = lambda v: [y for x in v for y in leaves(x)] if isinstance(v, list) else [type(v)]
+    assert {key: set(leaves(value)) for key, value in data['metadata'].items()} == {
+        'grid': {int}, 'extent': {float}, 'mask': {bool}, 'n_frames': {int}, 'spatial_dims': {str}, 'fortran': {int}}
+    assert (layout.n_frames, layout.spatial_dims) == (5, ('x', 'y'))  # the hints as arrays are checked like lists
+
+
+def test_numpy_array_hints_that_disagree_with_the_tensors_are_named(tmp_path):
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'n_frames': np.array(7)}}, path)
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
-    assert str(info.value).startswith(f"{path}: {REFUSED.format('numpy._core.multiarray._reconstruct')}")
+    assert str(info.value) == f"{path}: metadata n_frames=7, the tensors hold T=5 frames"
+
+
+def test_numpy_object_arrays_in_metadata_are_refused(tmp_path):
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'tags': np.array([1, 'a'], object)}},
+               path)
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: refused to load, the file holds objects other than tensors, plain "
+                                      f"containers and numpy values (WeightsUnpickler error: Can only build Tensor, "
+                                      f"Parameter, OrderedDict or types allowlisted via `add_safe_globals`, but got "
+                                      f"<class 'numpy.dtypes.ObjectDType'>)")
+
+
+def test_empty_numpy_arrays_in_metadata_are_refused(tmp_path):
+    """torch pickles an empty array's data as `bytes()`, a call of `bytes` not admitted (it could allocate any size)."""
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'probes': np.zeros(0)}}, path)
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('bytes')}")
+
+
+def test_a_numpy_array_cannot_carry_a_payload(tmp_path):
+    """numpy's array reconstruction is admitted, not what its state unpickles to."""
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    class Array:
+        def __reduce__(self):
+            reconstruct, args, state = np.zeros(2).__reduce__()
+            return (reconstruct, args, (*state[:4], Payload()))
+
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {}, 'metadata': {'grid': Array()}}, path)
+    assert b'numpy._core.multiarray\n_reconstruct' in path.read_bytes()
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
+    assert not marker.exists()
 
 
 def test_a_numpy_scalar_cannot_carry_a_payload(tmp_path):

@@ -14,7 +14,7 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
   `iterate.legacy_vs_floor`, `convert.native_vs_step`, ...; `per_repetition` holds those ratios taken repetition by
   repetition (each time paired with its reference measured in the same repetition).
 - `memory`: per pipeline (`legacy`, `native`) peak resident memory of `open` + one epoch of the scenario's training
-  sims (`harness.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`,
+  sims (`harness.bench.memory.PeakMemory.to_dict`: `baseline_bytes`, `peak_bytes`, `epoch_bytes`, `cached_bytes`, `ratio`,
   and for a `for` loop that holds the previous batch, `loop_peak_bytes`, `loop_ratio`; `batch_ratio`).
 - `scaling`: `{'resolution': [...], 'sims': [...]}`, one entry per size (`harness.scaling.bench_scaling`) with
   `legacy_s`, `native_s`, `speedup`, `native_vs_floor`, `legacy_vs_floor`, `per_repetition`, `adjustments`, and

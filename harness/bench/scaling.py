@@ -88,7 +88,7 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
         `read` (cold open of all sims: `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`,
         `legacy_vs_npy_load`, `native_vs_step`), `step_s` (one native train step on a full batch, median of
         `STEP_REPEATS`), `loading_share` (native loading per batch / (that + `step_s`)), and `memory` (per pipeline,
-        see `harness.memory.PeakMemory.to_dict`) where measured.
+        see `harness.bench.memory.PeakMemory.to_dict`) where measured.
     """
     result = {'resolution': [], 'sims': []}
     for label, resolution in RESOLUTIONS:

@@ -208,7 +208,7 @@ COLD_READ_ORDERS = (('legacy', 'native', 'npy'), ('legacy', 'npy', 'native'))
 class ColdReads:
     """Times cold reads as a fresh process sees them: a new pipeline object, no parsed layouts remembered, and fresh
     memory. Before each read, the previous result of its kind is dropped and freed memory is handed back to the OS
-    (`harness.memory.release_free_memory`), so every read, the pipelines' and the `np.load` baseline's alike, pays for
+    (`harness.bench.memory.release_free_memory`), so every read, the pipelines' and the `np.load` baseline's alike, pays for
     the fresh pages a new process pays for; without that, whichever read reused warm memory won (`np.load`'s many small
     arrays did, a pipeline's one large array did not)."""
 
