@@ -92,10 +92,10 @@ class DataManager:
         return self.load(sim_index, allow_any_float=allow_any_float)[0]
 
     def load(self, sim_index: int, *, allow_any_float: bool = False) -> tuple[dict[str, Any], LegacyLayout]:
-        """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run); numpy scalars
-        and arrays in its metadata (`NUMPY_VALUES`) are read as the Python values they hold (`.tolist()`: a number as
-        `phiml.math.load` returns a stored scalar, an array as nested lists), any other object but tensors and plain
-        containers is refused.
+        """Loads and validates one sim's cache with `weights_only=True` (no code from the file is run); torch tensors
+        and numpy scalars and arrays (`NUMPY_VALUES`) in its metadata are read as the Python values they hold
+        (`.tolist()`: a number as `phiml.math.load` returns a stored scalar, an array as nested lists), any other
+        object but tensors and plain containers is refused.
 
         Args:
             sim_index: Which sim.
@@ -134,8 +134,9 @@ class DataManager:
 
 
 def _python_values(value: Any) -> Any:
-    """`value` with every numpy scalar or array in its dicts, lists and tuples replaced by the Python value it holds."""
-    return _map_leaves(value, lambda x: x.tolist() if isinstance(x, (np.generic, np.ndarray)) else x)
+    """`value` with every torch tensor and numpy scalar or array in its dicts, lists and tuples replaced by the Python
+    value it holds."""
+    return _map_leaves(value, lambda x: x.tolist() if isinstance(x, (np.generic, np.ndarray, torch.Tensor)) else x)
 
 
 SPATIAL = ('x', 'y', 'z')

@@ -149,30 +149,32 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys)
     assert not (tmp_path / 'out' / 'native-cache').exists()
 
 
-def test_a_cache_with_numpy_values_in_its_metadata_is_migrated_and_judged(tmp_path, capsys):
-    """Metadata as numpy code often writes it (np.float32 dt, np.int64 run, np.bool_ flag, np.array extents): read as
-    the Python values they hold, carried into the native cache as such, and judged go; the team's folder is left
-    untouched."""
+def test_a_cache_with_numpy_and_torch_values_in_its_metadata_is_migrated_and_judged(tmp_path, capsys):
+    """Metadata as numpy and torch code often write it (np.float32 dt, np.int64 run, np.bool_ flag, np.array extents,
+    torch scalars and vectors): read as the Python values they hold, carried into the native cache as such, and judged
+    go; the team's folder is left untouched."""
     team = tmp_path / 'team'
     team.mkdir()
     rng = np.random.default_rng(0)
     for sim in range(4):
         velocity = torch.from_numpy((rng.standard_normal((2, 9, 16, 16)) * 0.5).astype(np.float32))
         meta = {'dt': np.float32(0.01), 'run': np.int64(sim), 'stable': np.bool_(True), 'grid': [np.int32(16), 16],
-                'extent': np.array([[0.0, 1.0], [0.0, 2.0]]), 'probes': np.array([3, 7], np.int16)}
+                'extent': np.array([[0.0, 1.0], [0.0, 2.0]]), 'probes': np.array([3, 7], np.int16),
+                'nu': torch.tensor(0.5), 'origin': torch.tensor([1, 2])}
         torch.save({'tensor_data': {'velocity': velocity}, 'metadata': meta}, team / f'sim_{sim:06d}.pt')
     before = tree_state(team)
     assert migrate.main([str(team), str(tmp_path / 'npz'), '--no-progress']) == 0
     stock = math.load(str(tmp_path / 'npz' / 'sim_000002.npz'))['metadata']  # phiml's own reader
     assert stock == {'dt': float(np.float32(0.01)), 'run': 2, 'stable': True, 'grid': [16, 16],
-                     'extent': [[0.0, 1.0], [0.0, 2.0]], 'probes': [3, 7], 'fields': ['velocity']}
-    assert [type(stock[k]) for k in ('dt', 'run', 'stable')] == [float, int, bool]
-    assert [type(x) for x in stock['extent'][1] + stock['probes']] == [float, float, int, int]
+                     'extent': [[0.0, 1.0], [0.0, 2.0]], 'probes': [3, 7], 'nu': 0.5, 'origin': [1, 2],
+                     'fields': ['velocity']}
+    assert [type(stock[k]) for k in ('dt', 'run', 'stable', 'nu')] == [float, int, bool, float]
+    assert [type(x) for x in stock['extent'][1] + stock['probes'] + stock['origin']] == [float, float, int, int, int, int]
     code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'out', *FAST)
     assert code == 0, output
     assert tree_state(team) == before
     checks = {c['name']: c for c in json.loads((tmp_path / 'out' / 'summary.json').read_text())['checks']}
-    assert checks['metadata carried']['passed'] and "6 keys" in checks['metadata carried']['detail']
+    assert checks['metadata carried']['passed'] and "8 keys" in checks['metadata carried']['detail']
 
 
 @pytest.mark.parametrize('argv, message', [

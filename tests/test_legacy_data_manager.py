@@ -192,6 +192,20 @@ def test_numpy_arrays_in_metadata_are_read_as_nested_lists(tmp_path, spelling):
     assert (layout.n_frames, layout.spatial_dims) == (5, ('x', 'y'))  # the hints as arrays are checked like lists
 
 
+def test_torch_tensors_in_metadata_are_read_as_the_python_values_they_hold(tmp_path):
+    meta = {'dt': torch.tensor(0.01), 'grid': torch.tensor([64, 32]), 'n_frames': torch.tensor(5),
+            'mask': torch.tensor([[True], [False]]), 'solver': {'tol': torch.tensor(1e-6, dtype=torch.float64)}}
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': meta}, path)
+    data, layout = DataManager(tmp_path).load(0)
+    assert data['metadata'] == {'dt': 0.009999999776482582, 'grid': [64, 32], 'n_frames': 5, 'mask': [[True], [False]],
+                                'solver': {'tol': 1e-6}}
+    assert [type(data['metadata'][k]) for k in ('dt', 'n_frames')] == [float, int]
+    assert type(data['metadata']['mask'][1][0]) is bool and type(data['metadata']['solver']['tol']) is float
+    assert isinstance(data['tensor_data']['velocity'], torch.Tensor)  # only the metadata is turned into Python values
+    assert layout.n_frames == 5
+
+
 def test_numpy_array_hints_that_disagree_with_the_tensors_are_named(tmp_path):
     path = tmp_path / 'sim_000000.pt'
     torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'n_frames': np.array(7)}}, path)
