@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -111,9 +112,9 @@ class DataManager:
         path = self.get_cached_path(sim_index)
         if not path.is_file():
             raise CacheError(f"{path}: cache file missing (expected the legacy cache of sim {sim_index})")
-        if not zipfile.is_zipfile(path):
-            raise CacheError(f"{path}: not a readable torch file (expected the zip archive that torch.save writes; "
-                             f"{path.stat().st_size} bytes, empty or truncated?)")
+        if not _torch_file(path):
+            raise CacheError(f"{path}: not a readable torch file (expected the zip archive that torch.save writes, or "
+                             f"its format before torch 1.6; {path.stat().st_size} bytes, empty or truncated?)")
         try:
             with torch.serialization.safe_globals(NUMPY_VALUES):
                 data = torch.load(path, weights_only=True, map_location='cpu')
@@ -124,13 +125,28 @@ class DataManager:
             raise CacheError(f"{path}: refused to load, the file holds objects other than tensors, plain containers and "
                              f"numpy values ({reason[:200]})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-            raise CacheError(f"{path}: not a readable torch file ({str(err).splitlines()[0][:200]})") from None
+            reason = str(err).splitlines()[0][:200] if str(err).strip() else f"cut short or corrupt: {type(err).__name__}"
+            raise CacheError(f"{path}: not a readable torch file ({reason})") from None
+        except (IndexError, KeyError, TypeError, LookupError, AssertionError, struct.error) as err:  # torch's unpickler
+            raise CacheError(f"{path}: not a readable torch file (cut short or corrupt: {type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
         if isinstance(data, dict) and 'metadata' in data:
             data['metadata'] = _python_values(data['metadata'])
         layout = validate_legacy(path, data, allow_any_float=allow_any_float or self.cast_float32, channels=self.channels)
         if self.cast_float32 and not allow_any_float:
             data['tensor_data'] = {name: t.to(torch.float32) for name, t in data['tensor_data'].items()}
         return data, layout
+
+
+# torch's format before 1.6 (and `_use_new_zipfile_serialization=False`) starts with a pickled magic number (LONG1)
+_OLD_FORMAT = b'\x8a\x0a' + torch.serialization.MAGIC_NUMBER.to_bytes(10, 'little')
+
+
+def _torch_file(path: Path) -> bool:
+    """Whether `path` starts as a file `torch.save` writes: a zip archive, or the older format."""
+    with open(path, 'rb') as f:
+        head = f.read(2 + len(_OLD_FORMAT))
+    return zipfile.is_zipfile(path) or (head[:1] == pickle.PROTO and head[2:] == _OLD_FORMAT)
 
 
 def _python_values(value: Any) -> Any:

@@ -96,7 +96,7 @@ def test_unrecorded_garbage_is_unreadable(built, tiny_config, tmp_path, name):
     problem, = verify_cache(folder, PIPELINES[name], tiny_config).problems
     assert (problem.sim, problem.name, problem.kind) == (2, path.name, 'unreadable')
     assert problem.detail == {
-        'legacy': 'not a readable torch file (expected the zip archive that torch.save writes; 7 bytes, empty or '
+        'legacy': 'not a readable torch file (expected the zip archive that torch.save writes, or its format before torch 1.6; 7 bytes, empty or '
                   'truncated?); not written by the harness',
         'phiml': 'not a readable .npz file (File is not a zip file); not written by the harness'}[name]
 

@@ -2,6 +2,7 @@
 code that shares nothing with `legacy/`, read by the legacy pipeline, migrated bitwise and judged by
 `python -m harness.compare SCENARIO --legacy-cache DIR [--native-cache DIR2]` with DIR (and DIR2) left untouched."""
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ UNTIMED = ['compare.min_speedup=0', 'sanity.enabled=false']  # random fields: no
 FAST = [*UNTIMED, 'compare.selftest=false', 'compare.timing_repeats=1', 'compare.timing_warmup=0']
 
 
-def team_cache(folder: Path, fields: dict[str, tuple], n_sims: int = 4, dtype=np.float32, seed: int = 0) -> dict:
+def team_cache(folder: Path, fields: dict[str, tuple], n_sims: int = 4, dtype=np.float32, seed: int = 0,
+               zip_format: bool = True) -> dict:
     """Writes `folder/sim_XXXXXX.pt` as `{'tensor_data': {name: [C, T, *spatial]}, 'metadata': {...}}` with free-form
-    metadata (no key of the harness); returns sim -> field -> the numpy array written."""
+    metadata (no key of the harness), in torch's zip format or (`zip_format=False`) the one before torch 1.6; returns
+    sim -> field -> the numpy array written."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     written = {}
@@ -31,7 +34,7 @@ def team_cache(folder: Path, fields: dict[str, tuple], n_sims: int = 4, dtype=np
         meta = {'case': 'channel-flow', 'Re': 180.0, 'run': sim, 'restart': None, 'tags': ['les', 'v2'],
                 'solver': {'name': 'spectral', 'order': 4}}
         torch.save({'tensor_data': {k: torch.from_numpy(v) for k, v in arrays.items()}, 'metadata': meta},
-                   folder / f'sim_{sim:06d}.pt')
+                   folder / f'sim_{sim:06d}.pt', _use_new_zipfile_serialization=zip_format)
         written[sim] = arrays
     return written
 
@@ -147,6 +150,20 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys)
     assert summary['caches'] == {'legacy': {'folder': str(team), 'read_only': True},
                                  'phiml': {'folder': str(native), 'read_only': True}}
     assert not (tmp_path / 'out' / 'native-cache').exists()
+
+
+def test_a_cache_in_the_format_before_torch_1_6_is_migrated_and_judged(tmp_path, capsys):
+    team = tmp_path / 'team'
+    written = team_cache(team, {'velocity': (2, 9, 16, 16)}, zip_format=False)
+    assert not zipfile.is_zipfile(team / 'sim_000000.pt')
+    before = tree_state(team)
+    assert migrate.main([str(team), str(tmp_path / 'npz'), '--no-progress']) == 0
+    stock = math.load(str(tmp_path / 'npz' / 'sim_000003.npz'))  # phiml's own reader
+    np.testing.assert_array_equal(stock['velocity'].numpy('vector,time,x,y'), written[3]['velocity'])
+    code, output = _compare(capsys, '--legacy-cache', team, '--native-cache', tmp_path / 'npz', '--out',
+                            tmp_path / 'out', *FAST)
+    assert code == 0, output
+    assert tree_state(team) == before
 
 
 def test_a_cache_with_numpy_and_torch_values_in_its_metadata_is_migrated_and_judged(tmp_path, capsys):

@@ -1,4 +1,6 @@
+import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -85,7 +87,74 @@ def test_missing_and_garbage_files(cache_dirs, tmp_path):
     with pytest.raises(CacheError) as info:
         manager.load_cache(4)
     assert str(info.value) == (f"{tmp_path / 'sim_000004.pt'}: not a readable torch file (expected the zip archive "
-                               f"that torch.save writes; 16 bytes, empty or truncated?)")
+                               f"that torch.save writes, or its format before torch 1.6; 16 bytes, empty or truncated?)")
+
+
+def test_the_format_before_torch_1_6_is_read(tmp_path):
+    """`torch.save(..., _use_new_zipfile_serialization=False)`: the format of caches written before torch 1.6."""
+    velocity = torch.arange(2 * 5 * 4 * 3, dtype=torch.float32).reshape(2, 5, 4, 3)
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': velocity}, 'metadata': {'dt': np.float32(0.5), 'note': 'old'}}, path,
+               _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    data, layout = DataManager(tmp_path).load(0)
+    assert torch.equal(data['tensor_data']['velocity'], velocity) and data['metadata'] == {'dt': 0.5, 'note': 'old'}
+    assert (layout.n_frames, layout.resolution, layout.channels) == (5, (4, 3), {'velocity': ('x', 'y')})
+
+
+def test_a_crafted_file_in_the_format_before_torch_1_6_is_refused_unrun(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {}, 'metadata': {'x': Payload()}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'before torch 1.6'])
+def test_every_truncation_of_a_file_is_refused_with_a_cache_error(tmp_path, zip_format):
+    """Cut anywhere, a file never loads and never escapes as another exception (torch's unpickler raises IndexError,
+    struct.error, ... on a pickle cut short); nothing else is written."""
+    source = tmp_path / 'source.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'dt': np.float32(0.5)}}, source,
+               _use_new_zipfile_serialization=zip_format)
+    raw, folder = source.read_bytes(), tmp_path / 'cache'
+    folder.mkdir()
+    for size in range(len(raw)):
+        (folder / 'sim_000000.pt').write_bytes(raw[:size])
+        with pytest.raises(CacheError, match=r'^' + re.escape(f"{folder / 'sim_000000.pt'}: ")):
+            DataManager(folder).load_cache(0)
+    assert sorted(p.name for p in folder.iterdir()) == ['sim_000000.pt']
+
+
+def test_a_pickle_cut_short_is_named_so(tmp_path):
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {}}, path,
+               _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    for size, reason in ((14, 'EOFError'), (16, 'IndexError: index out of range')):  # after the magic number
+        path.write_bytes(raw[:size])
+        with pytest.raises(CacheError) as info:
+            DataManager(tmp_path).load_cache(0)
+        assert str(info.value) == f"{path}: not a readable torch file (cut short or corrupt: {reason})"
+
+
+def test_a_corrupt_pickle_in_a_zip_file_is_named_so(tmp_path):
+    """One byte changed in the archive's pickle (torch checks no CRC): an encoding name numpy's scalar asks for."""
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'dt': np.float32(0.5)}}, path)
+    raw = path.read_bytes()
+    assert raw.count(b'latin1') == 1
+    path.write_bytes(raw.replace(b'latin1', b'latmn1'))
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value) == f"{path}: not a readable torch file (cut short or corrupt: LookupError: unknown encoding: latmn1)"
 
 
 def test_unsafe_payload_not_executed(tmp_path):
