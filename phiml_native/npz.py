@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import struct
+import tokenize
 import zipfile
 from typing import Any, Mapping, NamedTuple
 
@@ -208,7 +209,11 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
     if version not in ((1, 0), (2, 0)):
         raise ValueError(f".npy format version {version}, expected 1.0 or 2.0")
     read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-    return read(fp, max_header_size=len(raw) + 1)
+    try:
+        return read(fp, max_header_size=len(raw) + 1)
+    except tokenize.TokenError as err:  # numpy's second try at a header that is not a Python literal
+        text = raw[10 if version == (1, 0) else 12:].decode('latin1').strip()
+        raise ValueError(f"the .npy header {text!r} does not parse ({err.args[0]})") from None
 
 
 def _meta_value(name: str, member: Any) -> Any:
@@ -310,8 +315,10 @@ def unpickle_object_array(data: bytes) -> Any:
     """
     try:
         array = _RestrictedUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, AttributeError, EOFError, TypeError, IndexError, KeyError) as err:
+    except (pickle.UnpicklingError, AttributeError, EOFError, TypeError, IndexError, KeyError, OverflowError) as err:
         raise ValueError(str(err)) from None
+    except MemoryError:  # a length field asks for more than memory holds: more than the member's own bytes
+        raise ValueError(f"it asks for more memory than there is (its {len(data)} bytes are corrupt)") from None
     if not isinstance(array, np.ndarray) or array.dtype != object:
         raise ValueError(f"the pickle holds a {type(array).__name__}, expected an object array")
     try:

@@ -289,6 +289,62 @@ def test_damaged_files_refused(tmp_path, damage, words):
     assert words in str(info.value)
 
 
+def test_every_truncation_refused(tmp_path):
+    """Cut anywhere, a file is refused with a `CacheError`, read cold or by the layout of the whole file."""
+    source = tmp_path / 'small.npz'
+    math.save(str(source), {'velocity': _velocity(3, 2, frames=2), 'metadata': {'dt': 0.5, 'fields': ['velocity']}})
+    raw, path = source.read_bytes(), tmp_path / 'cut.npz'
+    for size in range(len(raw)):
+        path.write_bytes(raw[:size])
+        for warm in (False, True):
+            npz.clear_caches()
+            if warm:
+                read_phiml_npz(source)
+            with pytest.raises(CacheError, match=f"^{path}: "):
+                read_phiml_npz(path)
+
+
+def _member_data(path, name: str) -> int:
+    """Where the data of the stored member `name` starts in the zip `path`."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    local = path.read_bytes()[info.header_offset:info.header_offset + 30]
+    return info.header_offset + 30 + int.from_bytes(local[26:28], 'little') + int.from_bytes(local[28:30], 'little')
+
+
+def test_an_npy_header_that_does_not_parse_refused(tmp_path):
+    """numpy tokenizes a header that is no Python literal (`tokenize.TokenError` on an unclosed bracket)."""
+    path = _save(tmp_path, 'cache-file-2d')
+    raw = bytearray(path.read_bytes())
+    start = _member_data(path, 'root[metadata][dt]:0.npy')
+    end = raw.index(b'\n', start)
+    assert raw[end - 1:end] == b' '
+    raw[end - 1:end] = b'['
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(info.value).startswith(f"{path}: not a readable .npz file (the .npy header \"{{'descr': '<f8', "
+                                      f"'fortran_order': False, 'shape': (), }}")
+    assert str(info.value).endswith("[\" does not parse (EOF in multi-line statement))")
+
+
+@pytest.mark.parametrize('length, words', [
+    (2 ** 62, 'it asks for more memory than there is'),  # MemoryError from pickle
+    (2 ** 64 - 1, "BINBYTES exceeds system's maximum size"),  # OverflowError from pickle
+], ids=['memory', 'overflow'])
+def test_a_pickle_asking_for_huge_bytes_refused(tmp_path, length, words):
+    path = _save(tmp_path, 'cache-file-2d')
+    raw = bytearray(path.read_bytes())
+    start = _member_data(path, 'specs.npy')
+    pickled = start + 10 + int.from_bytes(raw[start + 8:start + 10], 'little')  # after the .npy header
+    memo = raw.index(b'\x94', pickled + 2)  # a MEMOIZE opcode becomes BINBYTES8 with the given length
+    raw[memo:memo + 9] = b'\x8e' + length.to_bytes(8, 'little')
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(info.value).startswith(f"{path}: refused to unpickle member 'specs.npy': {words}")
+
+
 def test_missing_meta_member_refused(tmp_path):
     path = tmp_path / 'plain.npz'
     np.savez(path, a=np.arange(3))
