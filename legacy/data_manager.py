@@ -23,8 +23,8 @@ CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to f
 # and arrays of numbers, bools or strings (np.array([64, 64])), each reconstruction as numpy 2 and numpy 1 spell it,
 # `np.ndarray`, `np.dtype` and the dtype classes of bools, numbers and str (not object: object arrays stay refused)
 _SCALAR, _ARRAY = np.float64(0).__reduce__()[0], np.zeros(0).__reduce__()[0]
-NUMPY_VALUES = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'),
-                _ARRAY, (_ARRAY, 'numpy.core.multiarray._reconstruct'), np.ndarray, np.dtype, *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFDU')]
+NUMPY_VALUES = [_SCALAR, (_SCALAR, 'numpy.core.multiarray.scalar'), _ARRAY, (_ARRAY, 'numpy.core.multiarray._reconstruct'),
+                np.ndarray, np.dtype, *dict.fromkeys(type(np.dtype(code)) for code in '?bhilqBHILQefdFDU')]
 
 
 def _map_leaves(value: Any, leaf) -> Any:
@@ -131,7 +131,11 @@ class DataManager:
             raise CacheError(f"{path}: not a readable torch file (cut short or corrupt: {type(err).__name__}: "
                              f"{str(err)[:200]})") from None
         if isinstance(data, dict) and 'metadata' in data:
-            data['metadata'] = _python_values(data['metadata'])
+            try:
+                data['metadata'] = _python_values(data['metadata'])
+            except (RuntimeError, NotImplementedError) as err:  # a sparse or data-less tensor has no `.tolist()`
+                raise CacheError(f"{path}: metadata holds a tensor without plain values ({str(err)[:200]}); expected "
+                                 f"numbers, strings, lists, dense tensors or numpy values") from None
         layout = validate_legacy(path, data, allow_any_float=allow_any_float or self.cast_float32, channels=self.channels)
         if self.cast_float32 and not allow_any_float:
             data['tensor_data'] = {name: t.to(torch.float32) for name, t in data['tensor_data'].items()}
@@ -144,9 +148,11 @@ _OLD_FORMAT = b'\x8a\x0a' + torch.serialization.MAGIC_NUMBER.to_bytes(10, 'littl
 
 def _torch_file(path: Path) -> bool:
     """Whether `path` starts as a file `torch.save` writes: a zip archive, or the older format."""
+    if zipfile.is_zipfile(path):
+        return True
     with open(path, 'rb') as f:
         head = f.read(2 + len(_OLD_FORMAT))
-    return zipfile.is_zipfile(path) or (head[:1] == pickle.PROTO and head[2:] == _OLD_FORMAT)
+    return head[:1] == pickle.PROTO and head[2:] == _OLD_FORMAT
 
 
 def _python_values(value: Any) -> Any:

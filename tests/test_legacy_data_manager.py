@@ -275,6 +275,17 @@ def test_torch_tensors_in_metadata_are_read_as_the_python_values_they_hold(tmp_p
     assert layout.n_frames == 5
 
 
+def test_a_sparse_tensor_in_metadata_is_refused(tmp_path):
+    path = tmp_path / 'sim_000000.pt'
+    torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'mask': torch.eye(2).to_sparse()}},
+               path)
+    with pytest.raises(CacheError) as info:
+        DataManager(tmp_path).load_cache(0)
+    assert str(info.value) == (f"{path}: metadata holds a tensor without plain values (Cannot access data pointer of "
+                               f"Tensor that doesn't have storage); expected numbers, strings, lists, dense tensors or "
+                               f"numpy values")
+
+
 def test_numpy_array_hints_that_disagree_with_the_tensors_are_named(tmp_path):
     path = tmp_path / 'sim_000000.pt'
     torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': {'n_frames': np.array(7)}}, path)
