@@ -204,14 +204,15 @@ def test_any_float_only_when_asked(cache_dirs, tmp_path):
     assert DataManager(tmp_path).load_cache(0, allow_any_float=True)['tensor_data']['velocity'].dtype == torch.float64
 
 
-def _numpy_1_spelling(save):
-    """Runs `save` with numpy's scalar reconstruction pickled as numpy 1 names it (`numpy.core.multiarray.scalar`)."""
-    scalar = np.float64(0).__reduce__()[0]
-    module, scalar.__module__ = scalar.__module__, 'numpy.core.multiarray'
+def _numpy_1_spelling(save, value=np.float64(0)):
+    """Runs `save` with numpy's reconstruction of `value` (a scalar's `scalar`, an array's `_reconstruct`) pickled as
+    numpy 1 names it (`numpy.core.multiarray.*`)."""
+    reconstruct = value.__reduce__()[0]
+    module, reconstruct.__module__ = reconstruct.__module__, 'numpy.core.multiarray'
     try:
         save()
     finally:
-        scalar.__module__ = module
+        reconstruct.__module__ = module
 
 
 @pytest.mark.parametrize('spelling', ['numpy 2', 'numpy 1'])
@@ -232,16 +233,6 @@ def test_numpy_scalars_in_metadata_are_read_as_the_python_values_they_hold(tmp_p
     assert types(loaded) == types(expected)
 
 
-def _numpy_1_array_spelling(save):
-    """Runs `save` with numpy's array reconstruction pickled as numpy 1 names it (`numpy.core.multiarray._reconstruct`)."""
-    reconstruct = np.zeros(0).__reduce__()[0]
-    module, reconstruct.__module__ = reconstruct.__module__, 'numpy.core.multiarray'
-    try:
-        save()
-    finally:
-        reconstruct.__module__ = module
-
-
 @pytest.mark.parametrize('spelling', ['numpy 2', 'numpy 1'])
 def test_numpy_arrays_in_metadata_are_read_as_nested_lists(tmp_path, spelling):
     meta = {'grid': np.array([64, 32]), 'extent': np.array([[0.0, 1.0], [0.0, 0.5]], np.float32),
@@ -249,7 +240,7 @@ def test_numpy_arrays_in_metadata_are_read_as_nested_lists(tmp_path, spelling):
             'fortran': np.asfortranarray(np.arange(6, dtype=np.uint8).reshape(2, 3))}
     path = tmp_path / 'sim_000000.pt'
     save = lambda: torch.save({'tensor_data': {'velocity': torch.zeros(2, 5, 4, 4)}, 'metadata': meta}, path)
-    _numpy_1_array_spelling(save) if spelling == 'numpy 1' else save()
+    _numpy_1_spelling(save, np.zeros(0)) if spelling == 'numpy 1' else save()
     assert (b'numpy.core.multiarray\n_reconstruct' in path.read_bytes()) == (spelling == 'numpy 1')
     data, layout = DataManager(tmp_path).load(0)
     expected = {'grid': [64, 32], 'extent': [[0.0, 1.0], [0.0, 0.5]], 'mask': [True, False], 'n_frames': 5,
