@@ -34,14 +34,13 @@ HEAD = 4096  # arrays larger than this are read (or mapped) on their own; the fi
 _LOCAL = struct.Struct(zipfile.structFileHeader)  # zip local file header: name and extra lengths are fields 10, 11
 _NUMPY = choose_backend(np.zeros(0))
 
-_Meta = NamedTuple('_Meta', [('header', bytes), ('data', bytes)])  # a meta member, parsed by `_structure` once
 # A stored array member: where its data lies (`chunk` -1: a large array at `start` in the file; else `start` in chunk)
 _Array = NamedTuple('_Array', [('name', str), ('chunk', int), ('start', int), ('nbytes', int), ('dtype', np.dtype),
                                ('shape', tuple), ('fortran', bool)])
-# A file's members in archive order (`(key, value)`, an `_Array` where an array is read), the stretches of the file
-# around its large arrays (`chunks`: start, end), and their bytes outside arrays' data and CRCs (`gaps`: chunk, start,
-# end, bytes): a later file of the same size whose gaps hold these bytes is read alike.
-_Layout = NamedTuple('_Layout', [('members', tuple), ('chunks', tuple), ('gaps', tuple)])
+# How a file is assembled (`plan`, see `_plan`), the stretches of the file around its large arrays (`chunks`: start,
+# end), and their bytes outside arrays' data and CRCs (`gaps`: chunk, start, end, bytes): a later file of the same size
+# whose gaps hold these bytes is read alike.
+_Layout = NamedTuple('_Layout', [('plan', tuple), ('chunks', tuple), ('gaps', tuple)])
 _LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
 
 
@@ -67,9 +66,10 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
             else:  # parsed from memory where the file is small: many small reads
                 fp = io.BytesIO(_read(fp, 0, size)) if not mmap and size <= WHOLE else fp
                 layout, chunks = _parse(fp, size)
-            members = {key: _array(fp, chunks, value, mmap, (out or {}).get(key)) if isinstance(value, _Array)
-                       else value for key, value in layout.members}
-        return _assemble(members)
+            out, (members, *plan) = out or {}, layout.plan
+            natives = [_array(fp, chunks, value, mmap, out.get(key)) if type(value) is _Array else value
+                       for key, value in members]
+        return _assemble(natives, *plan)
     except _Refused as err:
         raise CacheError(f"{path}: {err}") from None
     except (OSError, EOFError, ValueError, struct.error, zipfile.BadZipFile, NotImplementedError) as err:
@@ -82,7 +82,6 @@ def clear_caches() -> None:
     _LAYOUTS.clear()
     _npy_header.cache_clear()
     unpickle_object_array.cache_clear()
-    _structure.cache_clear()
 
 
 class _Refused(Exception):
@@ -122,14 +121,14 @@ def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
             gaps.append((i, cut - a, start - a))
             cut = max(cut, end)
         gaps.append((i, cut - a, b - a))
-    layout = _Layout(tuple(members.items()), spans, tuple((i, a, b, chunks[i][a:b]) for i, a, b in gaps if a < b))
+    layout = _Layout(_plan(members), spans, tuple((i, a, b, chunks[i][a:b]) for i, a, b in gaps if a < b))
     _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
     return layout, chunks
 
 
 def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> Any:
-    """One member as `np.load` keys it: `_Array` for a stored array, `_Meta` for a meta member, an array for a
-    compressed one (inflated by `zipfile`, CRC checked), or the bytes of a member that is not an `.npy`."""
+    """One member as `np.load` keys it: `_Array` for a stored array, an array for a compressed one (inflated by
+    `zipfile`, CRC checked), the bytes of a member that is not an `.npy`; a meta member's value (`_meta_value`)."""
     name, size, start = info.filename, info.file_size, 0
     if info.compress_type != zipfile.ZIP_STORED:
         content = archive.read(info)
@@ -144,13 +143,16 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> An
         content = head[start - info.header_offset:][:size]
     complete = len(content) == size  # else `content` is the member's first bytes; the rest is read from `start` on
     if not content.startswith(npy_format.MAGIC_PREFIX):  # not an .npy: np.load gives its bytes
+        if key in META:
+            raise _Refused(f"member {name!r} is not an .npy array")
         return content if complete else _read(fp, start, size)
     length = 10 + int.from_bytes(content[8:10], 'little') if content[6] == 1 else 12 + int.from_bytes(content[8:12], 'little')
     if length > len(content):
         raise _Refused(f"member {name!r}: its .npy header is longer than {HEAD} bytes or than the member")
     shape, fortran, dtype = _npy_header(content[:length])
     if key in META:
-        return _Meta(content[:length], content[length:] if complete else _read(fp, start + length, size - length))
+        data = content[length:] if complete else _read(fp, start + length, size - length)
+        return _meta_value(name, shape, fortran, dtype, data)
     if dtype.hasobject:
         raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
     if math.prod(shape) * dtype.itemsize != size - length:
@@ -169,8 +171,8 @@ def directory_offsets(archive: zipfile.ZipFile) -> list[int]:
     return offsets
 
 
-def _encoding(info: zipfile.ZipInfo) -> str:
-    return 'utf-8' if info.flag_bits & 0x800 else 'cp437'
+def _encoding(info: zipfile.ZipInfo) -> str:  # an ASCII name is the same bytes in both (utf-8's codec is faster)
+    return 'utf-8' if info.flag_bits & 0x800 or info.orig_filename.isascii() else 'cp437'
 
 
 def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
@@ -182,10 +184,10 @@ def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarra
     fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
         and target.flags.c_contiguous and target.flags.writeable
     if array.chunk >= 0:
-        data = np.frombuffer(chunks[array.chunk], array.dtype, math.prod(array.shape), array.start)
+        data = np.ndarray(array.shape, array.dtype, chunks[array.chunk], array.start, order=order)
         if not fits:
-            return data.reshape(array.shape, order=order).copy(order)
-        np.copyto(target, data.reshape(array.shape))
+            return data.copy(order)
+        np.copyto(target, data)
         return target
     buffer = target if fits else np.empty(array.shape, array.dtype, order=order)
     fp.seek(array.start)
@@ -216,27 +218,28 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
         raise ValueError(f"the .npy header {text!r} does not parse ({err.args[0]})") from None
 
 
-def _meta_value(name: str, member: Any) -> Any:
-    """`data[name].tolist()` as `phiml.math.load` takes it; an object array through the restricted unpickler."""
-    if not isinstance(member, _Meta):
-        raise _Refused(f"member {name!r} is not an .npy array")
-    shape, fortran, dtype = _npy_header(member.header)
+def _meta_value(name: str, shape: tuple, fortran: bool, dtype: np.dtype, data: bytes) -> Any:
+    """`.tolist()` of a meta member (its header parsed, its `data`) as `phiml.math.load` takes it; an object array
+    through the restricted unpickler."""
     if not dtype.hasobject:
-        return np.frombuffer(member.data, dtype, math.prod(shape)).reshape(shape, order='F' if fortran else 'C').tolist()
+        return np.frombuffer(data, dtype, math.prod(shape)).reshape(shape, order='F' if fortran else 'C').tolist()
     try:
-        return unpickle_object_array(member.data)
+        return unpickle_object_array(data)
     except ValueError as err:
-        raise _Refused(f"refused to unpickle member '{name}.npy': {err}; a cache may hold only tensors and plain "
+        raise _Refused(f"refused to unpickle member '{name}': {err}; a cache may hold only tensors and plain "
                        f"containers (dict, list, str, numbers)") from None
 
 
-@functools.lru_cache(maxsize=64)
-def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list, list[int], list | None]:
-    """`(tree, specs, paths, order, dense)` as `phiml.math.load` derives them from the meta members: the tree with
-    `None` where a tensor goes, the unserialized specs (one per stored tensor), the stored paths, which stored tensor
-    each of the tree's tensor leaves takes, and where every spec is dense and the tree holds no layout,
-    `(names, shape, native sizes)` of each (callers must not mutate the cached result)."""
-    tree, specs, paths = (_meta_value(name, member) for name, member in zip(META, (tree, specs, paths)))
+def _plan(members: dict[str, Any]) -> tuple[tuple, Any, list[int], list | None, list]:
+    """`(members, tree, order, dense, specs)`: how `_assemble` builds a file's tree as `phiml.math.load` does, derived
+    from the meta members and checked once per layout. `members`: `(key, value)` of the members handed to the tensors by
+    position, in archive order (an `_Array` where an array is read); `tree` with `None` where a tensor goes; which
+    stored tensor each of the tree's tensor leaves takes; where every spec is dense, the tree holds no layout and the
+    arrays have the specs' sizes, `(names, shape, native sizes)` of each, else None; the unserialized specs."""
+    missing = [name for name in META if name not in members]
+    if missing:
+        raise _Refused(f"not a phiml.math.save file (member {missing[0]!r} missing)")
+    tree, specs, paths = (members[name] for name in META)
     try:
         keys = [repr(spec) for spec in specs]  # the specs of equal tensors (the metadata's scalars) repeat
         unique = {key: unserialize_spec(spec) for key, spec in dict(zip(keys, specs)).items()}
@@ -248,24 +251,19 @@ def _structure(tree: _Meta, specs: _Meta, paths: _Meta) -> tuple[Any, list, list
             if all(s['type'] is Dense for s in specs) and '__layout__' not in repr(tree) else None
     except Exception as err:  # noqa: BLE001 - phiml's parsing of plain but malformed members
         raise _Refused(f"malformed tensor specs, paths or tree ({type(err).__name__}: {err})") from None
-    return tree, specs, paths, order, dense
-
-
-def _assemble(members: dict[str, Any]) -> Any:
-    """The tree as `phiml.math.load` assembles it: the members other than the meta members are handed to the tensors
-    by position, in archive order."""
-    missing = [name for name in META if name not in members]
-    if missing:
-        raise _Refused(f"not a phiml.math.save file (member {missing[0]!r} missing)")
-    tree, specs, paths, order, dense = _structure(*(members[name] for name in META))
-    keys = [key for key in members if key not in META]
-    if len(keys) < len(specs):
-        raise _Refused(f"{len(specs)} tensors but only {len(keys)} array members")
-    for key, label in zip(keys, paths):  # each spec takes at least the next member
-        if not isinstance(members[key], np.ndarray):
+    tensors = [(key, value) for key, value in members.items() if key not in META]
+    if len(tensors) < len(specs):
+        raise _Refused(f"{len(specs)} tensors but only {len(tensors)} array members")
+    for (key, value), label in zip(tensors, paths):  # each spec takes at least the next member
+        if not isinstance(value, (np.ndarray, _Array)):
             raise _Refused(f"member {key!r} would become (part of) tensor {label!r}, but is not an .npy array")
-    natives = [members[key] for key in keys]
-    if dense and all(native.shape == sizes for native, (_, _, sizes) in zip(natives, dense)):
+    fits = dense and all(value.shape == sizes for (_, value), (_, _, sizes) in zip(tensors, dense))
+    return tuple(tensors), tree, order, dense if fits else None, specs
+
+
+def _assemble(natives: list[np.ndarray], tree: Any, order: list[int], dense: list | None, specs: list) -> Any:
+    """The tree as `phiml.math.load` assembles it from the arrays handed to the tensors (see `_plan`)."""
+    if dense:
         return _fill(tree, iter([(natives[i], dense[i]) for i in order]))
     try:
         tensors = assemble_tensors(natives, specs)

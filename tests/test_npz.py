@@ -2,6 +2,7 @@
 accepts it returns exactly what `phiml.math.load` returns; anything else is refused with a `CacheError` naming it."""
 import contextlib
 import io
+import re
 import sys
 import zipfile
 
@@ -350,6 +351,17 @@ def test_missing_meta_member_refused(tmp_path):
     np.savez(path, a=np.arange(3))
     with pytest.raises(CacheError, match="not a phiml.math.save file \\(member 'tree' missing\\)"):
         read_phiml_npz(path)
+
+
+def test_meta_member_that_is_not_an_npy_refused(tmp_path):
+    source, path = _save(tmp_path, 'cache-file-2d'), tmp_path / 'raw-tree.npz'
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, 'w') as target:
+        for info in original.infolist():
+            target.writestr(info, b'not an npy' if info.filename == 'tree.npy' else original.read(info))
+    with pytest.raises(CacheError, match=f"^{re.escape(str(path))}: member 'tree.npy' is not an .npy array$"):
+        read_phiml_npz(path)
+    with pytest.raises(AttributeError):  # stock: np.load gives the member's bytes, which have no .tolist()
+        math.load(str(path))
 
 
 def test_results_do_not_share_mutable_state(tmp_path):
