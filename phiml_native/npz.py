@@ -78,10 +78,9 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
 
 
 def clear_caches() -> None:
-    """Forgets parsed layouts, headers, pickles and structures: the next read is as cold as a new process's."""
+    """Forgets parsed layouts (with their meta members) and headers: the next read is as cold as a new process's."""
     _LAYOUTS.clear()
     _npy_header.cache_clear()
-    unpickle_object_array.cache_clear()
 
 
 class _Refused(Exception):
@@ -303,9 +302,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
 
-@functools.lru_cache(maxsize=64)  # by content: the sims of one cache share their `tree` and `specs`
 def unpickle_object_array(data: bytes) -> Any:
-    """`.tolist()` of the object array pickled in `data`; callers must not mutate the (cached) result.
+    """`.tolist()` of the object array pickled in `data`.
 
     Raises:
         ValueError: the pickle names a global other than numpy's array reconstruction, is malformed, or holds anything
