@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from harness.equivalence.everyday import EverydayRow, audit_everyday, expected_sizes
+from conftest import TINY
+from harness.config import load_config
+from harness.equivalence.everyday import EverydayRow, audit_everyday, expected_sizes, shuffles_needed
 from harness.pipeline import load_pipeline
 from harness.report.verdict import Check, everyday_check
 from harness.selftest.bugs_everyday import (EverydayDropsLast, EverydayEpochsAlike, ReusedOutputBuffer,
@@ -241,3 +243,41 @@ def test_everyday_check():
         'everyday paths', False, "legacy: everyday batches keep their values (batch lifetime): everyday batches keep "
         "their values detail; the code a user runs every day does not deliver what the comparison judged")
     assert everyday_check([]) == Check('everyday paths', False, "the everyday paths were not audited")
+
+
+# --- few windows: a correct shuffle repeats an order by chance ---------------------------------------------------------
+
+def _epoch_orders(pipeline, seed, epochs):
+    """Each epoch's initial states, as bytes, from the pipeline's own loader (equal bytes: the same order)."""
+    return [b''.join(batch['initial_state'].numpy(['batch', 'x', 'y', 'vector']).tobytes() for batch in batches)
+            for batches in pipeline.everyday_epochs(4, seed=seed, epochs=2)]
+
+
+def test_shuffles_needed():  # until a correct shuffle repeating every time has a chance below 1e-9
+    assert [shuffles_needed(n) for n in (0, 1, 2, 3, 4, 12, 13, 21)] == [0, 0, 30, 12, 7, 2, 1, 1]
+
+
+def test_few_windows_repeating_an_order_by_chance_pass(cache_dirs, tiny_sim):
+    pipeline = NativePipeline(cache_dirs['phiml'], 8)  # 9 frames, rollout 8: one window per sim, 3 windows, 6 orders
+    pipeline.open([0, 1, 2])
+    orders = {seed: _epoch_orders(pipeline, seed, 2) for seed in range(60)}
+    other_seed_repeats = next(s for s in range(59) if orders[s][0] == orders[s + 1][0])
+    next_epoch_repeats = next(s for s in range(60) if orders[s][0] == orders[s][1])
+    for seed, check, detail in [
+        (other_seed_repeats, 'other seed, other order', f"seeds {other_seed_repeats} and "),
+        (next_epoch_repeats, 'epochs in different orders',
+         "epochs 0 ... 1: epoch 1 repeats the order of epoch 0, as a correct shuffle of 3 windows does with chance 1 in "
+         "6; 13 epochs of a fresh instance are not all alike")]:
+        config = load_config('burgers', [*TINY, 'data.rollout_steps=8', f'seed={seed}'])
+        rows = {r.check: r for r in _audit(NativePipeline, cache_dirs['phiml'], config, tiny_sim)}
+        assert all(r.passed for r in rows.values()), [r for r in rows.values() if not r.passed]
+        assert rows[check].detail.startswith(detail)
+    assert rows['epoch 0: each window exactly once'].detail == (
+        '3 windows served, 3 distinct, expected 3 (= 3 sims x 1 windows)')
+
+
+def test_few_windows_still_catch_an_ignored_seed(cache_dirs, tiny_sim):
+    config = load_config('burgers', [*TINY, 'data.rollout_steps=8'])
+    rows = _audit(SeedIgnored, cache_dirs['phiml'], config, tiny_sim)
+    assert _failed(rows) == [('other seed, other order', 'everyday path')]
+    assert [r.detail for r in rows if not r.passed] == ['seeds 42 and 43 ... 54, epoch 0: IDENTICAL orders']

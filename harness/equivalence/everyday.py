@@ -13,6 +13,7 @@ batches bit-identical to the default variant.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -29,6 +30,9 @@ from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 from harness.plan import make_plan, window_keys
 
 EVERYDAY, LIFETIME, VARIANT = 'everyday path', 'batch lifetime', 'loader variant'  # the diagnosis kinds
+# An order check that a correct shuffle can fail by chance (few windows: one order in n! repeats) looks at more shuffles,
+# until a correct one repeating in all of them has a chance below this.
+REPEAT_CHANCE = 1e-9
 # the trainer audit's network: small, since what is fed decides whether two trainings agree, not the model's size
 AUDIT_MODEL = ModelConfig(kind='conv_net', levels=1, filters=4)
 
@@ -91,6 +95,12 @@ def serve(pipeline: AbstractPipeline, batch_size: int, *, seed: int, epochs: int
             if keep:
                 served.kept.append((epoch, index, batch))
     return served
+
+
+def shuffles_needed(n_windows: int) -> int:
+    """How many shuffles must all repeat an order before the repeat counts as a bug: a correct shuffle of `n_windows`
+    repeats a given order with chance 1 / n_windows!; 0 where there is one order only (one window or none)."""
+    return 0 if n_windows < 2 else math.ceil(math.log(REPEAT_CHANCE) / -math.lgamma(n_windows + 1))
 
 
 def expected_sizes(n_windows: int, batch_size: int) -> list[int]:
@@ -273,19 +283,38 @@ def _audit(rows: list[EverydayRow], pipeline: AbstractPipeline, open_fresh, conf
         sizes, want = served.sizes(epoch), expected_sizes(len(train_sims) * wps, b)
         rows.append(EverydayRow(name, f"epoch {epoch}: batch sizes, last partial batch kept", sizes == want,
                                 f"{_sizes(sizes)}" + ('' if sizes == want else f", expected {_sizes(want)}")))
+    n, tries = len(train_sims) * wps, shuffles_needed(len(train_sims) * wps)
+    chance = f"as a correct shuffle of {n} windows does with chance 1 in {math.factorial(n)}" if tries > 1 else ''
     alike = [e for e in range(1, epochs) if served.epoch_keys(e) == served.epoch_keys(e - 1)]
-    rows.append(EverydayRow(name, 'epochs in different orders', not alike,
-                            f"epochs 0 ... {epochs - 1}: " + (f"epoch {alike[0]} repeats the order of epoch {alike[0] - 1}"
-                                                              if alike else "each in another order")))
+    detail = f"epochs 0 ... {epochs - 1}: " + (f"epoch {alike[0]} repeats the order of epoch {alike[0] - 1}" if alike
+                                               else "each in another order")
+    if tries == 0:
+        alike, detail = [], f"{n} window(s): one order only"
+    elif alike and tries > 1:  # more epochs of a fresh instance decide
+        longer = serve(open_fresh(train_sims), b, seed=seed, epochs=tries + 1, frames=frames, variant=variants[0])
+        if any(longer.epoch_keys(e) != longer.epoch_keys(e - 1) for e in range(1, tries + 1)):
+            alike, detail = [], f"{detail}, {chance}; {tries + 1} epochs of a fresh instance are not all alike"
+        else:
+            detail = f"{tries + 1} epochs of a fresh instance, each in the order of the one before"
+    rows.append(EverydayRow(name, 'epochs in different orders', not alike, detail))
     again = serve(open_fresh(train_sims), b, seed=seed, epochs=epochs, frames=frames, variant=variants[0])
     difference = _first_difference(served, again)
     rows.append(EverydayRow(name, 'same seed, same batches', difference is None,
                             f"a fresh instance, seed {seed}, {epochs} epochs: " +
                             (f"{served.n_batches} batches bitwise identical" if difference is None else difference)))
-    other = serve(pipeline, b, seed=seed + 1, epochs=1, frames=frames, variant=variants[0])
-    differs = other.epoch_keys(0) != served.epoch_keys(0)
-    rows.append(EverydayRow(name, 'other seed, other order', differs, f"seeds {seed} and {seed + 1}, epoch 0: "
-                            f"{'different' if differs else 'IDENTICAL'} orders"))
+    for other_seed in range(seed + 1, seed + 1 + max(tries, 1)):
+        other = serve(pipeline, b, seed=other_seed, epochs=1, frames=frames, variant=variants[0])
+        if differs := other.epoch_keys(0) != served.epoch_keys(0):
+            break
+    if tries == 0:
+        differs, detail = True, f"{n} window(s): one order only"
+    elif differs:
+        detail = f"seeds {seed} and {other_seed}, epoch 0: different orders" + (
+            f" (the seeds between repeat the order of seed {seed}, {chance})"
+            if other_seed > seed + 1 else '')
+    else:
+        detail = f"seeds {seed} and {seed + 1}" + (f" ... {other_seed}" if tries > 1 else '') + ", epoch 0: IDENTICAL orders"
+    rows.append(EverydayRow(name, 'other seed, other order', differs, detail))
     if val_sims:
         val = serve(open_fresh(val_sims), b, seed=seed, epochs=1, frames=frames, variant=variants[0])
         served_train = {k.sim for e in range(epochs) for k in served.epoch_keys(e) if k is not None}
