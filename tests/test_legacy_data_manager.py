@@ -14,6 +14,16 @@ REFUSED = ("refused to load, the file holds objects other than tensors, plain co
            "(WeightsUnpickler error: Unsupported global: GLOBAL {} was not an allowed global by default.")
 
 
+class _Payload:
+    """Pickles as `open(marker, 'w')`: if a load ever runs it, `marker` exists."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
 def test_round_trip(cache_dirs, tiny_sim, tiny_config):
     data = DataManager(cache_dirs['legacy']).load_cache(1)
     tensor = data['tensor_data']['velocity']
@@ -105,12 +115,8 @@ def test_the_format_before_torch_1_6_is_read(tmp_path):
 def test_a_crafted_file_in_the_format_before_torch_1_6_is_refused_unrun(tmp_path):
     marker = tmp_path / 'pwned'
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))
-
     path = tmp_path / 'sim_000000.pt'
-    torch.save({'tensor_data': {}, 'metadata': {'x': Payload()}}, path, _use_new_zipfile_serialization=False)
+    torch.save({'tensor_data': {}, 'metadata': {'x': _Payload(marker)}}, path, _use_new_zipfile_serialization=False)
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
     assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
@@ -160,11 +166,7 @@ def test_a_corrupt_pickle_in_a_zip_file_is_named_so(tmp_path):
 def test_unsafe_payload_not_executed(tmp_path):
     marker = tmp_path / 'pwned'
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))
-
-    torch.save({'tensor_data': {}, 'metadata': Payload()}, tmp_path / 'sim_000000.pt')
+    torch.save({'tensor_data': {}, 'metadata': _Payload(marker)}, tmp_path / 'sim_000000.pt')
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
     assert str(info.value).startswith(f"{tmp_path / 'sim_000000.pt'}: {REFUSED.format('io.open')}")
@@ -174,12 +176,8 @@ def test_unsafe_payload_not_executed(tmp_path):
 def test_unsafe_payload_in_tensor_data_not_executed(tmp_path):
     marker = tmp_path / 'pwned'
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))
-
     path = tmp_path / 'sim_000000.pt'
-    torch.save({'tensor_data': {'velocity': Payload()}, 'metadata': {}}, path)
+    torch.save({'tensor_data': {'velocity': _Payload(marker)}, 'metadata': {}}, path)
     with pytest.raises(CacheError) as info:
         DataManager(tmp_path).load_cache(0)
     assert str(info.value).startswith(f"{path}: {REFUSED.format('io.open')}")
@@ -310,14 +308,10 @@ def test_a_numpy_array_cannot_carry_a_payload(tmp_path):
     """numpy's array reconstruction is admitted, not what its state unpickles to."""
     marker = tmp_path / 'pwned'
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))
-
     class Array:
         def __reduce__(self):
             reconstruct, args, state = np.zeros(2).__reduce__()
-            return (reconstruct, args, (*state[:4], Payload()))
+            return (reconstruct, args, (*state[:4], _Payload(marker)))
 
     path = tmp_path / 'sim_000000.pt'
     torch.save({'tensor_data': {}, 'metadata': {'grid': Array()}}, path)
@@ -332,13 +326,9 @@ def test_a_numpy_scalar_cannot_carry_a_payload(tmp_path):
     """numpy's scalar reconstruction is admitted, not what its arguments unpickle to."""
     marker = tmp_path / 'pwned'
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))
-
     class Scalar:
         def __reduce__(self):
-            return (np.float64(0).__reduce__()[0], (np.dtype('f8'), Payload()))
+            return (np.float64(0).__reduce__()[0], (np.dtype('f8'), _Payload(marker)))
 
     path = tmp_path / 'sim_000000.pt'
     torch.save({'tensor_data': {}, 'metadata': {'dt': Scalar()}}, path)
