@@ -127,7 +127,7 @@ class DataManager:
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             reason = str(err).splitlines()[0][:200] if str(err).strip() else f"cut short or corrupt: {type(err).__name__}"
             raise CacheError(f"{path}: not a readable torch file ({reason})") from None
-        except (IndexError, KeyError, TypeError, LookupError, AssertionError, struct.error) as err:  # torch's unpickler
+        except (LookupError, TypeError, AssertionError, struct.error) as err:  # torch's unpickler, IndexError and KeyError too
             raise CacheError(f"{path}: not a readable torch file (cut short or corrupt: {type(err).__name__}: "
                              f"{str(err)[:200]})") from None
         if isinstance(data, dict) and 'metadata' in data:
