@@ -112,9 +112,15 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         raise CacheError(f"{path}: expected a dict with 'metadata' and one tensor per field, "
                          f"found {sorted(data) if isinstance(data, dict) else type(data).__name__}")
     meta = data['metadata']
-    if not isinstance(meta, dict) or 'fields' not in meta:
-        raise CacheError(f"{path}: metadata lacks ['fields'] (expected the key 'fields', the names of the fields)")
-    for name in meta['fields']:
+    if not isinstance(meta, dict):
+        raise CacheError(f"{path}: metadata is a {type(meta).__name__}, expected a dict")
+    if 'fields' in meta and not (isinstance(meta['fields'], (list, tuple)) and all(isinstance(n, str) for n in meta['fields'])):
+        raise CacheError(f"{path}: metadata 'fields' (={meta['fields']!r}) must list the names of the fields (or be left "
+                         f"out: then every tensor beside 'metadata' is a field)")
+    if not (names := field_names(data)):
+        raise CacheError(f"{path}: no fields (expected at least one tensor beside 'metadata', or metadata 'fields' "
+                         f"listing them; found {sorted(data)})")
+    for name in names:
         if name not in data:
             raise CacheError(f"{path}: field {name!r} listed in metadata is missing (found {sorted(k for k in data if k != 'metadata')})")
         t = data[name]
@@ -124,7 +130,15 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         if problem is None and 'n_frames' in meta and t.shape.get_size('time') != meta['n_frames']:
             problem = f"has {t.shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}"
         if problem:
-            raise CacheError(f"{path}: field {name!r} {problem}")
+            taken = '' if 'fields' in meta else " (taken for a field: the metadata has no key 'fields' to list the fields)"
+            raise CacheError(f"{path}: field {name!r}{taken} {problem}")
+
+
+def field_names(data: Mapping[str, Any]) -> list[str]:
+    """The fields of a cache file, sorted: those its metadata lists under `'fields'` (the harness's writer adds the
+    key), else every tensor beside `'metadata'` (the migration plan's format `{'velocity': Tensor, 'metadata': {...}}`)."""
+    listed = data['metadata'].get('fields')
+    return sorted(listed if listed is not None else (k for k, v in data.items() if k != 'metadata' and isinstance(v, Tensor)))
 
 
 @functools.lru_cache(maxsize=64)

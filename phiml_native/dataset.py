@@ -20,7 +20,7 @@ from phiml.math import Shape
 from harness.config import MEMORY_MODES
 from harness.errors import CacheError
 from harness.pipeline import BatchPlan, WindowKey
-from .data_manager import PhiMLDataManager
+from .data_manager import PhiMLDataManager, field_names
 
 _TORCH = choose_backend(torch.zeros(0))
 # Windows of at least this many bytes are copied by `torch.stack` of views (the copy dwarfs a view's cost); smaller
@@ -79,10 +79,8 @@ class PhiMLDataset:
         for position, sim in enumerate(self.sim_indices):
             slots = {name: array[position] for name, array in self.arrays.items()}
             data = self.data_manager.load_cache(sim, mmap=mapped, allow_any_float=self.cast_float32, out=slots)
-            signature = {name: data[name].shape for name in sorted(data['metadata']['fields'])}
+            signature = {name: data[name].shape for name in field_names(data)}
             if not self.shapes:
-                if not signature:
-                    raise CacheError(f"{first}: no fields listed in its metadata")
                 self.shapes = signature
                 self.maps = {name: [] for name in signature} if mapped else {}
                 self.arrays = {} if mapped else {name: np.empty((len(self.sim_indices), *shape.sizes), np.float32)

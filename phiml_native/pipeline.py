@@ -11,7 +11,7 @@ from harness import model
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
 from phiml.math import Tensor
 
-from .data_manager import PhiMLDataManager, validate_native
+from .data_manager import PhiMLDataManager, field_names, validate_native
 from .dataset import STACK_BYTES, PhiMLDataset
 from .npz import clear_caches
 
@@ -47,7 +47,7 @@ class NativePipeline(AbstractPipeline):
 
     def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
         data = self.manager.load_cache(sim, allow_any_float=True)
-        return {name: data[name] for name in data['metadata']['fields']}, dict(data['metadata'])
+        return {name: data[name] for name in field_names(data)}, dict(data['metadata'])
 
     def write_fields(self, sim: int, fields: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
         data = {**fields, 'metadata': dict(metadata)}

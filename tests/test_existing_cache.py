@@ -133,15 +133,18 @@ def test_a_float64_cache_is_refused_for_training_unless_cast_and_then_judged_on_
             assert np.array_equal(targets.numpy('batch,vector,time,x,y'), expected)
 
 
-def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys):
-    """--native-cache: the team's own .npz files, written by stock phiml.math.save."""
+@pytest.mark.parametrize('listed', [True, False], ids=['fields-listed', 'plan-format'])
+def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys, listed):
+    """--native-cache: the team's own .npz files, written by stock phiml.math.save, with the metadata key 'fields' or
+    in the migration plan's format without it (`{'velocity': Tensor, 'metadata': {...}}`)."""
     team, native = tmp_path / 'team', tmp_path / 'team-npz'
     written = team_cache(team, {'velocity': (2, 9, 16, 16)})
     native.mkdir()
     for sim, arrays in written.items():
         velocity = math.wrap(np.moveaxis(arrays['velocity'], 0, -1), batch('time'), spatial('x,y'), channel(vector='x,y'))
         meta = torch.load(team / f'sim_{sim:06d}.pt', weights_only=True)['metadata']  # carried over, as it must be
-        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': {**meta, 'fields': ['velocity']}})
+        meta = {**meta, 'fields': ['velocity']} if listed else meta
+        math.save(str(native / f'sim_{sim:06d}.npz'), {'velocity': velocity, 'metadata': meta})
     before = tree_state(team, native)
     code, output = _compare(capsys, '--legacy-cache', team, '--native-cache', native, '--out', tmp_path / 'out', *FAST)
     assert code == 0, output

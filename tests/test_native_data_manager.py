@@ -9,6 +9,7 @@ from phiml import math
 from phiml.math import batch, channel, spatial
 
 from harness.errors import CacheError
+from harness.plan import make_plan
 from phiml_native import npz
 from phiml_native import NativePipeline, PhiMLDataManager, read_phiml_npz
 
@@ -52,6 +53,30 @@ def test_cached_path():
     assert PhiMLDataManager('somewhere').get_cached_path(7).name == 'sim_000007.npz'
 
 
+def _without_fields(meta: dict) -> dict:
+    return {key: value for key, value in meta.items() if key != 'fields'}
+
+
+def test_without_the_fields_key_every_tensor_is_a_field(cache_dirs, tmp_path, tiny_config):
+    """The migration plan's format, `{'velocity': Tensor, 'metadata': {...}}` with no 'fields' key (a team's own files,
+    written here by stock `phiml.math.save`), opens like the harness's files and serves the same batches."""
+    plain = tmp_path / 'plan-format'
+    plain.mkdir()
+    sims = [0, 1]
+    for sim in sims:
+        data = math.load(str(cache_dirs['phiml'] / f'sim_{sim:06d}.npz'))
+        math.save(str(plain / f'sim_{sim:06d}.npz'), {**data, 'metadata': _without_fields(data['metadata'])})
+    ours, theirs = (NativePipeline(folder, tiny_config.data.rollout_steps) for folder in (cache_dirs['phiml'], plain))
+    for pipeline in (ours, theirs):
+        pipeline.open(sims)
+    fields, meta = theirs.read_fields(1)
+    assert list(fields) == ['velocity'] and meta == _without_fields(ours.read_fields(1)[1])
+    plan = make_plan(ours.window_keys(), 3, seed=0, epoch=0)
+    for a, b in zip(ours.load_batches(plan), theirs.load_batches(plan), strict=True):
+        for key in ('initial_state', 'targets'):
+            assert a[key].shape == b[key].shape and torch.equal(a[key].native(a[key].shape), b[key].native(b[key].shape))
+
+
 def _rewrite(cache_dirs, tmp_path, mutate):
     target = tmp_path / 'phiml'
     shutil.copytree(cache_dirs['phiml'], target)
@@ -64,7 +89,15 @@ def _rewrite(cache_dirs, tmp_path, mutate):
 @pytest.mark.parametrize('mutate, words', [
     (lambda d: {'metadata': d['metadata']}, "field 'velocity' listed in metadata is missing"),
     (lambda d: {'velocity': d['velocity']}, "expected a dict with 'metadata'"),
-    (lambda d: {**d, 'metadata': {k: v for k, v in d['metadata'].items() if k != 'fields'}}, "metadata lacks ['fields']"),
+    (lambda d: {**d, 'metadata': [1, 2]}, "metadata is a list, expected a dict"),
+    (lambda d: {**d, 'metadata': {**d['metadata'], 'fields': 'velocity'}},
+     "metadata 'fields' (='velocity') must list the names of the fields (or be left out: then every tensor beside "
+     "'metadata' is a field)"),
+    (lambda d: {**d, 'metadata': {**d['metadata'], 'fields': []}}, "no fields (expected at least one tensor beside "
+                                                                    "'metadata', or metadata 'fields' listing them"),
+    (lambda d: {**d, 'mask': math.zeros(spatial(x=16, y=16)), 'metadata': _without_fields(d['metadata'])},
+     "field 'mask' (taken for a field: the metadata has no key 'fields' to list the fields) has dims (x (spatial), "
+     "y (spatial))"),
     (lambda d: {**d, 'metadata': {**d['metadata'], 'n_frames': 4}}, "has 9 frames, metadata says n_frames=4"),
     (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'time', spatial('time'))}, "has dims"),
     (lambda d: {**d, 'velocity': d['velocity'].time[0]}, "has dims"),
@@ -74,7 +107,8 @@ def _rewrite(cache_dirs, tmp_path, mutate):
     (lambda d: {**d, 'velocity': math.wrap(d['velocity'].numpy('time,x,y,vector').astype(np.float64), d['velocity'].shape)},
      "dtype float64, expected float32 for training (the option data.cast_float32=true casts float16/float64 caches "
      "to float32 when opened)"),
-], ids=['missing-field', 'no-metadata', 'missing-metadata', 'wrong-n-frames', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
+], ids=['missing-field', 'no-metadata', 'metadata-not-a-dict', 'fields-not-a-list', 'fields-empty', 'unlisted-tensor',
+        'wrong-n-frames', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
         'float64'])
 def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
     folder, path = _rewrite(cache_dirs, tmp_path, mutate)
