@@ -210,15 +210,31 @@ def available_scenarios() -> list[str]:
 
 
 def load_config(scenario: str, overrides: Sequence[str] = ()) -> ScenarioConfig:
-    """Loads `harness/configs/<scenario>.yaml`, applies `key=value` overrides and validates the result.
+    """Loads the scenario's YAML file (`scenario_path`), applies `key=value` overrides and validates the result.
 
     Raises:
         ConfigError: unknown scenario, malformed YAML, unknown key, wrong type or a value out of range.
     """
+    return load_config_file(scenario_path(scenario), overrides)
+
+
+def scenario_path(scenario: str) -> Path:
+    """The YAML file of `scenario`: `harness/configs/<scenario>.yaml` for a scenario's name, the file itself for a path
+    ending in `.yaml` or `.yml` (a team's own copy of a scenario: a GO flips its `data.pipeline`, and on a wheel install
+    it lies outside site-packages).
+
+    Raises:
+        ConfigError: unknown scenario, or no such file.
+    """
+    if scenario.endswith(('.yaml', '.yml')):
+        if not Path(scenario).is_file():
+            raise ConfigError(f"config file {scenario!r} not found (expected a YAML file, or a scenario name: one of "
+                              f"{available_scenarios()})")
+        return Path(scenario)
     path = CONFIG_DIR / f'{scenario}.yaml'
     if not path.is_file():
-        raise ConfigError(f"unknown scenario {scenario!r}: expected one of {available_scenarios()}")
-    return load_config_file(path, overrides)
+        raise ConfigError(f"unknown scenario {scenario!r}: expected one of {available_scenarios()} or a .yaml file")
+    return path
 
 
 def quick_overrides(scenario: str) -> list[str]:

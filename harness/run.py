@@ -67,7 +67,8 @@ def prepare_output(out: Path) -> None:
 def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None, *,
                 legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline], progress: bool = True,
                 overrides: Sequence[str] = (), repair: bool = False, legacy_cache: Path | None = None,
-                native_cache: Path | None = None, executor: AbstractExecutor = IN_PROCESS) -> dict:
+                native_cache: Path | None = None, executor: AbstractExecutor = IN_PROCESS, scenario: str | None = None
+                ) -> dict:
     """Runs the whole comparison and writes the report into `out`; returns the summary (as in `summary.json`).
 
     The data flows top to bottom: scenario -> simulation (or a team's existing cache) -> both caches -> plans ->
@@ -85,6 +86,8 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
             migrated into `out/native-cache` (verified bitwise).
         executor: Where simulation, cache builds, migration and batch comparison run (`harness.scale`; default: in
             this process).
+        scenario: As the user named it (a scenario's name or its YAML file), in the report and its flip; default
+            `config.name`.
 
     Raises:
         CacheError: before anything is simulated or written: `cache_dir` holds files the harness did not write (in
@@ -197,7 +200,7 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     ]
     durations['total_s'] = durations.elapsed()
     summary = {
-        'scenario': config.name,
+        'scenario': scenario or config.name,
         'source': source.to_dict() if source else {'simulated': True},
         'verdict': verdict(checks),
         'checks': [c.to_dict() for c in checks],

@@ -43,7 +43,7 @@ def _one_line(err: HarnessError) -> str:
 def test_unknown_scenario():
     with pytest.raises(ConfigError) as info:
         load_config('burgerz')
-    assert _one_line(info.value) == "unknown scenario 'burgerz': expected one of ['burgers', 'burgers1d', 'burgers3d', 'smoke']"
+    assert _one_line(info.value) == "unknown scenario 'burgerz': expected one of ['burgers', 'burgers1d', 'burgers3d', 'smoke'] or a .yaml file"
 
 
 def test_malformed_yaml(tmp_path):

@@ -50,6 +50,18 @@ def test_unknown_scenario():
         load_config('nope')
 
 
+def test_a_yaml_file_of_ones_own_is_a_scenario(tmp_path, monkeypatch):
+    """A team's own copy of a scenario, named by its path (relative to the working folder or absolute)."""
+    from harness.config import CONFIG_DIR
+    (tmp_path / 'ours.yaml').write_text((CONFIG_DIR / 'burgers.yaml').read_text().replace('seed: 42', 'seed: 7'))
+    monkeypatch.chdir(tmp_path)
+    assert load_config('ours.yaml').seed == 7 and load_config(str(tmp_path / 'ours.yaml'), ['seed=8']).seed == 8
+    with pytest.raises(ConfigError) as info:
+        load_config('theirs.yml')
+    assert str(info.value) == ("config file 'theirs.yml' not found (expected a YAML file, or a scenario name: one of "
+                               "['burgers', 'burgers1d', 'burgers3d', 'smoke'])")
+
+
 @pytest.mark.parametrize('override, key, value', [
     ('sim.dt=inf', 'sim.dt', 'inf'),
     ('sim.viscosity=nan', 'sim.viscosity', 'nan'),

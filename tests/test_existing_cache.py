@@ -153,6 +153,26 @@ def test_a_teams_own_native_cache_is_judged_and_left_untouched(tmp_path, capsys,
     assert summary['caches'] == {'legacy': {'folder': str(team), 'read_only': True},
                                  'phiml': {'folder': str(native), 'read_only': True}}
     assert not (tmp_path / 'out' / 'native-cache').exists()
+    # the report's line that reproduces the run names both caches
+    assert summary['provenance']['overrides'] == ['--quick', '--legacy-cache', str(team), '--native-cache', str(native),
+                                                  *FAST]
+
+
+def test_a_config_of_ones_own_is_judged_and_its_flip_names_it(tmp_path, capsys, monkeypatch):
+    """The scenario given as the path of a team's own YAML file: the report names it, and the GO's flip changes it."""
+    from harness.config import CONFIG_DIR
+    team = tmp_path / 'team'
+    team_cache(team, {'velocity': (2, 9, 16, 16)})
+    (tmp_path / 'ours.yaml').write_text((CONFIG_DIR / 'burgers.yaml').read_text())
+    monkeypatch.chdir(tmp_path)
+    code = compare.main(['ours.yaml', '--quick', '--no-progress', '--legacy-cache', 'team', '--out', 'out', *FAST])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['scenario'] == 'ours.yaml'
+    flip = output.splitlines()[-1]
+    assert flip.startswith("to train on the native pipeline by default (ours.yaml line ") and flip.endswith(" ours.yaml")
+    assert "python -m harness.train ours.yaml" in (tmp_path / 'out' / 'index.html').read_text()
 
 
 def test_a_cache_in_the_format_before_torch_1_6_is_migrated_and_judged(tmp_path, capsys):

@@ -116,17 +116,34 @@ def test_the_flip_names_the_installed_config_when_run_from_another_folder(tmp_pa
     """Installed as a wheel, the configs lie in site-packages: the flip names that file, not a path that does not
     exist below the user's working folder."""
     import subprocess
-    from harness.config import CONFIG_DIR
-    from harness.report import flip as flip_module
+    from harness import config
+    from harness.report.flip import default_flip
     installed = tmp_path / 'site packages' / 'harness' / 'configs'
     installed.mkdir(parents=True)
-    (installed / 'smoke.yaml').write_text((CONFIG_DIR / 'smoke.yaml').read_text())
+    (installed / 'smoke.yaml').write_text((config.CONFIG_DIR / 'smoke.yaml').read_text())
     elsewhere = tmp_path / 'work'
     elsewhere.mkdir()
-    monkeypatch.setattr(flip_module, 'CONFIG_DIR', installed)
+    monkeypatch.setattr(config, 'CONFIG_DIR', installed)
     monkeypatch.chdir(elsewhere)
-    flip = flip_module.default_flip('smoke')
+    flip = default_flip('smoke')
     assert flip['file'] == str(installed.resolve() / 'smoke.yaml')
     subprocess.run(flip['command'], shell=True, cwd=elsewhere, check=True)
     assert (installed / 'smoke.yaml').read_text().splitlines()[flip['line'] - 1] == flip['after']
     assert list(elsewhere.iterdir()) == []
+
+
+def test_the_flip_of_a_config_of_ones_own_changes_that_file(tmp_path, monkeypatch):
+    """A team's own copy of a scenario (outside site-packages on a wheel install): the flip names and changes it."""
+    import subprocess
+    from harness.config import CONFIG_DIR, load_config
+    from harness.report.flip import default_flip
+    ours = tmp_path / 'team configs' / 'burgers.yaml'
+    ours.parent.mkdir()
+    ours.write_text((CONFIG_DIR / 'burgers.yaml').read_text())
+    shipped = (CONFIG_DIR / 'burgers.yaml').read_text()
+    monkeypatch.chdir(tmp_path)
+    flip = default_flip('team configs/burgers.yaml')
+    assert flip['file'] == 'team configs/burgers.yaml' and flip['current'] == 'legacy'
+    subprocess.run(flip['command'], shell=True, cwd=tmp_path, check=True)
+    assert load_config('team configs/burgers.yaml').data.pipeline == 'phiml'
+    assert (CONFIG_DIR / 'burgers.yaml').read_text() == shipped and default_flip('nosuch.yaml') is None

@@ -20,7 +20,7 @@ PROG = 'python -m harness.bench'
 
 def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('scenario', help="scenario name (harness/configs/<scenario>.yaml) or the path of a .yaml config of your own")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. data.n_sims=16")
     parser.add_argument('--out', type=Path, help="output folder for bench.json (default: as for harness.compare)")
     parser.add_argument('--repeats', type=int, default=REPEATS, help=f"timed repetitions per figure (median; default {REPEATS})")

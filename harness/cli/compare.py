@@ -24,7 +24,7 @@ PROG = 'python -m harness.compare'
 
 def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('scenario', help="scenario name (harness/configs/<scenario>.yaml) or the path of a .yaml config of your own")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. trainer.epochs=3")
     parser.add_argument('--out', type=Path, help="output folder (default: reports/<scenario>/; with other pipelines "
                         "reports/<scenario>-<legacy name>-vs-<native name>/)")
@@ -70,9 +70,9 @@ def _main(argv: Sequence[str] | None) -> int:
         summary = run_compare(config, out, args.cache_dir, legacy_cls=legacy_cls.configured(config),
                               native_cls=native_cls.configured(config), progress=not args.no_progress,
                               overrides=[*(['--quick'] if args.quick else []), *pipeline_argv(args.legacy, args.native),
-                                         *overrides],
+                                         *existing_argv(args.legacy_cache, args.native_cache), *overrides],
                               repair=args.repair, legacy_cache=args.legacy_cache, native_cache=args.native_cache,
-                              executor=executor)
+                              executor=executor, scenario=args.scenario)
     print(f"verdict: {summary['verdict'].upper()} ({sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} "
           f"checks passed) in {summary['durations']['total_s']:.1f} s")
     for check in summary['checks']:
@@ -80,10 +80,16 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"  {'INCONCLUSIVE' if check['state'] == 'inconclusive' else 'FAILED'} {check['name']}: "
                   f"{check['detail']}")
     print(f"report: {(out / 'index.html').resolve()}")
-    flip = default_flip(config.name) if summary['verdict'] == 'go' else None
+    flip = default_flip(args.scenario) if summary['verdict'] == 'go' else None
     if flip and flip['current'] != 'phiml':
         print(f"to train on the native pipeline by default ({flip['file']} line {flip['line']}): {flip['command']}")
     return verdict_exit_code(summary['verdict'])
+
+
+def existing_argv(legacy_cache: Path | None, native_cache: Path | None) -> list[str]:
+    """The flags that name the team's own caches, as the report's line that reproduces the run repeats them."""
+    return [*(['--legacy-cache', str(legacy_cache)] if legacy_cache else []),
+            *(['--native-cache', str(native_cache)] if native_cache else [])]
 
 
 def channel_overrides(values: Sequence[str]) -> list[str]:

@@ -18,7 +18,7 @@ PROG = 'python -m harness.selftest'
 
 def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('scenario', help="scenario name (harness/configs/<scenario>.yaml) or the path of a .yaml config of your own")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides")
     parser.add_argument('--quick', action='store_true', help="a tiny scenario (seconds)")
     add_pipeline_flags(parser, native="the pipeline being judged; every bug of the catalogue is injected into it")

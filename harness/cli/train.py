@@ -20,7 +20,7 @@ PROG = 'python -m harness.train'
 
 def make_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('scenario', help="scenario name: harness/configs/<scenario>.yaml")
+    parser.add_argument('scenario', help="scenario name (harness/configs/<scenario>.yaml) or the path of a .yaml config of your own")
     parser.add_argument('overrides', nargs='*', metavar='key=value',
                         help="config overrides, e.g. data.pipeline=phiml trainer.epochs=10 trainer.device=cpu")
     parser.add_argument('--out', type=Path, help="output folder (default: runs/<scenario>-<pipeline>/)")

@@ -5,11 +5,13 @@ import re
 import shlex
 from pathlib import Path
 
-from harness.config import CONFIG_DIR
+from harness.config import scenario_path
+from harness.errors import ConfigError
 
 
 def default_flip(scenario: str) -> dict | None:
-    """The one-line change of `harness/configs/<scenario>.yaml` that makes the native pipeline the training default.
+    """The one-line change of the scenario's YAML file (`harness.config.scenario_path`: the shipped one for a name, the
+    file itself for a path) that makes the native pipeline the training default.
 
     Returns:
         `{'file', 'line', 'before', 'after', 'current', 'command'}` (`file` relative to the working folder where it
@@ -17,8 +19,9 @@ def default_flip(scenario: str) -> dict | None:
         `command` is a `sed` that makes exactly that change, run from the working folder), or None when the scenario
         has no YAML file or no `data.pipeline` line.
     """
-    path = CONFIG_DIR / f'{scenario}.yaml'
-    if not path.is_file():
+    try:
+        path = scenario_path(scenario)
+    except ConfigError:
         return None
     section = None
     for number, line in enumerate(path.read_text().splitlines(), 1):
