@@ -137,6 +137,7 @@ class CompareConfig:
     one_time_share: float = 0.05     # cache write / read: slower by at most this share of the compared training passes
     fields: Dict[str, FieldTolerance] = field(default_factory=dict)
     selftest: bool = True            # run the injected-bug catalogue and show it in the report
+    selftest_sims: int = 8           # the self-test judges the first N training sims (more where its bugs need them); 0: all
     parity_seeds: int = 1            # >1: also train from N seeds and report the spread of the final-loss difference
     everyday_epochs: int = 2         # epochs of each pipeline's own loader and trainer that the everyday audit judges
 
@@ -418,6 +419,8 @@ def validate(config: ScenarioConfig) -> None:
     _positive(cmp.max_memory_ratio, 'compare.max_memory_ratio')
     if cmp.timing_extra_s < 0:
         raise ConfigError(f"`compare.timing_extra_s` (={cmp.timing_extra_s}) must be >= 0 (0: no re-measurement)")
+    if cmp.selftest_sims < 0:
+        raise ConfigError(f"`compare.selftest_sims` (={cmp.selftest_sims}) must be >= 0 (0: every training sim)")
     if cmp.everyday_epochs < 2:
         raise ConfigError(f"`compare.everyday_epochs` (={cmp.everyday_epochs}) must be >= 2 (epochs must differ)")
     if cmp.timing_repeats < 1 or cmp.timing_warmup < 0:

@@ -161,3 +161,25 @@ def test_order_bugs_between_batches_not_applicable_when_an_epoch_is_one_batch(ti
                                    "order to get wrong"}
     assert result, result.table()
     assert [r.bug for r in result.rows] == [bug for bug, _, _ in EXPECTED if bug not in result.skipped]
+
+
+@pytest.mark.parametrize('overrides, judged', [
+    (['compare.selftest_sims=0'], [0, 1, 2]),
+    (['compare.selftest_sims=1'], [0, 1]),  # at least three batches: 2 x 7 windows in batches of 4
+    (['compare.selftest_sims=1', 'data.n_sims=5', 'data.batch_size=7'], [0, 1, 2]),  # no partial batch anywhere
+    (['compare.selftest_sims=6', 'data.n_sims=9', 'data.batch_size=14'], [0, 1, 2, 3, 4, 5, 6]),  # 6 x 7 would divide
+])
+def test_the_selftest_judges_the_first_sims_and_enough_of_them(overrides, judged):
+    assert selftest.judged_sims(load_config('burgers', [*TINY, *overrides])) == judged
+
+
+def test_the_selftest_of_a_large_cache_judges_its_first_sims(tiny_sim, cache_dirs):
+    """A team's cache of many sims: the self-test's time must not grow with it; its first sims show the same bugs
+    caught (the next sim serves as its validation sim)."""
+    from harness.report.verdict import selftest_check
+    config = load_config('burgers', [*TINY, 'compare.selftest_sims=1'])
+    result = selftest.run_selftest(config, LegacyPipeline, NativePipeline, tiny_sim, cache_dirs['legacy'],
+                                   cache_dirs['phiml'])
+    assert result, result.table()
+    assert result.sims == '2 of 3' and [r.bug for r in result.rows] == [bug for bug, _, _ in EXPECTED]
+    assert "(judged on the first 2 of 3 training sims, compare.selftest_sims)" in selftest_check(result).detail

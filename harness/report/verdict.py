@@ -175,15 +175,18 @@ def everyday_check(rows) -> Check:
 def selftest_check(result) -> Check:
     bad = [r for r in result.rows if not r.ok]
     n = len(result.rows) - 1
+    scope = f" (judged on the first {result.sims} training sims, compare.selftest_sims)" if result.sims else ''
     if not bad:
-        return Check('harness self-test', True, f"all {n} injected migration bugs caught and diagnosed; clean pipeline passes")
+        return Check('harness self-test', True, f"all {n} injected migration bugs caught and diagnosed; clean pipeline "
+                                                f"passes{scope}")
     clean = result.rows[0]
     if clean.expected_kind == 'none' and not clean.ok:
         return Check('harness self-test', False, f"not possible: the native pipeline under test differs from legacy "
                      f"without an injected bug ({clean.check} failed; diagnosed {clean.kind!r}), so bugs injected into "
                      f"it cannot be told apart; fix that difference first")
     return Check('harness self-test', False, "the harness itself is unreliable here: " +
-                 '; '.join(f"{r.bug}: caught={r.caught}, diagnosed {r.kind!r} (expected {r.expected_kind!r})" for r in bad[:3]))
+                 '; '.join(f"{r.bug}: caught={r.caught}, diagnosed {r.kind!r} (expected {r.expected_kind!r})" for r in bad[:3])
+                 + scope)
 
 
 def physics_check(report) -> Check:

@@ -3,7 +3,7 @@ catches and diagnoses it, and that the clean pipeline passes."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,9 +42,11 @@ class SelftestRow:
 
 @dataclass
 class SelftestResult:
-    """One row per bug injected (the clean pipeline first); `skipped`: bug -> why it cannot occur in this scenario."""
+    """One row per bug injected (the clean pipeline first); `skipped`: bug -> why it cannot occur in this scenario;
+    `sims`: `'K of N'` where the self-test judged K of the N training sims, else empty."""
     rows: list[SelftestRow]
     skipped: dict[str, str] = field(default_factory=dict)
+    sims: str = ''
 
     @property
     def passed(self) -> bool:
@@ -121,18 +123,22 @@ def catalogue() -> dict[str, type[InjectedBug]]:
 def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native_cls: type[AbstractPipeline],
                  simulation=None, legacy_dir: Path | None = None, native_dir: Path | None = None, *,
                  expected: Expected | None = None) -> SelftestResult:
-    """Judges the clean native pipeline and every bug of `catalogue()`, each by its judge family (`JUDGES`).
+    """Judges the clean native pipeline and every bug of `catalogue()`, each by its judge family (`JUDGES`), on the
+    training sims of `judged_sims` (a team's large cache: its first sims, so the self-test's time does not grow with it).
 
     Args:
         legacy_cls: The reference pipeline.
         native_cls: The pipeline being judged; every bug wraps an instance of it.
         simulation: Reused if given, else simulated from `config`.
         legacy_dir, native_dir: Existing caches of `simulation` to reuse; written into a temporary folder if None.
-        expected: The run's windows, plans, frames and tolerances (built from `config` and `simulation` if None);
-            the self-test judges the first epoch.
+        expected: The run's windows, plans, frames and tolerances (built from `config` and `simulation` if None, or
+            where fewer sims are judged); the self-test judges the first epoch.
     """
     simulation = simulation or simulate(config)
-    r = config.data.rollout_steps
+    r, total, judged = config.data.rollout_steps, len(config.train_sims), len(judged_sims(config))
+    if judged < total:  # the validation sims it needs: the next ones
+        data = replace(config.data, n_sims=judged, n_val_sims=min(config.data.n_val_sims, total - judged))
+        config, expected = replace(config, data=data), None
     with tempfile.TemporaryDirectory(prefix='selftest-') as tmp:
         if legacy_dir is None or native_dir is None:
             legacy_dir, native_dir = Path(tmp) / 'legacy', Path(tmp) / 'phiml'
@@ -155,7 +161,19 @@ def run_selftest(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
             found = JUDGES[wrap.judged_by](ctx, native)
             rows.append(SelftestRow(bug, caught=bool(found.failed), check=', '.join(found.failed) or '-',
                                     diagnosis=found.summary, kind=found.kind, expected_kind=wrap.expected_kind))
-    return SelftestResult(rows, skipped)
+    return SelftestResult(rows, skipped, f"{judged} of {total}" if judged < total else '')
+
+
+def judged_sims(config: ScenarioConfig) -> list[int]:
+    """The training sims the self-test judges: the first `compare.selftest_sims` (0: all), more where fewer would
+    leave under three batches, or where the whole epoch ends in a partial batch and theirs would not."""
+    sims, b, per_sim = config.train_sims, config.data.batch_size, config.windows_per_sim
+    if not config.compare.selftest_sims:
+        return sims
+    k = max(config.compare.selftest_sims, -(-(2 * b + 1) // per_sim))
+    while k < len(sims) and len(sims) * per_sim % b and k * per_sim % b == 0:
+        k += 1
+    return sims[:k]
 
 
 def _judge_clean(ctx: SelftestContext) -> SelftestRow:
