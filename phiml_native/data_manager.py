@@ -114,13 +114,15 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
     meta = data['metadata']
     if not isinstance(meta, dict):
         raise CacheError(f"{path}: metadata is a {type(meta).__name__}, expected a dict")
-    if 'fields' in meta and not (isinstance(meta['fields'], (list, tuple)) and all(isinstance(n, str) for n in meta['fields'])):
-        raise CacheError(f"{path}: metadata 'fields' (={meta['fields']!r}) must list the names of the fields (or be left "
-                         f"out: then every tensor beside 'metadata' is a field)")
-    if not (names := field_names(data)):
+    listed = meta.get('fields')
+    names = field_names(data) if listed is None else listed if isinstance(listed, (list, tuple)) else [None]
+    if not names:
         raise CacheError(f"{path}: no fields (expected at least one tensor beside 'metadata', or metadata 'fields' "
                          f"listing them; found {sorted(data)})")
     for name in names:
+        if not isinstance(name, str):
+            raise CacheError(f"{path}: metadata 'fields' (={listed!r}) must list the names of the fields (or be left "
+                             f"out: then every tensor beside 'metadata' is a field)")
         if name not in data:
             raise CacheError(f"{path}: field {name!r} listed in metadata is missing (found {sorted(k for k in data if k != 'metadata')})")
         t = data[name]
