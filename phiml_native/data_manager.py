@@ -132,7 +132,7 @@ def validate_native(path: Path, data: Any, *, allow_any_float: bool = False) -> 
         if problem is None and 'n_frames' in meta and t.shape.get_size('time') != meta['n_frames']:
             problem = f"has {t.shape.get_size('time')} frames, metadata says n_frames={meta['n_frames']}"
         if problem:
-            taken = '' if 'fields' in meta else " (taken for a field: the metadata has no key 'fields' to list the fields)"
+            taken = '' if listed is not None else " (taken for a field: the metadata has no key 'fields' to list the fields)"
             raise CacheError(f"{path}: field {name!r}{taken} {problem}")
 
 
