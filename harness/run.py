@@ -101,9 +101,9 @@ def run_compare(config: ScenarioConfig, out: Path, cache_dir: Path | None = None
     source = None
     if legacy_cache is not None:
         legacy = legacy_cls(Path(legacy_cache), r)
-        prepare_output(out)
-        with durations('read_s'):
+        with durations('read_s'):  # a cache that cannot be judged leaves no output folder behind
             simulation, source, config = read_cache(legacy, _existing_sims(legacy), config)
+        prepare_output(out)
         _seed_everything(config)
         native, caches = _existing_native(legacy, native_cls, native_cache, out, r, bar, executor)
         scratch_root = out

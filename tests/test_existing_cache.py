@@ -241,4 +241,16 @@ def test_unnamed_channels_are_refused_with_the_way_to_name_them(tmp_path, capsys
                                  f"channels: only C=2 (one per spatial dim ['x', 'y']) or C=1 (a scalar field) are named "
                                  f"from the shape; name them with --channels rgb=a,b,... or the config key "
                                  f"data.channels.rgb\n")
-    assert tree_state(team) == before
+    assert tree_state(team) == before and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('make, words', [
+    (lambda team: None, "the legacy cache folder does not exist"),
+    (lambda team: team.mkdir(), "no sim_XXXXXX.pt files (expected the legacy cache to judge)"),
+], ids=['missing', 'empty'])
+def test_a_cache_folder_that_cannot_be_judged_leaves_nothing_behind(tmp_path, capsys, make, words):
+    team = tmp_path / 'team'
+    make(team)
+    code, output = _compare(capsys, '--legacy-cache', team, '--out', tmp_path / 'out')
+    assert (code, output) == (2, f"python -m harness.compare: error: {team}: {words}\n")
+    assert not (tmp_path / 'out').exists()
