@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 from phiml import math
+from numpy.lib import format as npy_format
 from phiml.math import Tensor, batch, channel, spatial
 
 from harness.errors import CacheError
@@ -327,6 +328,72 @@ def test_an_npy_header_that_does_not_parse_refused(tmp_path):
     assert str(info.value).startswith(f"{path}: not a readable .npz file (the .npy header \"{{'descr': '<f8', "
                                       f"'fortran_order': False, 'shape': (), }}")
     assert str(info.value).endswith("[\" does not parse (EOF in multi-line statement))")
+
+
+def _raw_header(text: str, version=(1, 0), pad=64) -> bytes:
+    """A `.npy` header holding `text`, padded with spaces to a multiple of `pad` bytes (numpy pads to 64)."""
+    size = 2 if version == (1, 0) else 4
+    body = text.encode('latin1')
+    body += b' ' * (-(8 + size + len(body) + 1) % pad) + b'\n'
+    return npy_format.magic(*version) + len(body).to_bytes(size, 'little') + body
+
+
+def _numpy_reads(raw: bytes):
+    fp = io.BytesIO(raw)
+    version = npy_format.read_magic(fp)
+    return (npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0)(fp)
+
+
+@pytest.mark.parametrize('header', [
+    {'descr': '<f4', 'fortran_order': False, 'shape': (41, 256, 1)},
+    {'descr': '>f8', 'fortran_order': True, 'shape': (2, 3)},
+    {'descr': '|b1', 'fortran_order': False, 'shape': ()},
+    {'descr': '<U29', 'fortran_order': False, 'shape': (8,)},
+    {'descr': '|O', 'fortran_order': False, 'shape': (0, 5)},
+    {'descr': '<i8', 'fortran_order': False, 'shape': (123456789012,)},
+], ids=['f4', 'big-endian-fortran', 'bool-scalar', 'unicode', 'object-empty', 'huge'])
+def test_headers_numpy_writes_are_taken_without_its_reader(header, monkeypatch):
+    """A header as `numpy.lib.format` writes it gives the values numpy reads from it, without numpy's reader
+    (`ast.literal_eval`, most of a small file's first read)."""
+    npy_format.write_array_header_1_0(written := io.BytesIO(), header)
+    raw = written.getvalue()
+    expected = _numpy_reads(raw)
+    npz.clear_caches()
+    monkeypatch.setattr(npy_format, 'read_array_header_1_0', lambda *args, **kwargs: pytest.fail("numpy's reader ran"))
+    assert npz._npy_header(raw) == expected
+    assert type(expected[2]) is type(npz._npy_header(raw)[2])
+
+
+@pytest.mark.parametrize('raw', [
+    _raw_header("{'shape': (3, 4), 'fortran_order': False, 'descr': '<f4'}"),
+    _raw_header('{"descr": "<f4", "fortran_order": False, "shape": (3, 4)}'),
+    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3,4), }"),
+    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", pad=256),
+    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", version=(2, 0)),
+    _raw_header("{'descr': [('a', '<i4'), ('b', '<f8')], 'fortran_order': False, 'shape': (2,), }"),
+    _raw_header("{'descr': '<M8[ns]', 'fortran_order': False, 'shape': (2,), }"),
+], ids=['key-order', 'double-quotes', 'no-space', 'padded-256', 'version-2', 'structured', 'datetime'])
+def test_headers_numpy_does_not_write_go_to_its_reader(raw, monkeypatch):
+    """Any other header numpy reads (its own layout padded otherwise, other spellings, version 2.0, dtypes with
+    brackets or fields) is parsed by numpy's reader, and gives what it gives."""
+    expected, calls = _numpy_reads(raw), []
+    for name in ('read_array_header_1_0', 'read_array_header_2_0'):
+        original = getattr(npy_format, name)
+        monkeypatch.setattr(npy_format, name, lambda *args, _read=original, **kwargs: calls.append(1) or
+                            _read(*args, **kwargs))
+    npz.clear_caches()
+    assert npz._npy_header(raw) == expected
+    assert calls == [1]
+
+
+def test_a_header_in_numpys_layout_with_values_it_refuses_is_refused():
+    """Recognised by its layout but no dtype numpy knows: numpy's own error, as `np.load` raises it."""
+    raw = _raw_header("{'descr': '<q9', 'fortran_order': False, 'shape': (3, 4), }")
+    with pytest.raises(ValueError, match=r"descr is not a valid dtype descriptor: '<q9'"):
+        _numpy_reads(raw)
+    npz.clear_caches()
+    with pytest.raises(ValueError, match=r"descr is not a valid dtype descriptor: '<q9'"):
+        npz._npy_header(raw)
 
 
 @pytest.mark.parametrize('length, words', [
