@@ -419,6 +419,9 @@ def validate(config: ScenarioConfig) -> None:
     _positive(cmp.max_memory_ratio, 'compare.max_memory_ratio')
     if cmp.timing_extra_s < 0:
         raise ConfigError(f"`compare.timing_extra_s` (={cmp.timing_extra_s}) must be >= 0 (0: no re-measurement)")
+    if cmp.one_time_share < 0:
+        raise ConfigError(f"`compare.one_time_share` (={cmp.one_time_share}) must be >= 0 (0: cache write and read "
+                          f"are judged as every other stage)")
     if cmp.selftest_sims < 0:
         raise ConfigError(f"`compare.selftest_sims` (={cmp.selftest_sims}) must be >= 0 (0: every training sim)")
     if cmp.everyday_epochs < 2:

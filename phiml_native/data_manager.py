@@ -53,14 +53,6 @@ class PhiMLDataManager:
             _date_members_1980(tmp)
         return path
 
-    def cached_bytes(self, sim_indices: list[int]) -> int:
-        """Bytes of the cache files of `sim_indices`, estimated from the first one (the sims of a cache are alike, or
-        refused when opened); 0 where it is missing (it is named when it is read)."""
-        try:
-            return os.stat(os.path.join(self._folder, _file_name(sim_indices[0]))).st_size * len(sim_indices)
-        except OSError:
-            return 0
-
     def load_cache(self, sim_index: int, mmap: bool = False, *, allow_any_float: bool = False,
                    out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Loads one sim's cache without unpickling code, and validates it: fields memory-mapped with `mmap`, read into

@@ -63,13 +63,17 @@ class PhiMLDataset:
         if self.n_frames <= rollout_steps:
             raise CacheError(f"{data_manager.get_cached_path(self.sim_indices[0])}: {self.n_frames} frames per sim, "
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
-        self._sim_order = np.argsort(np.asarray(self.sim_indices, np.int64), kind='stable')
-        self._sorted_sims = np.asarray(self.sim_indices, np.int64)[self._sim_order]
+        self._positions = {sim: position for position, sim in reversed(list(enumerate(self.sim_indices)))}
         self._run = np.arange(1 + rollout_steps)
         self._batch_shapes: dict[tuple[str, int], tuple[Shape, Shape, tuple]] = {}
 
     def _auto_mode(self, budget: float) -> str:
-        cached = self.data_manager.cached_bytes(self.sim_indices)
+        """`'load'` where the cache files (estimated from the first: the sims of a cache are alike, or refused when
+        opened) take at most `budget` of the RAM, else `'map'`."""
+        try:
+            cached = os.stat(self.data_manager.get_cached_path(self.sim_indices[0])).st_size * len(self.sim_indices)
+        except OSError:  # missing: named when it is read
+            cached = 0
         return 'load' if cached <= budget * os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') else 'map'
 
     def _load(self) -> None:
@@ -154,14 +158,13 @@ class PhiMLDataset:
         """
         count = len(keys)
         pairs = np.fromiter(itertools.chain.from_iterable(keys), np.int64, 2 * count).reshape(count, 2)
-        sims, t0 = pairs[:, 0], pairs[:, 1]
-        slots = np.searchsorted(self._sorted_sims, sims).clip(max=len(self._sorted_sims) - 1)
-        unknown = self._sorted_sims[slots] != sims
-        if unknown.any():
-            raise KeyError(f"sim {int(sims[unknown.argmax()])} is not among the dataset's sims {self.sim_indices}")
-        if count and (t0.min() < 0 or t0.max() >= self.windows_per_sim):
+        if count and (pairs[:, 1].min() < 0 or pairs[:, 1].max() >= self.windows_per_sim):
             raise KeyError(f"t0 out of range [0, {self.windows_per_sim}) in {list(keys)}")
-        return self._sim_order[slots] * self.n_frames + t0
+        try:
+            positions = np.fromiter(map(self._positions.__getitem__, pairs[:, 0].tolist()), np.int64, count)
+        except KeyError as err:
+            raise KeyError(f"sim {err.args[0]} is not among the dataset's sims {self.sim_indices}") from None
+        return positions * self.n_frames + pairs[:, 1]
 
     def _gather_rows(self, rows: np.ndarray) -> dict:
         """The batch of the windows starting at the frame rows `rows` (from `rows_of`, so in range): float32 torch

@@ -19,20 +19,21 @@ logger = logging.getLogger(__name__)
 
 
 class NativePipeline(AbstractPipeline):
-    """`.npz` cache -> `PhiMLDataset` -> PhiML batches; `to_phiml` is the identity.
-
-    Args:
-        memory, memory_budget: How the dataset holds the cache (see `PhiMLDataset`).
-    """
+    """`.npz` cache -> `PhiMLDataset` -> PhiML batches; `to_phiml` is the identity. `memory`, `memory_budget`: how the
+    dataset holds the cache (see `PhiMLDataset`)."""
     name = 'phiml'
     file_suffix = '.npz'
-    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32 (see `configured`)
+    memory: ClassVar[str] = 'auto'  # how datasets hold the cache, unless `__init__` is told (see `configured`)
+    memory_budget: ClassVar[float] = 0.5
+    cast_float32: ClassVar[bool] = False  # open float16/float64 caches cast to float32
     gather_method = f"np.take of the windows' frame rows (windows of {STACK_BYTES >> 20} MiB and more: torch.stack)"
 
-    def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str = 'auto', memory_budget: float = 0.5):
+    def __init__(self, cache_dir: Path, rollout_steps: int, *, memory: str | None = None,
+                 memory_budget: float | None = None):
         super().__init__(cache_dir, rollout_steps)
         self.manager = PhiMLDataManager(self.cache_dir)
-        self.memory, self.memory_budget = memory, memory_budget
+        self.memory = self.memory if memory is None else memory
+        self.memory_budget = self.memory_budget if memory_budget is None else memory_budget
         self.dataset: PhiMLDataset | None = None
 
     def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
@@ -93,15 +94,12 @@ class NativePipeline(AbstractPipeline):
 
     @classmethod
     def configured(cls, config) -> type['NativePipeline']:
-        """With `data.memory` / `data.memory_budget`: a subclass whose datasets are loaded or mapped so; with
-        `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
-        options = {'memory': config.data.memory, 'memory_budget': config.data.memory_budget}
-        attributes = {} if options == {'memory': 'auto', 'memory_budget': 0.5} else \
-            {'__init__': functools.partialmethod(cls.__init__, **options)}
-        attributes.update({'cast_float32': True} if config.data.cast_float32 else {})
-        if not attributes:
+        """A subclass holding its datasets as `data.memory` / `data.memory_budget` say, opening float16/float64 caches
+        cast to float32 with `data.cast_float32`; `cls` itself where these are its defaults."""
+        options = {key: getattr(config.data, key) for key in ('memory', 'memory_budget', 'cast_float32')}
+        if all(getattr(cls, key) == value for key, value in options.items()):
             return cls
-        return type(cls.__name__, (cls,), {**attributes, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
 
 
 class PhiMLSyntheticTrainer:

@@ -38,6 +38,7 @@ def test_overrides_applied():
     ('data.batch_size=abc', 'data.batch_size'),
     ('seed=1.5', 'seed'),
     ('novalue', 'key=value'),
+    ('compare.one_time_share=-0.1', '`compare.one_time_share` (=-0.1) must be >= 0'),
 ])
 def test_bad_values_named(override, words):
     with pytest.raises(ConfigError) as info:

@@ -136,6 +136,7 @@ def test_a_one_time_stage_slower_by_a_negligible_share_of_an_epoch_passes():
                            "of 5 paired ratios, 90% interval 0.44-0.47), below 0.9, but the extra 19.00 ms is 0.32% of "
                            "the training it feeds (6.00 s), within compare.one_time_share=0.01: paid once, not per batch")
     assert not speed_check(slower, 'write', training_s=1.0, one_time_share=0.01).passed  # 19 ms > 10 ms
+    assert not speed_check(slower, 'write', training_s=6.0, one_time_share=0).passed  # 0: judged as any other stage
     per_batch = _judged('iterate', [0.016] * 5, [0.035] * 5, 0.9)  # a per-batch stage is never excused
     assert not speed_check(per_batch, 'iterate', training_s=1000.0, one_time_share=0.01).passed
 
@@ -235,8 +236,10 @@ def test_exit_codes_of_the_verdicts():
 @pytest.mark.slow
 def test_an_undecidable_timing_is_inconclusive_exit_3(tmp_path, capsys):
     """One pair of cache writes and three pairs of train steps, with no time to measure more: too few pairs for a 90 %
-    interval, whatever the machine, so those two checks straddle; every other check decides as usual (all pass)."""
+    interval, whatever the machine, so those two checks straddle (`one_time_share=0`: a cache write within a share of
+    the training would pass); every other check decides as usual (all pass)."""
     code = compare.main(['burgers', '--quick', 'trainer.epochs=1', 'compare.selftest=false', 'compare.timing_repeats=1',
+                         'compare.one_time_share=0',
                          'compare.timing_warmup=0', 'compare.timing_extra_s=0', 'compare.min_speedup=0',
                          'compare.min_speedup.write=0.9', 'compare.min_speedup.step=0.9', '--out', str(tmp_path),
                          '--no-progress'])

@@ -106,7 +106,7 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str | Non
 
     A one-time stage (`ONE_TIME_STAGES`) that is slower (a miss or inconclusive) still passes when native's extra time
     is at most `one_time_share` of `training_s`, the training the cache feeds (native train step x steps of the
-    configured epochs): a cost no training run notices.
+    configured epochs): a cost no training run notices. With `one_time_share` 0 it is judged as any other stage.
 
     Raises:
         KeyError: `stage` was not timed.
@@ -124,7 +124,7 @@ def speed_check(timings: Mapping[str, StageTiming], stage: str, title: str | Non
     if j.outcome == PASS:
         return Check(name, True, f"{detail} >= {j.threshold}")
     extra = t.native_s - t.legacy_s
-    if stage in ONE_TIME_STAGES and training_s and extra <= one_time_share * training_s:
+    if stage in ONE_TIME_STAGES and training_s and one_time_share > 0 and extra <= one_time_share * training_s:
         return Check(name, True, f"{detail}, below {j.threshold}, but the extra {extra * 1e3:.2f} ms is "
                      f"{extra / training_s:.2%} of the training it feeds ({training_s:.2f} s), within "
                      f"compare.one_time_share={one_time_share:g}: paid once, not per batch")
