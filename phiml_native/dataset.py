@@ -180,12 +180,10 @@ class PhiMLDataset:
                     windows = torch.stack([source[row:row + run] for row in rows.tolist()]).numpy()
                 else:
                     windows = np.take(table, (rows[:, None] + self._run).ravel(), 0, mode='clip')
-            else:
-                windows, maps = np.empty((count, run, *frame), np.float32), self.maps[name]
-                flat = windows.reshape(count, run, -1)
-                positions, starts = divmod(rows, self.n_frames)
-                for i, position, t0 in zip(range(count), positions.tolist(), starts.tolist()):
-                    flat[i] = maps[position][t0:t0 + run]  # cast to float32 on assignment (`cast_float32`)
+            else:  # mapped: each window copied from its sim's map, cast to float32 (`cast_float32`)
+                maps, (positions, starts) = self.maps[name], divmod(rows, self.n_frames)
+                windows = np.stack([maps[p][t:t + run] for p, t in zip(positions.tolist(), starts.tolist())],
+                                   dtype=np.float32)
             windows = windows.reshape(count, run, *frame)
             initial[name] = Dense(torch.from_numpy(windows[:, 0]), initial_shape.names, initial_shape, _TORCH)
             targets[name] = Dense(torch.from_numpy(windows[:, 1:]), targets_shape.names, targets_shape, _TORCH)

@@ -52,8 +52,8 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
     Args:
         path: `.npz` file.
         mmap: Memory-map the large stored arrays (read-only views into the file) instead of reading them.
-        out: Arrays to read array members into, by member name without `.npy` (e.g. `'root[velocity]:0'`); used
-            where shape and dtype fit (C order, writable); the returned tensor is then backed by it.
+        out: Arrays to read large array members into, by member name without `.npy` (e.g. `'root[velocity]:0'`);
+            used where shape and dtype fit (C order, writable); the returned tensor is then backed by it.
 
     Raises:
         CacheError: the file is missing, not a zip, not in phiml's format, or carries anything but plain data.
@@ -129,7 +129,7 @@ def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
 
 def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> Any:
     """One member as `np.load` keys it: `_Array` for a stored array, an array for a compressed one (inflated by
-    `zipfile`, CRC checked), the bytes of a member that is not an `.npy`; a meta member's value (`_meta_value`)."""
+    `zipfile`, CRC checked), the bytes of a member that is not an `.npy`; a meta member's value."""
     name, size, start = info.filename, info.file_size, 0
     if info.compress_type != zipfile.ZIP_STORED:
         content = archive.read(info)
@@ -151,9 +151,15 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> An
     if length > len(content):
         raise _Refused(f"member {name!r}: its .npy header is longer than {HEAD} bytes or than the member")
     shape, fortran, dtype = _npy_header(content[:length])
-    if key in META:
+    if key in META:  # its `.tolist()`, as phiml.math.load takes it; an object array through the restricted unpickler
         data = content[length:] if complete else _read(fp, start + length, size - length)
-        return _meta_value(name, shape, fortran, dtype, data)
+        if not dtype.hasobject:
+            return np.frombuffer(data, dtype, math.prod(shape)).reshape(shape, order='F' if fortran else 'C').tolist()
+        try:
+            return unpickle_object_array(data)
+        except ValueError as err:
+            raise _Refused(f"refused to unpickle member '{name}': {err}; a cache may hold only tensors and plain "
+                           f"containers (dict, list, str, numbers)") from None
     if dtype.hasobject:
         raise _Refused(f"array member {name!r} holds Python objects, expected numbers")
     if math.prod(shape) * dtype.itemsize != size - length:
@@ -178,18 +184,14 @@ def _encoding(info: zipfile.ZipInfo) -> str:  # an ASCII name is the same bytes 
 
 def _array(fp, chunks: list[bytes], array: _Array, mmap: bool, target: np.ndarray | None) -> np.ndarray:
     """An array member's data: copied from its chunk (small ones), memory-mapped (large ones, with `mmap`), or read
-    with one `readinto`; into `target` where it fits (C order, writable), else into a fresh array."""
+    with one `readinto`, into `target` where it fits (C order, writable), else into a fresh array."""
     order = 'F' if array.fortran else 'C'
-    if mmap and array.chunk < 0:
+    if array.chunk >= 0:
+        return np.ndarray(array.shape, array.dtype, chunks[array.chunk], array.start, order=order).copy(order)
+    if mmap:
         return np.asarray(np.memmap(fp, array.dtype, 'r', array.start, array.shape, order))
     fits = target is not None and target.shape == array.shape and target.dtype == array.dtype and not array.fortran \
         and target.flags.c_contiguous and target.flags.writeable
-    if array.chunk >= 0:
-        data = np.ndarray(array.shape, array.dtype, chunks[array.chunk], array.start, order=order)
-        if not fits:
-            return data.copy(order)
-        np.copyto(target, data)
-        return target
     buffer = target if fits else np.empty(array.shape, array.dtype, order=order)
     fp.seek(array.start)
     if array.nbytes and fp.readinto(memoryview(buffer.T if array.fortran else buffer).cast('B')) != array.nbytes:
@@ -231,18 +233,6 @@ def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
     except tokenize.TokenError as err:  # numpy's second try at a header that is not a Python literal
         text = raw[10 if version == (1, 0) else 12:].decode('latin1').strip()
         raise ValueError(f"the .npy header {text!r} does not parse ({err.args[0]})") from None
-
-
-def _meta_value(name: str, shape: tuple, fortran: bool, dtype: np.dtype, data: bytes) -> Any:
-    """`.tolist()` of a meta member (its header parsed, its `data`) as `phiml.math.load` takes it; an object array
-    through the restricted unpickler."""
-    if not dtype.hasobject:
-        return np.frombuffer(data, dtype, math.prod(shape)).reshape(shape, order='F' if fortran else 'C').tolist()
-    try:
-        return unpickle_object_array(data)
-    except ValueError as err:
-        raise _Refused(f"refused to unpickle member '{name}': {err}; a cache may hold only tensors and plain "
-                       f"containers (dict, list, str, numbers)") from None
 
 
 def _plan(members: dict[str, Any]) -> tuple[tuple, Any, list[int], list | None, list]:
