@@ -10,6 +10,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A suite started as a background job of a non-interactive shell
+    (`make test &`) inherits SIGINT ignored, and so would every command it starts, rightly deaf to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _argv(command: str, tmp_path) -> list[str]:
     if command == 'migrate':
         return [str(tmp_path / 'in'), str(tmp_path / 'out')]
@@ -23,7 +29,7 @@ def _argv(command: str, tmp_path) -> list[str]:
 def test_ctrl_c_is_one_line_and_exit_130(command, delay_s, tmp_path):
     proc = subprocess.Popen([sys.executable, '-m', f'harness.{command}', *_argv(command, tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+                            env={**os.environ, 'PYTHONWARNINGS': 'ignore'}, preexec_fn=_default_sigint)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -58,6 +64,7 @@ def test_ctrl_c_swallowed_by_an_at_fork_callback_still_interrupts():
     """Seen in CI: SIGINT while a DataLoader forked its workers landed in logging's at-fork lock release; Python
     printed 'Exception ignored' and the command ran on to exit code 0."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, '-c', SWALLOWED], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, '-c', SWALLOWED], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_default_sigint)
     assert (proc.returncode, proc.stderr) == (130, "python -m harness.forking: interrupted\n")
     assert time.perf_counter() - started < 25  # interrupted at once, not after the 30 s of work
