@@ -207,7 +207,8 @@ def _read(fp, offset: int, size: int) -> bytes:
 
 
 # The header `numpy.lib.format` writes for a plain dtype: such a header is taken where numpy writes its very bytes again
-_WRITTEN = re.compile(rb"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (False|True), 'shape': \(([\d, ]*)\), \} *\n")
+_WRITTEN = re.compile(rb"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (False|True), "
+                      rb"'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n")
 
 
 @functools.lru_cache(maxsize=256)

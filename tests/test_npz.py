@@ -394,6 +394,9 @@ def test_a_header_in_numpys_layout_with_values_it_refuses_is_refused():
     npz.clear_caches()
     with pytest.raises(ValueError, match=r"descr is not a valid dtype descriptor: '<q9'"):
         npz._npy_header(raw)
+    spaced = _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3 4), }")  # no Python literal
+    with pytest.raises(ValueError, match=r"Cannot parse header"):
+        npz._npy_header(spaced)
 
 
 @pytest.mark.parametrize('length, words', [
