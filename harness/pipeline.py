@@ -152,6 +152,13 @@ class AbstractPipeline(abc.ABC):
         return cls
 
     @classmethod
+    def with_options(cls, **options) -> type['AbstractPipeline']:
+        """A subclass whose class attributes `options` replace; `cls` itself where each already has its value."""
+        if all(getattr(cls, key) == value for key, value in options.items()):
+            return cls
+        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+
+    @classmethod
     def forget_read_caches(cls) -> None:
         """Drops whatever the reader remembers between opens, so the next open is as cold as a new process's."""
 

@@ -45,11 +45,8 @@ class LegacyPipeline(AbstractPipeline):
         """With `data.channels`: a subclass that names those fields' channels (see `validate_legacy`); with
         `data.cast_float32`, one that opens float16/float64 caches cast to float32."""
         channels = {name: tuple(names) for name, names in config.data.channels.items()}
-        options = {'channels': {**cls.channels, **channels}} if channels else {}
-        options.update({'cast_float32': True} if config.data.cast_float32 else {})
-        if not options:
-            return cls
-        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+        return cls.with_options(channels={**cls.channels, **channels},
+                                cast_float32=cls.cast_float32 or config.data.cast_float32)
 
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         data, layout = self.manager.load(sim, allow_any_float=True)

@@ -96,10 +96,7 @@ class NativePipeline(AbstractPipeline):
     def configured(cls, config) -> type['NativePipeline']:
         """A subclass holding its datasets as `data.memory` / `data.memory_budget` say, opening float16/float64 caches
         cast to float32 with `data.cast_float32`; `cls` itself where these are its defaults."""
-        options = {key: getattr(config.data, key) for key in ('memory', 'memory_budget', 'cast_float32')}
-        if all(getattr(cls, key) == value for key, value in options.items()):
-            return cls
-        return type(cls.__name__, (cls,), {**options, '__module__': cls.__module__, '__qualname__': cls.__qualname__})
+        return cls.with_options(**{key: getattr(config.data, key) for key in ('memory', 'memory_budget', 'cast_float32')})
 
 
 class PhiMLSyntheticTrainer:
