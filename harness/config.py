@@ -22,6 +22,7 @@ PHYSICS = ('burgers', 'smoke')
 ADVECTIONS = ('auto', 'semi_lagrangian', 'rusanov')  # `sim.advection` of burgers
 MODEL_KINDS = ('u_net', 'conv_net')
 MEMORY_MODES = ('auto', 'load', 'map')  # how the native dataset holds the cache (data.memory)
+CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to float32 when opened"  # for dtype errors
 TIERS = ('identical', 'equal', 'close')  # how equal batch values must be (see harness.equivalence.diff)
 PIPELINES = ('legacy', 'phiml')  # `data.pipeline`
 DEVICES = ('auto', 'cpu', 'cuda')  # `trainer.device`

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from harness.atomic import atomic_path
+from harness.config import CAST_HINT
 from harness.errors import CacheError
 
 logger = logging.getLogger(__name__)
 HINT_METADATA = ('n_frames', 'spatial_dims', 'field_channels')  # written by our writer; read only to confirm
-CAST_HINT = "the option data.cast_float32=true casts float16/float64 caches to float32 when opened"
 # numpy values as `torch.load(weights_only=True)` may build them: scalars (np.float32(0.01), np.int64(3), np.bool_(True))
 # and arrays of numbers, bools or strings (np.array([64, 64])), each reconstruction as numpy 2 and numpy 1 spell it,
 # `np.ndarray`, `np.dtype` and the dtype classes of bools, numbers and str (not object: object arrays stay refused)

@@ -13,6 +13,7 @@ from phiml import math
 from phiml.math import Tensor
 
 from harness.atomic import atomic_path
+from harness.config import CAST_HINT
 from harness.errors import CacheError
 from .npz import directory_offsets, read_phiml_npz
 
@@ -153,7 +154,5 @@ def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
     if shape.channel and len(set(items)) != shape.channel.volume:
         return f"has vector item names {items or None}, expected {shape.channel.volume} distinct names"
     if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
-        return f"has dtype {dtype}, expected " + ('a float dtype' if allow_any_float else "float32 for training (the "
-                                                  "option data.cast_float32=true casts float16/float64 caches to float32 "
-                                                  "when opened)")
+        return f"has dtype {dtype}, expected " + ('a float dtype' if allow_any_float else f"float32 for training ({CAST_HINT})")
     return None
