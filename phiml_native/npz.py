@@ -325,17 +325,17 @@ def unpickle_object_array(data: bytes) -> Any:
     if not isinstance(array, np.ndarray) or array.dtype != object:
         raise ValueError(f"the pickle holds a {type(array).__name__}, expected an object array")
     try:
-        _check_plain(result := array.tolist())
+        _check_plain([result := array.tolist()])
     except RecursionError:
         raise ValueError("its containers nest too deeply") from None
     return result
 
 
 def _check_plain(node: Any) -> None:
-    """Raises ValueError unless `node` is a plain value or a plain container of such (exact types)."""
+    """Raises ValueError unless the container `node` holds only plain containers and values (exact types)."""
     kind = type(node)
-    if kind is dict or kind is list or kind is tuple:
-        for child in itertools.chain(node.keys(), node.values()) if kind is dict else node:
-            _check_plain(child)
-    elif kind not in _SCALARS:
+    if kind is not dict and kind is not list and kind is not tuple:
         raise ValueError(f"it holds a {kind.__name__}, expected only plain containers and values")
+    for child in [*node.keys(), *node.values()] if kind is dict else node:
+        if type(child) not in _SCALARS:
+            _check_plain(child)
