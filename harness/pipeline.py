@@ -116,9 +116,10 @@ class AbstractPipeline(abc.ABC):
     def cache_file(self, sim: int) -> Path:
         return self.cache_dir / self.file_name(sim)
 
-    @abc.abstractmethod
     def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
         """Reads the cache file of `sim` with this pipeline's own safe reader (any float dtype accepted) and describes it.
+        The default describes the canonical tensors `read_fields` returns; a pipeline that stores another layout (the
+        legacy `[C, T, *spatial]`) describes that.
 
         Returns:
             Field name -> `FieldLayout`, and the file's metadata.
@@ -126,6 +127,10 @@ class AbstractPipeline(abc.ABC):
         Raises:
             CacheError: naming the file: missing, unreadable, unsafe or not this pipeline's layout.
         """
+        fields, metadata = self.read_fields(sim)
+        return {name: FieldLayout(t.shape.names, t.shape.sizes, f"{t.dtype.kind.__name__}{t.dtype.bits}",
+                                  tuple(t.shape.get_item_names('vector') or ()) if 'vector' in t.shape else ())
+                for name, t in fields.items()}, metadata
 
     @abc.abstractmethod
     def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from harness import model
-from harness.pipeline import AbstractPipeline, Batch, BatchPlan, FieldLayout, WindowKey
+from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 from phiml.math import Tensor
 
 from .data_manager import PhiMLDataManager, field_names, validate_native
@@ -39,12 +39,6 @@ class NativePipeline(AbstractPipeline):
     def write_cache(self, sim: int, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
         data = {name: self.manager.field_to_phiml_tensor(field, name) for name, field in fields.items()}
         return self.manager.save_cache(sim, {**data, 'metadata': dict(metadata)})
-
-    def describe_file(self, sim: int) -> tuple[dict[str, FieldLayout], dict]:
-        fields, metadata = self.read_fields(sim)
-        return {name: FieldLayout(t.shape.names, t.shape.sizes, f"{t.dtype.kind.__name__}{t.dtype.bits}",
-                                  tuple(t.shape.get_item_names('vector') or ()) if 'vector' in t.shape else ())
-                for name, t in fields.items()}, metadata
 
     def read_fields(self, sim: int) -> tuple[dict[str, Tensor], dict]:
         data = self.manager.load_cache(sim, allow_any_float=True)
