@@ -42,6 +42,17 @@ def npy_cache(tiny_sim, tmp_path_factory):
 
 # --- the pipeline itself, through the interface ------------------------------------------------------------------
 
+def test_with_options_subclasses_only_where_an_option_changes(tiny_config):
+    assert LegacyPipeline.with_options(cast_float32=False) is LegacyPipeline
+    assert LegacyPipeline.configured(tiny_config) is LegacyPipeline
+    cast = LegacyPipeline.with_options(cast_float32=True, channels={})
+    assert issubclass(cast, LegacyPipeline) and cast is not LegacyPipeline
+    assert (cast.cast_float32, LegacyPipeline.cast_float32) == (True, False)
+    assert (cast.__module__, cast.__qualname__) == ('legacy.pipeline', 'LegacyPipeline')
+    with pytest.raises(AttributeError, match='cast_float23'):  # a misspelt option is not set silently
+        NativePipeline.with_options(cast_float23=True)
+
+
 def test_npy_files_are_plain_numpy(npy_cache, tiny_config):
     assert sorted(p.name for p in npy_cache.iterdir()) == ['manifest.json'] + [f'traj_{s:05d}.npz' for s in
                                                                                tiny_config.all_sims]
