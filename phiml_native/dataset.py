@@ -175,7 +175,7 @@ class PhiMLDataset:
             initial_shape, targets_shape, frame = self._batch_shapes.get((name, count)) or self._shapes_for(name, count)
             if name in self.arrays:
                 table = self.arrays[name].reshape(len(self.sim_indices) * self.n_frames, -1)
-                if table.shape[1] * table.itemsize * run >= STACK_BYTES and table.flags.writeable:
+                if count and table.shape[1] * table.itemsize * run >= STACK_BYTES and table.flags.writeable:
                     source = torch.from_numpy(table)  # on torch's intra-op threads, as legacy's collate copies
                     windows = torch.stack([source[row:row + run] for row in rows.tolist()]).numpy()
                 else:
@@ -183,7 +183,7 @@ class PhiMLDataset:
             else:  # mapped: each window copied from its sim's map, cast to float32 (`cast_float32`)
                 maps, (positions, starts) = self.maps[name], divmod(rows, self.n_frames)
                 windows = np.stack([maps[p][t:t + run] for p, t in zip(positions.tolist(), starts.tolist())],
-                                   dtype=np.float32)
+                                   dtype=np.float32) if count else np.empty((0, run, 1), np.float32)
             windows = windows.reshape(count, run, *frame)
             initial[name] = Dense(torch.from_numpy(windows[:, 0]), initial_shape.names, initial_shape, _TORCH)
             targets[name] = Dense(torch.from_numpy(windows[:, 1:]), targets_shape.names, targets_shape, _TORCH)

@@ -39,6 +39,16 @@ def test_mapped_and_loaded_batches_are_bitwise_identical(cache_dirs, tiny_config
         _assert_identical(a, b)
 
 
+@pytest.mark.parametrize('stack_bytes', [2 ** 20, 0], ids=['take', 'torch.stack'])
+def test_an_empty_batch_is_empty_in_both_modes(cache_dirs, tiny_config, monkeypatch, stack_bytes):
+    """A plan's empty batch (or `gather([])`) is a batch of 0 windows with the dims of any other, loaded or mapped."""
+    monkeypatch.setattr('phiml_native.dataset.STACK_BYTES', stack_bytes)
+    loaded, mapped = (_dataset(cache_dirs, tiny_config, memory=mode) for mode in ('load', 'map'))
+    one, empty = loaded.gather(loaded.window_keys()[:1]), loaded.gather([])
+    _assert_identical(empty, mapped.gather([]))
+    assert [empty[p].shape.sizes for p in empty] == [(0, *one[p].shape.sizes[1:]) for p in one]
+
+
 def test_auto_loads_what_fits_the_budget_and_maps_the_rest(cache_dirs, tiny_config, monkeypatch):
     assert _dataset(cache_dirs, tiny_config).memory == 'load'  # a tiny cache fits half the RAM
     files = [PhiMLDataManager(cache_dirs['phiml']).get_cached_path(s) for s in tiny_config.train_sims]
