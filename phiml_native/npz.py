@@ -206,24 +206,22 @@ def _read(fp, offset: int, size: int) -> bytes:
     return data
 
 
-# The header `numpy.lib.format` writes for a plain dtype: such a header is taken where numpy writes its very bytes again
+# A 1.0 header in the layout `numpy.lib.format` writes, with a plain dtype and a shape that has a comma or is empty:
+# `ast.literal_eval` (numpy's reader) gives exactly the values it shows
+_SIZE = rb"(?:0|[1-9]\d*)"
 _WRITTEN = re.compile(rb"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (False|True), "
-                      rb"'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n")
+                      rb"'shape': \(((?:%s,(?: %s,)*(?: %s)?)?)\), \} *\n" % (_SIZE, _SIZE, _SIZE))
 
 
 @functools.lru_cache(maxsize=256)
 def _npy_header(raw: bytes) -> tuple[tuple, bool, np.dtype]:
-    """`(shape, fortran_order, dtype)` of a `.npy` header (versions 1.0 and 2.0): by numpy's reader, or, for a 1.0
-    header that `numpy.lib.format.write_array_header_1_0` writes byte for byte from the values it shows, those values
-    (numpy's reader parses the header with `ast.literal_eval`, which costs most of a small file's first read)."""
+    """`(shape, fortran_order, dtype)` of a `.npy` header (versions 1.0 and 2.0): read from the pattern where it
+    matches, else by numpy's reader (it parses the header with `ast.literal_eval`, most of a small file's first read)."""
     match = _WRITTEN.fullmatch(raw, 10) if raw[6:8] == bytes((1, 0)) else None
     if match:
-        header = {'descr': match[1].decode(), 'fortran_order': match[2] == b'True',
-                  'shape': tuple(int(size) for size in match[3].split(b',') if size.strip())}
-        npy_format.write_array_header_1_0(written := io.BytesIO(), header)
-        if written.getvalue() == raw:
-            with contextlib.suppress(TypeError):  # a descr numpy does not know: its reader below says so
-                return header['shape'], header['fortran_order'], npy_format.descr_to_dtype(header['descr'])
+        with contextlib.suppress(TypeError):  # a descr numpy does not know: its reader below says so
+            shape = tuple(int(size) for size in match[3].split(b',') if size.strip())
+            return shape, match[2] == b'True', npy_format.descr_to_dtype(match[1].decode())
     fp = io.BytesIO(raw)
     version = npy_format.read_magic(fp)
     if version not in ((1, 0), (2, 0)):

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from phiml import math
 from numpy.lib import format as npy_format
 from phiml.math import Tensor, batch, channel, spatial
@@ -344,6 +345,13 @@ def _numpy_reads(raw: bytes):
     return (npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0)(fp)
 
 
+def _header_or_error(read, raw: bytes):
+    try:
+        return read(raw)
+    except ValueError as err:  # numpy's message may show an object's address
+        return 'ValueError', re.sub(r' at 0x[0-9a-f]+', '', str(err))
+
+
 @pytest.mark.parametrize('header', [
     {'descr': '<f4', 'fortran_order': False, 'shape': (41, 256, 1)},
     {'descr': '>f8', 'fortran_order': True, 'shape': (2, 3)},
@@ -368,22 +376,41 @@ def test_headers_numpy_writes_are_taken_without_its_reader(header, monkeypatch):
     _raw_header("{'shape': (3, 4), 'fortran_order': False, 'descr': '<f4'}"),
     _raw_header('{"descr": "<f4", "fortran_order": False, "shape": (3, 4)}'),
     _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3,4), }"),
-    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", pad=256),
     _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", version=(2, 0)),
     _raw_header("{'descr': [('a', '<i4'), ('b', '<f8')], 'fortran_order': False, 'shape': (2,), }"),
     _raw_header("{'descr': '<M8[ns]', 'fortran_order': False, 'shape': (2,), }"),
-], ids=['key-order', 'double-quotes', 'no-space', 'padded-256', 'version-2', 'structured', 'datetime'])
+    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3), }"),
+    _raw_header("{'descr': '<f4', 'fortran_order': False, 'shape': (03, 4), }"),
+], ids=['key-order', 'double-quotes', 'no-space', 'version-2', 'structured', 'datetime', 'shape-no-tuple',
+        'leading-zero'])
 def test_headers_numpy_does_not_write_go_to_its_reader(raw, monkeypatch):
-    """Any other header numpy reads (its own layout padded otherwise, other spellings, version 2.0, dtypes with
-    brackets or fields) is parsed by numpy's reader, and gives what it gives."""
-    expected, calls = _numpy_reads(raw), []
+    """Any other header (other spellings, version 2.0, dtypes with brackets or fields, a shape numpy would not take for
+    a tuple of ints) is parsed by numpy's reader, and gives what it gives (or raises what it raises)."""
+    expected, calls = _header_or_error(_numpy_reads, raw), []
     for name in ('read_array_header_1_0', 'read_array_header_2_0'):
         original = getattr(npy_format, name)
         monkeypatch.setattr(npy_format, name, lambda *args, _read=original, **kwargs: calls.append(1) or
                             _read(*args, **kwargs))
     npz.clear_caches()
-    assert npz._npy_header(raw) == expected
+    assert _header_or_error(npz._npy_header, raw) == expected
     assert calls == [1]
+
+
+_SIZES = st.sampled_from(['0', '1', '3', '12', '256', '123456789012', '00', '03', '-1', '1_0', ' 4'])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(descr=st.sampled_from(['<f4', '>f8', '|b1', '<U29', '|O', '=i2', 'f4', '<q9', '<M8[ns]', '']),
+       fortran=st.sampled_from(['False', 'True', 'false', '0']),
+       sizes=st.lists(_SIZES, max_size=4), separator=st.sampled_from([', ', ',', ' , ']),
+       trailing=st.sampled_from(['', ',', ', ']), pad=st.sampled_from([16, 64, 256]))
+def test_any_header_reads_as_numpy_reads_it(descr, fortran, sizes, separator, trailing, pad):
+    """Headers around numpy's own layout (other sizes' spellings, separators, trailing commas, padding, dtypes numpy
+    does not know): the values numpy's reader gives, or its error, whether or not the pattern takes the header."""
+    raw = _raw_header(f"{{'descr': '{descr}', 'fortran_order': {fortran}, "
+                      f"'shape': ({separator.join(sizes)}{trailing}), }}", pad=pad)
+    npz.clear_caches()
+    assert _header_or_error(npz._npy_header, raw) == _header_or_error(_numpy_reads, raw)
 
 
 def test_a_header_in_numpys_layout_with_values_it_refuses_is_refused():
