@@ -40,9 +40,9 @@ _NUMPY = choose_backend(np.zeros(0))
 _Array = NamedTuple('_Array', [('name', str), ('chunk', int), ('start', int), ('nbytes', int), ('dtype', np.dtype),
                                ('shape', tuple), ('fortran', bool)])
 # How a file is assembled (`plan`, see `_plan`), the stretches of the file around its large arrays (`chunks`: start,
-# end), and their bytes outside arrays' data and CRCs (`gaps`: chunk, start, end, bytes): a later file of the same size
-# whose gaps hold these bytes is read alike.
-_Layout = NamedTuple('_Layout', [('plan', tuple), ('chunks', tuple), ('gaps', tuple)])
+# end), and their bytes outside small arrays' data and CRCs (`kept`: per chunk, as integers, the mask of those bytes and
+# their values): a later file of the same size whose chunks hold these bytes is read alike.
+_Layout = NamedTuple('_Layout', [('plan', tuple), ('chunks', tuple), ('kept', tuple)])
 _LAYOUTS: dict[int, list[_Layout]] = {}  # file size -> the layouts parsed last
 
 
@@ -63,7 +63,7 @@ def read_phiml_npz(path: str | os.PathLike, mmap: bool = False, out: Mapping[str
             size = os.fstat(fp.fileno()).st_size
             for layout in _LAYOUTS.get(size, ()):
                 chunks = [_read(fp, a, b - a) for a, b in layout.chunks]
-                if all(chunks[i][a:b] == gap for i, a, b, gap in layout.gaps):
+                if all(int.from_bytes(chunk, 'little') & mask == kept for chunk, (mask, kept) in zip(chunks, layout.kept)):
                     break
             else:  # parsed from memory where the file is small: many small reads
                 fp = io.BytesIO(_read(fp, 0, size)) if not mmap and size <= WHOLE else fp
@@ -112,17 +112,15 @@ def _parse(fp, size: int) -> tuple[_Layout, list[bytes]]:
     if any(a > b for a, b in spans):
         raise _Refused("the data of two large array members overlap")
     # not compared with a later file: small arrays' data, and every member's CRC (local header +14, directory +16)
-    holes = sorted([(a.start, a.start + a.nbytes) for a in arrays if a.nbytes <= HEAD] + [
+    holes = [(a.start, a.start + a.nbytes) for a in arrays if a.nbytes <= HEAD] + [
         (offset, offset + 4) for info, entry in zip(archive.infolist(), directory_offsets(archive))
-        for offset in (info.header_offset + 14, entry + 16)])
-    chunks, gaps = [_read(fp, a, b - a) for a, b in spans], []
-    for i, (a, b) in enumerate(spans):
-        cut = a
-        for start, end in (hole for hole in holes if a <= hole[0] < b):
-            gaps.append((i, cut - a, start - a))
-            cut = max(cut, end)
-        gaps.append((i, cut - a, b - a))
-    layout = _Layout(_plan(members), spans, tuple((i, a, b, chunks[i][a:b]) for i, a, b in gaps if a < b))
+        for offset in (info.header_offset + 14, entry + 16)]
+    chunks, masks = [_read(fp, a, b - a) for a, b in spans], [np.full(b - a, 255, np.uint8) for a, b in spans]
+    for start, end in holes:  # (where past its chunk's end, in a large array's data: not compared anyway)
+        i = bisect.bisect_right(starts, start) - 1
+        masks[i][start - starts[i]:end - starts[i]] = 0
+    masks = [int.from_bytes(mask, 'little') for mask in masks]
+    layout = _Layout(_plan(members), spans, tuple((m, int.from_bytes(c, 'little') & m) for m, c in zip(masks, chunks)))
     _LAYOUTS[size] = [layout, *_LAYOUTS.get(size, [])[:3]]
     return layout, chunks
 
