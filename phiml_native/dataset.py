@@ -5,6 +5,7 @@ from its map. Initial states and targets are two views of the gathered array. Av
 index tensor (copies the whole dataset per batch), `math.wrap` per batch (its checks cost more than a small gather)."""
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,6 @@ class PhiMLDataset:
                              f"but `rollout_steps` (={rollout_steps}) needs more than that")
         self._positions = {sim: position for position, sim in reversed(list(enumerate(self.sim_indices)))}
         self._run = np.arange(1 + rollout_steps)
-        self._batch_shapes: dict[tuple[str, int], tuple[Shape, Shape, tuple]] = {}
 
     def _auto_mode(self, budget: float) -> str:
         """`'load'` where the cache files (estimated from the first: the sims of a cache are alike, or refused when
@@ -172,7 +172,7 @@ class PhiMLDataset:
         count, run = len(rows), len(self._run)
         initial, targets = {}, {}
         for name in self.field_names:
-            initial_shape, targets_shape, frame = self._batch_shapes.get((name, count)) or self._shapes_for(name, count)
+            initial_shape, targets_shape, frame = _batch_shapes(self.shapes[name], self.rollout_steps, count)
             if name in self.arrays:
                 table = self.arrays[name].reshape(len(self.sim_indices) * self.n_frames, -1)
                 if count and table.shape[1] * table.itemsize * run >= STACK_BYTES and table.flags.writeable:
@@ -191,13 +191,12 @@ class PhiMLDataset:
         return {'initial_state': initial.popitem()[1] if single else initial,
                 'targets': targets.popitem()[1] if single else targets}
 
-    def _shapes_for(self, name: str, count: int) -> tuple[Shape, Shape, tuple]:
-        """Shapes of the initial states and targets of `count` windows of field `name`; sizes of one frame."""
-        frame, lead = self.shapes[name].without('time'), math.batch(batch=count)
-        shapes = (math.concat_shapes(lead, frame), math.concat_shapes(lead, math.batch(time=self.rollout_steps), frame),
-                  frame.sizes)
-        self._batch_shapes[(name, count)] = shapes
-        return shapes
+
+@functools.lru_cache(maxsize=256)
+def _batch_shapes(shape: Shape, rollout_steps: int, count: int) -> tuple[Shape, Shape, tuple]:
+    """Shapes of the initial states and targets of `count` windows over a field of `shape`; sizes of one frame."""
+    frame, lead = shape.without('time'), math.batch(batch=count)
+    return math.concat_shapes(lead, frame), math.concat_shapes(lead, math.batch(time=rollout_steps), frame), frame.sizes
 
 
 def _prefetched(build, parts: list) -> Iterator[dict]:
