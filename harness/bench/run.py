@@ -61,8 +61,10 @@ from harness.bench.timing import middle_half
 logger = logging.getLogger(__name__)
 MEMORY_AT = ('128x128', '4x sims')
 # timed repetitions per figure: at 128x128 both pipelines copy at the same memory-bound speed, and single repetitions
-# on a shared 2-core VM put native/legacy anywhere in 0.86-1.55 around a median of 1.14; a median of 9 holds steady
-REPEATS = 9
+# on a shared 2-core VM put native/legacy anywhere in 0.86-1.55 around a median of 1.14; a median of 10 holds steady.
+# Always even: the pipelines alternate their order repetition by repetition, and the one that runs second (after the
+# other's code and data filled the CPU caches) is timed differently, so each order must run equally often.
+REPEATS = 10
 SPEED_TARGET = 1.5  # batch loading, native >= 1.5x legacy with 1-D and 32x32 frames (>= 1.0x at every other size)
 FAST_SIZES = ('1d-256', '32x32')
 FLOOR_TARGET = 1.5  # batch loading, native <= 1.5x the floor with 64x64 frames and larger
@@ -85,7 +87,8 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
     Args:
         config: The scenario (its training sims are timed; validation sims are not simulated).
         out: Folder for `bench.json`, created if needed.
-        repeats: Timed repetitions per figure (>= 5 for the published figures; fewer for smoke tests).
+        repeats: Timed repetitions per figure (>= 5 for the published figures; fewer for smoke tests), rounded up to
+            an even number (see `REPEATS`).
         warmup: Untimed repetitions first.
         scaling: Include the scaling sweep (1-D, 32², 64², 128², 32³, 2x and 4x sims).
         memory: Measure peak resident memory (one subprocess per pipeline and size).
@@ -97,7 +100,7 @@ def run_bench(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], native
     Raises:
         HarnessError: a memory worker failed, or `out` cannot be written.
     """
-    started = time.perf_counter()
+    started, repeats = time.perf_counter(), repeats + repeats % 2
     torch.set_num_threads(config.trainer.torch_threads)
     workdir = Path(tempfile.mkdtemp(prefix='harness-bench-'))
     try:
@@ -304,11 +307,12 @@ def _machine(config: ScenarioConfig, argv: list[str] | None, native_cls: type[Ab
 def _method(repeats: int, warmup: int) -> dict:
     return {
         'repeats': repeats, 'warmup': warmup, 'statistic': 'median',
-        'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition',
+        'interleaved': 'legacy and native alternate within each repetition, order reversed every other repetition '
+                       '(an even number of repetitions: each order as often)',
         'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
-                     'each repetition reads legacy, native and np.load of .npy files, in the orders legacy-native-npy '
-                     'and legacy-npy-native by turns (so native and its baseline each follow the legacy read half the '
-                     'time); '
+                     'each repetition reads legacy, native and np.load of .npy files in the order legacy-native-npy, '
+                     'then legacy-npy-native, and takes the mean of each one\'s two reads (so native and its baseline '
+                     'each follow the legacy read once); '
                      'before each read (and each np.load baseline) the previous result is dropped and freed memory is '
                      'handed back to the OS (malloc_trim), so every read gets fresh pages as a new process does; the '
                      'OS page cache stays warm (dropping it needs root and would time the disk)',

@@ -133,6 +133,7 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
         if rep == warmup and rep:  # short epochs scatter most on a shared machine: more repetitions, same time
             per_rep = (time.perf_counter() - started) / warmup
             timed = min(MAX_REPEAT_FACTOR * repeats, max(repeats, math.ceil(min_timed_s / per_rep)))
+            timed += timed % 2  # each order as often (see `harness.bench.run.REPEATS`)
         order = list(pipelines.items()) if rep % 2 == 0 else list(pipelines.items())[::-1]
         samples = {}
         for name, p in order:

@@ -14,6 +14,7 @@ step (for `convert`).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import statistics
@@ -182,8 +183,8 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
 
 def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: list[Path], *, repeats: int, warmup: int
                     ) -> tuple[dict[str, list[float]], bool]:
-    """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, and `np.load` of `npy_files`, all
-    three in each repetition (see `ColdReads`), in the orders of `COLD_READ_ORDERS` by turns.
+    """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, and `np.load` of `npy_files`: each
+    repetition reads all three in every order of `COLD_READ_ORDERS` (see `ColdReads`), and takes each one's mean.
 
     Returns:
         Seconds per timed repetition under `'legacy'`, `'native'` and `'npy'`, and whether every read got fresh memory.
@@ -191,17 +192,19 @@ def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: lis
     cold = ColdReads([type(p) for p in pipelines.values()])
     times = {name: [] for name in ('legacy', 'native', 'npy')}
     for rep in range(warmup + repeats):
-        samples = {name: cold.npy_load(name, npy_files) if name == 'npy' else cold.open(name, pipelines[name], sims)
-                   for name in COLD_READ_ORDERS[rep % len(COLD_READ_ORDERS)]}
+        samples = {name: [] for name in times}
+        for name in itertools.chain(*COLD_READ_ORDERS):
+            samples[name].append(cold.npy_load(name, npy_files) if name == 'npy' else
+                                 cold.open(name, pipelines[name], sims))
         if rep >= warmup:
             for name, seconds in samples.items():
-                times[name].append(seconds)
+                times[name].append(statistics.fmean(seconds))
     return times, cold.fresh_memory
 
 
 # A read right after a legacy open (torch.load and its Python) runs slower than one after a light read: the CPU caches
-# hold torch's code and data. Taking these two orders by turns, the native read and its np.load baseline each follow
-# the legacy read half of the time.
+# hold torch's code and data. In these two orders the native read and its np.load baseline each follow the legacy read
+# once, so that neither gains from an odd number of repetitions.
 COLD_READ_ORDERS = (('legacy', 'native', 'npy'), ('legacy', 'npy', 'native'))
 
 

@@ -23,7 +23,8 @@ def make_parser() -> OneLineParser:
     parser.add_argument('scenario', help="scenario name (harness/configs/<scenario>.yaml) or the path of a .yaml config of your own")
     parser.add_argument('overrides', nargs='*', metavar='key=value', help="config overrides, e.g. data.n_sims=16")
     parser.add_argument('--out', type=Path, help="output folder for bench.json (default: as for harness.compare)")
-    parser.add_argument('--repeats', type=int, default=REPEATS, help=f"timed repetitions per figure (median; default {REPEATS})")
+    parser.add_argument('--repeats', type=int, default=REPEATS, help=f"timed repetitions per figure (median; an odd number is rounded up: "
+                        f"the pipelines' order alternates; default {REPEATS})")
     parser.add_argument('--warmup', type=int, default=1, help="untimed repetitions first (default 1)")
     parser.add_argument('--skip', action='append', default=[], choices=['scaling', 'memory', 'mapped', 'variants'],
                         help="leave out a part (repeatable)")
