@@ -5,6 +5,8 @@ import weakref
 
 import numpy as np
 import pytest
+from phiml import math
+from phiml.math._tensors import Dense
 
 from harness import model
 from harness.config import load_config
@@ -37,6 +39,35 @@ def test_mapped_and_loaded_batches_are_bitwise_identical(cache_dirs, tiny_config
         _assert_identical(a, b)
     for a, b in zip(loaded.iterate_batches(5, seed=2), mapped.iterate_batches(5, seed=2), strict=True):
         _assert_identical(a, b)
+
+
+@pytest.mark.parametrize('first', ['compact', 'float64'])
+def test_sims_stored_compact_or_as_float64_are_served_as_float32_in_both_modes(tmp_path, first):
+    """Files written by stock `phiml.math.save` where a sim is stored compact (constant in time: one frame, expanded
+    when read) or as float64 (`cast_float32`): the same float32 frames as its explicit float32 copy, loaded or mapped,
+    whether it comes first (sizes taken from it) or after another sim."""
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(6, 8, 1)).astype(np.float32)
+    frames[:] = frames[:1] if first == 'compact' else frames
+    dims = (math.batch('time'), math.spatial('x'), math.channel(vector='x'))
+    explicit = math.wrap(frames, *dims)
+    if first == 'compact':  # one frame's array, with the dims in the contract's order (`math.expand` puts time last)
+        stored = Dense(frames[0], ('x', 'vector'), explicit.shape, explicit._backend)
+    else:
+        stored = math.wrap(frames.astype(np.float64), *dims)
+    for sim, tensor in enumerate([stored, explicit, stored]):
+        math.save(str(tmp_path / f'sim_{sim:06d}.npz'), {'velocity': tensor, 'metadata': {'n_frames': 6}})
+    if first == 'compact':
+        assert math.load(str(tmp_path / 'sim_000000.npz'))['velocity']._native.shape == (8, 1)  # stored compact
+    served = {mode: PhiMLDataset(PhiMLDataManager(tmp_path), [0, 1, 2], 2, memory=mode, cast_float32=True)
+              for mode in ('load', 'map')}
+    keys = served['load'].window_keys()
+    batches = {mode: dataset.gather(keys) for mode, dataset in served.items()}
+    _assert_identical(batches['load'], batches['map'])
+    initial = batches['load']['initial_state'].numpy('batch,x,vector')
+    assert initial.dtype == np.float32
+    for row, key in enumerate(keys):
+        assert initial[row].tobytes() == frames[key.t0].tobytes()
 
 
 @pytest.mark.parametrize('stack_bytes', [2 ** 20, 0], ids=['take', 'torch.stack'])
