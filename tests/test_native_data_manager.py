@@ -238,3 +238,14 @@ def test_cast_float32_serves_other_floats_as_float32(cache_dirs, tmp_path, tiny_
 
 
 TINY_CAST = ('sim.resolution=[16,16]', 'sim.n_steps=8', 'data.rollout_steps=2')
+
+
+def test_forgetting_read_caches_leaves_nothing_a_new_process_would_lack(cache_dirs, tiny_config):
+    """After `forget_read_caches` the next open parses, reads headers and checks shapes afresh, as a new process does
+    (the cold reads of the bench depend on it)."""
+    from phiml_native.data_manager import _shape_problem
+    pipeline = NativePipeline(cache_dirs['phiml'], tiny_config.data.rollout_steps)
+    pipeline.open(tiny_config.train_sims)
+    assert npz._LAYOUTS and npz._npy_header.cache_info().currsize and _shape_problem.cache_info().currsize
+    NativePipeline.forget_read_caches()
+    assert not npz._LAYOUTS and npz._npy_header.cache_info().currsize == _shape_problem.cache_info().currsize == 0
