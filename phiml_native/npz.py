@@ -146,8 +146,9 @@ def _member(archive: zipfile.ZipFile, fp, info: zipfile.ZipInfo, key: str) -> An
             raise _Refused(f"member {name!r} is not an .npy array")
         return content if complete else _read(fp, start, size)
     length = 10 + int.from_bytes(content[8:10], 'little') if content[6] == 1 else 12 + int.from_bytes(content[8:12], 'little')
-    if length > len(content):
-        raise _Refused(f"member {name!r}: its .npy header is longer than {HEAD} bytes or than the member")
+    if length > size:
+        raise _Refused(f"member {name!r}: its .npy header ({length} bytes) is longer than the member ({size} bytes)")
+    content = content if length <= len(content) else _read(fp, start, length)  # a header longer than the first read
     shape, fortran, dtype = _npy_header(content[:length])
     if key in META:  # its `.tolist()`, as phiml.math.load takes it; an object array through the restricted unpickler
         data = content[length:] if complete else _read(fp, start + length, size - length)

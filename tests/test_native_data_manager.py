@@ -107,9 +107,16 @@ def _rewrite(cache_dirs, tmp_path, mutate):
     (lambda d: {**d, 'velocity': math.wrap(d['velocity'].numpy('time,x,y,vector').astype(np.float64), d['velocity'].shape)},
      "dtype float64, expected float32 for training (the option data.cast_float32=true casts float16/float64 caches "
      "to float32 when opened)"),
+    (lambda d: {**d, 'note': 'text', 'metadata': {**d['metadata'], 'fields': ['note', 'velocity']}},
+     "field 'note' is a str, expected a PhiML tensor"),
+    (lambda d: {**d, 'velocity': math.rename_dims(d['velocity'], 'x,y', spatial('a,b'))},
+     "field 'velocity' has spatial dims ('a', 'b'), expected ('x', 'y')"),
+    (lambda d: {**d, 'velocity': math.wrap(np.zeros((9, 16, 16, 3), np.float32), batch('time'), spatial('x,y'),
+                                           channel(vector='u,u,w'))},
+     "field 'velocity' has vector item names ('u', 'u', 'w'), expected 3 distinct names"),
 ], ids=['missing-field', 'no-metadata', 'metadata-not-a-dict', 'fields-not-a-list', 'fields-empty', 'unlisted-tensor',
         'wrong-n-frames', 'time-spatial', 'time-missing', 'x-first', 'swapped-items',
-        'float64'])
+        'float64', 'field-not-a-tensor', 'other-spatial-names', 'repeated-item-names'])
 def test_bad_cache_refused(cache_dirs, tmp_path, tiny_config, mutate, words):
     folder, path = _rewrite(cache_dirs, tmp_path, mutate)
     with pytest.raises(CacheError) as info:

@@ -2,8 +2,10 @@
 accepts it returns exactly what `phiml.math.load` returns; anything else is refused with a `CacheError` naming it."""
 import contextlib
 import io
+import pickle
 import re
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -517,3 +519,101 @@ def test_members_whose_data_overlap_refused(tmp_path, moved, words):
         read_phiml_npz(path)
     assert str(info.value) == f"{path}: {words}"
     assert path.read_bytes() == before
+
+
+# --- every refusal names its cause; files crafted from a stock-saved one with zipfile, numpy and pickle -------------
+
+def _stock_members(tmp_path) -> list[tuple[str, bytes]]:
+    """The members (name, stored bytes) of a small file saved by stock `phiml.math.save`, in archive order."""
+    source = tmp_path / 'source.npz'
+    math.save(str(source), {'velocity': _velocity(4, 5), 'metadata': {'dt': 0.01, 'n_frames': 3, 'fields': ['velocity']}})
+    with zipfile.ZipFile(source) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def _zip(path, members) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # zipfile warns of a repeated name
+        with zipfile.ZipFile(path, 'w') as archive:
+            for name, content in members:
+                archive.writestr(name, content)
+    return path.read_bytes()
+
+
+def _replaced(members, name: str, content: bytes):
+    return [(n, content if n == name else c) for n, c in members]
+
+
+def _npy(value, version=(1, 0)) -> bytes:
+    out = io.BytesIO()
+    npy_format.write_array(out, np.asarray(value), version=version, allow_pickle=True)
+    return out.getvalue()
+
+
+def _header_length(member: bytes) -> int:
+    """Bytes of the magic, length field and header of a 1.0 `.npy` member."""
+    return 10 + int.from_bytes(member[8:10], 'little')
+
+
+def _padded_header(member: bytes, length: int) -> bytes:
+    """The 1.0 `.npy` member with its header padded with spaces to `length` bytes (numpy reads any such header)."""
+    text = member[10:_header_length(member)].rstrip(b' \n')
+    return member[:8] + length.to_bytes(2, 'little') + text.ljust(length - 1) + b'\n' + member[_header_length(member):]
+
+
+_VELOCITY, _DT = 'root[velocity]:0.npy', 'root[metadata][dt]:0.npy'
+_NO_LAYOUT_SHAPE = {'tree': {'velocity': None, 'names': {'__layout__': 1, 'obj': ['a', 'b']}}}
+
+
+@pytest.mark.parametrize('craft, words', [
+    (lambda m: m + [('tree', m[0][1])], "member name 'tree' repeats (after dropping '.npy')"),
+    (lambda m: _replaced(m, _VELOCITY, dict(m)[_VELOCITY].replace(b'(3, 4, 5, 2)', b'(3, 4, 5, 3)', 1)),
+     "member 'root[velocity]:0.npy' holds 480 bytes of data, its header announces 720 (truncated or corrupt)"),
+    (lambda m: _replaced(m, _DT, dict(m)[_DT][:40]),
+     "member 'root[metadata][dt]:0.npy': its .npy header (128 bytes) is longer than the member (40 bytes)"),
+    (lambda m: _replaced(m, _DT, _npy(0.01, version=(3, 0))),
+     "not a readable .npz file (.npy format version (3, 0), expected 1.0 or 2.0)"),
+    (lambda m: _replaced(m, 'specs.npy', _npy(np.asarray([{'names': ()}] * 3, dtype=object))),
+     "malformed tensor specs, paths or tree (KeyError: 'type')"),
+    (lambda m: [(n, c) for n, c in m if n != 'root[metadata][n_frames]:0.npy'], "3 tensors but only 2 array members"),
+    (lambda m: _replaced(m, 'tree.npy', dict(m)['tree.npy'][:_header_length(dict(m)['tree.npy'])] + pickle.dumps({'tree': None}, protocol=3)),
+     "refused to unpickle member 'tree.npy': the pickle holds a dict, expected an object array; a cache may hold only "
+     "tensors and plain containers (dict, list, str, numbers)"),
+    (lambda m: _replaced(m, 'tree.npy', _npy(np.asarray(_NO_LAYOUT_SHAPE, dtype=object))),
+     "its members do not assemble into a tree (KeyError: 'stack_dim')"),
+], ids=['repeated-name', 'data-short-of-header', 'member-short-of-header', 'npy-3.0', 'malformed-specs',
+        'member-missing', 'pickle-not-an-array', 'layout-without-shape'])
+def test_each_malformed_file_refused_naming_its_cause(tmp_path, craft, words):
+    path = tmp_path / 'crafted.npz'
+    before = _zip(path, craft(_stock_members(tmp_path)))
+    for mmap in (False, True):
+        npz.clear_caches()
+        with pytest.raises(CacheError) as info:
+            read_phiml_npz(path, mmap=mmap)
+        assert str(info.value) == f"{path}: {words}"
+    assert path.read_bytes() == before
+
+
+def test_a_local_header_that_differs_from_the_directory_refused(tmp_path):
+    """The name in a member's local header must be the directory's (zipfile's own check when it opens a member)."""
+    path = tmp_path / 'renamed.npz'
+    raw = bytearray(_zip(path, _stock_members(tmp_path)))
+    at = raw.index(b'paths.npy')  # the first occurrence: in the local header, not in the directory's entry
+    raw[at:at + 5] = b'PATHS'
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CacheError) as info:
+        read_phiml_npz(path)
+    assert str(info.value) == f"{path}: member 'paths.npy': its local header does not match the zip directory (or it is encrypted)"
+    with pytest.raises(zipfile.BadZipFile, match="File name in directory 'paths.npy' and header b'PATHS.npy' differ"):
+        math.load(str(path))
+
+
+@pytest.mark.parametrize('member', ['specs.npy', _VELOCITY, _DT])
+def test_a_header_longer_than_the_first_read_read_as_stock_reads_it(tmp_path, member):
+    members = _stock_members(tmp_path)
+    path = tmp_path / 'long-header.npz'
+    _zip(path, _replaced(members, member, _padded_header(dict(members)[member], 2 * npz.HEAD + 64)))
+    for mmap in (False, True):
+        npz.clear_caches()
+        for _ in range(2):  # parsed, then read by the layout remembered
+            assert_same_as_stock(read_phiml_npz(path, mmap=mmap), math.load(str(path)))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from harness import model
+from harness.errors import CacheError
 from harness.pipeline import drain
 from harness.plan import make_plan
 from legacy import LegacyPipeline, SyntheticTrainer
@@ -49,6 +50,35 @@ def test_native_batch_is_torch_backed(cache_dirs, tiny_config):
     dataset = create_phiml(tiny_config, [0], cache_dirs['phiml'])
     batch = next(dataset.iterate_batches(2, seed=0))
     assert type(batch['targets'].native('batch,time,x,y,vector')).__module__.startswith('torch')
+
+
+def test_dataset_without_sims_or_full_windows_refused(cache_dirs):
+    manager = PhiMLDataManager(cache_dirs['phiml'])
+    with pytest.raises(CacheError) as info:
+        PhiMLDataset(manager, [], rollout_steps=2)
+    assert str(info.value) == f"{cache_dirs['phiml']}: no sims to open (expected at least one sim index)"
+    with pytest.raises(CacheError) as info:
+        PhiMLDataset(manager, [1], rollout_steps=9)
+    assert str(info.value) == (f"{manager.get_cached_path(1)}: 9 frames per sim, but `rollout_steps` (=9) needs more "
+                               f"than that")
+
+
+def test_native_pipeline_and_trainer_refuse_use_before_they_can_serve(cache_dirs, tiny_config):
+    pipeline = NativePipeline(cache_dirs['phiml'], tiny_config.data.rollout_steps)
+    with pytest.raises(RuntimeError, match=r"^NativePipeline.open\(sims\) must be called before loading batches$"):
+        pipeline.window_keys()
+    pipeline.open([0])
+    net, opt = _net(tiny_config)
+    with pytest.raises(ValueError, match=r"^`batch_size` \(=None\) must be >= 1 to train on a dataset$"):
+        PhiMLSyntheticTrainer(net, opt).train(pipeline.dataset, num_epochs=1)
+
+
+def test_native_writer_refuses_a_field_that_is_no_trajectory(tiny_sim):
+    frame = tiny_sim.sim_fields(0)['velocity'].time[0]
+    with pytest.raises(ValueError) as info:
+        PhiMLDataManager.field_to_phiml_tensor(frame, 'velocity')
+    assert str(info.value) == ("field 'velocity' has dims ('x', 'y', 'vector'); expected a trajectory with only "
+                               "['time', 'x', 'y', 'vector']")
 
 
 def test_unknown_window_refused(cache_dirs, tiny_config):
