@@ -26,9 +26,12 @@ memory-bandwidth floor, and how that scales; writes `bench.json` and prints a ta
   loaded and mapped from a dropped page cache (`harness.bench.variants.bench_variants`): `epoch_s`, `vs_first` (over
   the first variant) and `per_repetition` per variant.
 - `targets`: one row per target of the migration (`name`, `where`, `value`, `limit`, `met`, and `spread`: the first
-  and third quartile of the same ratio per repetition, None for a single measurement). `met` judges `value`, the ratio
-  of the medians; `spread` shows how far single repetitions of this shared machine scatter around it. A cold read row
-  also holds `alternative` (the read over one train step, <= 1 %): it is met when either is.
+  and third quartile of the same ratio per repetition, None for a single measurement). `met` judges `value`: where
+  both sides of the ratio were timed in every repetition, the median of the per-repetition ratios, as compare's
+  verdict judges its stages (a shared host that speeds up or slows down between repetitions moves both sides of one
+  repetition alike, but can put the two medians in different repetitions: `of_medians`, the ratio of the medians, is
+  kept beside it); else the single figure. A cold read row also holds `alternative` (the read over one train step,
+  <= 1 %): it is met when either is.
 
 Exit code: 0 after a run (targets missed are reported, not failed: timings on a shared machine are evidence, not
 assertions), 2 for bad usage or a bad config.
@@ -39,6 +42,7 @@ import inspect
 import json
 import logging
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -151,10 +155,12 @@ def targets(result: dict) -> list[dict]:
     rows = []
 
     def add(name: str, where: str, figures: dict, key: str, limit: float, at_most: bool, alternative=None):
-        value = figures[key]
+        paired = figures.get('per_repetition', {}).get(key, [])  # both sides of a ratio timed in each repetition
+        value = statistics.median(paired) if paired else figures[key]
         met = value <= limit if at_most else value >= limit
-        row = {'name': name, 'where': where, 'value': value, 'limit': limit,
-               'spread': middle_half(figures.get('per_repetition', {}).get(key, []))}
+        row = {'name': name, 'where': where, 'value': value, 'limit': limit, 'spread': middle_half(paired)}
+        if paired:
+            row['of_medians'] = figures[key]
         if alternative is not None:
             row['alternative'] = alternative
             met = met or alternative['value'] <= alternative['limit']
@@ -245,7 +251,8 @@ def format_table(result: dict) -> str:
                       f"{m['memory']['load']['anon_epoch_bytes'] / 1e6:.1f} MB "
                       f"({m['memory']['load']['anon_epoch_bytes'] / m['cached_bytes']:.3g}x the cache files)"]
     lines += variant_lines(result)
-    lines += ['', 'targets (spread: the middle half of the same ratio taken repetition by repetition):']
+    lines += ['', 'targets (the median of the ratio taken repetition by repetition, where both sides are timed in each; '
+                  'spread: its middle half; of medians: the ratio of the two medians):']
     lines += [f"  {'met ' if t['met'] else 'MISS'} {t['name']} [{t['where']}]: {t['value']:.3g} "
               f"({'<=' if 'speedup' not in t['name'] else '>='} {t['limit']:g})" + _alternative(t) + _spread(t)
               for t in result['targets']]
@@ -282,8 +289,9 @@ def _spread_of(values: list[float]) -> str:
 
 
 def _spread(target: dict) -> str:
-    spread = target.get('spread')
-    return f"; spread {spread[0]:.3g}-{spread[1]:.3g}" if spread else ''
+    spread, of_medians = target.get('spread'), target.get('of_medians')
+    return (f"; spread {spread[0]:.3g}-{spread[1]:.3g}" if spread else '') + \
+        (f"; of medians {of_medians:.3g}" if of_medians is not None else '')
 
 
 def _baseline(stage: str, figures: dict) -> str:
