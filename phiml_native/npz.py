@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from phiml.backend import choose_backend
 from phiml.math._tensors import Dense, assemble_tensors, unserialize_spec  # phiml's own reassembly, as load runs it
-from phiml.math._tree import MISSING_TENSOR, NATIVE_TENSOR, all_attributes, assemble_tree, attr_paths_from_container
+from phiml.math._tree import MISSING_TENSOR, NATIVE_TENSOR, all_attributes, assemble_tree
 
 from harness.errors import CacheError
 
@@ -247,7 +247,7 @@ def _plan(members: dict[str, Any]) -> tuple[tuple, Any, list[int], list | None, 
         keys = [repr(spec) for spec in specs]  # the specs of equal tensors (the metadata's scalars) repeat
         unique = {key: unserialize_spec(spec) for key, spec in dict(zip(keys, specs)).items()}
         tree, specs = tree['tree'], [unique[key] for key in keys]
-        new_paths = attr_paths_from_container(tree, all_attributes, 'root')
+        new_paths = _leaf_paths(tree, 'root')
         lookup = {path: i for i, path in enumerate(paths)}  # stored in another order: by path, as phiml.math.load does
         order = list(range(len(specs))) if tuple(paths) == tuple(new_paths) else [lookup[p] for p in new_paths]
         dense = [(s['names'], s['shape'], tuple(s['shape'].get_size(n) for n in s['names'])) for s in specs] \
@@ -262,6 +262,16 @@ def _plan(members: dict[str, Any]) -> tuple[tuple, Any, list[int], list | None, 
             raise _Refused(f"member {key!r} would become (part of) tensor {label!r}, but is not an .npy array")
     fits = dense and all(value.shape == sizes for (_, value), (_, _, sizes) in zip(tensors, dense))
     return tuple(tensors), tree, order, dense if fits else None, specs
+
+
+def _leaf_paths(node: Any, root: str) -> list[str]:
+    """phiml's `attr_paths_from_container` for the trees this reader admits: plain containers and `'__layout__'` dicts."""
+    if node is None or node == NATIVE_TENSOR:
+        return [root]
+    if type(node) is dict and '__layout__' in node:
+        return _leaf_paths(node['obj'], f'{root}._obj')
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) in (list, tuple) else ()
+    return [path for key, value in items for path in _leaf_paths(value, f'{root}[{key}]')]
 
 
 def _assemble(natives: list[np.ndarray], tree: Any, order: list[int], dense: list | None, specs: list) -> Any:

@@ -617,3 +617,19 @@ def test_a_header_longer_than_the_first_read_read_as_stock_reads_it(tmp_path, me
         npz.clear_caches()
         for _ in range(2):  # parsed, then read by the layout remembered
             assert_same_as_stock(read_phiml_npz(path, mmap=mmap), math.load(str(path)))
+
+
+_LEAVES = st.one_of(st.none(), st.sampled_from(['__native__', '__missing__', 'text', '']), st.integers(), st.floats(),
+                    st.booleans(), st.binary(max_size=3))
+_TREES = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+    st.dictionaries(st.text('ab[]._', max_size=3), inner, max_size=3),
+    inner.map(lambda obj: {'__layout__': 1, 'stack_dim': {}, 'obj': obj})), max_leaves=12)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(_TREES)
+def test_tensor_paths_are_phimls_for_every_tree_the_reader_admits(tree):
+    """The paths of a tree's tensors, which decide which stored tensor each leaf takes, are phiml's own."""
+    from phiml.math._tree import all_attributes, attr_paths_from_container
+    assert npz._leaf_paths(tree, 'root') == attr_paths_from_container(tree, all_attributes, 'root')
