@@ -576,7 +576,8 @@ _NO_LAYOUT_SHAPE = {'tree': {'velocity': None, 'names': {'__layout__': 1, 'obj':
     (lambda m: _replaced(m, 'specs.npy', _npy(np.asarray([{'names': ()}] * 3, dtype=object))),
      "malformed tensor specs, paths or tree (KeyError: 'type')"),
     (lambda m: [(n, c) for n, c in m if n != 'root[metadata][n_frames]:0.npy'], "3 tensors but only 2 array members"),
-    (lambda m: _replaced(m, 'tree.npy', dict(m)['tree.npy'][:_header_length(dict(m)['tree.npy'])] + pickle.dumps({'tree': None}, protocol=3)),
+    (lambda m: _replaced(m, 'tree.npy', dict(m)['tree.npy'][:_header_length(dict(m)['tree.npy'])]
+                         + pickle.dumps({'tree': None}, protocol=3)),
      "refused to unpickle member 'tree.npy': the pickle holds a dict, expected an object array; a cache may hold only "
      "tensors and plain containers (dict, list, str, numbers)"),
     (lambda m: _replaced(m, 'tree.npy', _npy(np.asarray(_NO_LAYOUT_SHAPE, dtype=object))),
