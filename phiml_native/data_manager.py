@@ -1,7 +1,6 @@
 """The PhiML-native cache: one `phiml.math.save` file per simulation, tensors with named dims `time, x, y, vector`."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import zipfile
@@ -136,23 +135,23 @@ def field_names(data: Mapping[str, Any]) -> list[str]:
     return sorted(listed if listed is not None else (k for k, v in data.items() if k != 'metadata' and isinstance(v, Tensor)))
 
 
-@functools.lru_cache(maxsize=64)
 def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
-    """What is wrong with a field of this shape and dtype, in words; None if nothing. Cached: the sims of one cache share
-    their shape, and PhiML's shape queries cost more than reading a small file."""
-    spatial_names = shape.spatial.names
-    expected = ('time', *spatial_names) + (('vector',) if shape.channel else ())
-    if shape.names != expected or not shape.spatial or shape.batch.names != ('time',) \
-            or shape.channel.names not in ((), ('vector',)) or shape.instance or shape.dual:
+    """What is wrong with a field of this shape and dtype, in words; None if nothing. From the shape's names, dim types
+    and sizes only: its queries (`shape.spatial`, ...) build new shapes, slow in a process that has not run them yet."""
+    names, kinds, sizes = shape.names, tuple(shape.dim_types), shape.sizes
+    vector = kinds[-1:] == ('channel',)
+    spatial_names = names[1:len(names) - vector]
+    if names[:1] != ('time',) or not spatial_names or (vector and names[-1] != 'vector') or \
+            kinds != ('batch',) + ('spatial',) * len(spatial_names) + ('channel',) * vector:
         found = ', '.join(f"{d.name} ({getattr(d.dim_type, '__name__', d.dim_type)})" for d in shape)
         return f"has dims ({found}), expected time (batch), spatial dims x[, y[, z]], [vector (channel)] in that order"
     if spatial_names != ('x', 'y', 'z')[:len(spatial_names)]:
         return f"has spatial dims {spatial_names}, expected {('x', 'y', 'z')[:len(spatial_names)]}"
-    items = tuple(shape.channel.item_names[0] or ()) if shape.channel else ()
-    if shape.channel and shape.channel.volume == len(spatial_names) and items != spatial_names:
+    items = tuple(shape.item_names[-1] or ()) if vector else ()
+    if vector and sizes[-1] == len(spatial_names) and items != spatial_names:
         return f"has vector item names {items or None}, expected {spatial_names} (one component per spatial dim)"
-    if shape.channel and len(set(items)) != shape.channel.volume:
-        return f"has vector item names {items or None}, expected {shape.channel.volume} distinct names"
+    if vector and len(set(items)) != sizes[-1]:
+        return f"has vector item names {items or None}, expected {sizes[-1]} distinct names"
     if not (dtype.kind == float if allow_any_float else dtype == math.DType(float, 32)):
         return f"has dtype {dtype}, expected " + ('a float dtype' if allow_any_float else f"float32 for training ({CAST_HINT})")
     return None

@@ -11,7 +11,7 @@ from harness import model
 from harness.pipeline import AbstractPipeline, Batch, BatchPlan, WindowKey
 from phiml.math import Tensor
 
-from .data_manager import PhiMLDataManager, field_names, _shape_problem, validate_native
+from .data_manager import PhiMLDataManager, field_names, validate_native
 from .dataset import STACK_BYTES, PhiMLDataset
 from .npz import clear_caches
 
@@ -52,7 +52,6 @@ class NativePipeline(AbstractPipeline):
     @classmethod
     def forget_read_caches(cls) -> None:
         clear_caches()
-        _shape_problem.cache_clear()  # the contract check of a field's shape, as cold as the reader
 
     def open(self, sims: Sequence[int]) -> None:
         self.dataset = PhiMLDataset(self.manager, sims, self.rollout_steps, memory=self.memory,
