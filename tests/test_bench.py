@@ -21,7 +21,7 @@ from harness.config import load_config
 from harness.bench.bandwidth import Bandwidth, BandwidthProbe, epoch_bytes, floor_seconds, measure_bandwidth
 from harness.bench.memory import measure_peaks
 from harness.bench.scaling import bench_scaling, sized_config
-from harness.bench.stages import ColdReads, time_cold_reads
+from harness.bench.stages import ColdReads, _npz_arrays, npz_figures, npz_members, time_cold_reads
 from harness.bench.timing import StageTiming, middle_half, ratios
 from legacy import LegacyPipeline
 from phiml_native import NativePipeline
@@ -340,6 +340,51 @@ def test_cold_reads_follow_the_legacy_read_equally_often(cache_dirs, tiny_config
     assert len(log) == 3 * 6
     after_legacy = [log[i + 1] for i in range(len(log) - 1) if log[i] == 'legacy']
     assert after_legacy.count("native") == after_legacy.count("npy") == 3
+
+
+def test_reference_read_follows_the_legacy_read_as_the_native_read_does(cache_dirs, tiny_config, tmp_path, monkeypatch):
+    """With the `.npz` reference, the native read, the reference and the np.load baseline each follow the legacy read in
+    half their reads, and the figures pair them repetition by repetition."""
+    log = []
+    for method in ('open', 'npy_load', 'npz_load'):
+        original = getattr(ColdReads, method)
+        monkeypatch.setattr(ColdReads, method, lambda self, key, *args, _f=original: log.append(key) or _f(self, key, *args))
+    pipelines = {'legacy': LegacyPipeline(cache_dirs['legacy'], 2), 'native': NativePipeline(cache_dirs['phiml'], 2)}
+    np.save(npy := tmp_path / 'frames.npy', np.zeros((3, 4), np.float32))
+    members = npz_members(pipelines['native'], tiny_config.train_sims)
+    times, _ = time_cold_reads(pipelines, tiny_config.train_sims, [npy], repeats=2, warmup=0, npz=members)
+    assert {name: len(seconds) for name, seconds in times.items()} == {'legacy': 2, 'native': 2, 'npy': 2, 'npz': 2}
+    assert (log.count('legacy'), log.count('native'), log.count('npz'), log.count('npy')) == (8, 4, 4, 8)
+    after_legacy = [log[i + 1] for i in range(len(log) - 1) if log[i] == 'legacy']
+    assert (after_legacy.count('native'), after_legacy.count('npz'), after_legacy.count('npy')) == (2, 2, 4)
+    figures = npz_figures({'native': [2.0, 3.0], 'npz': [4.0, 4.0], 'npy': [1.0, 2.0]})
+    assert figures == {'npz_load_s': 4.0, 'native_vs_npz_load': 0.625, 'npz_vs_npy_load': 4 / 1.5,
+                       'per_repetition': {'native_vs_npz_load': [0.5, 0.75], 'npz_vs_npy_load': [4.0, 2.0]}}
+    assert npz_figures({'native': [1.0], 'npy': [1.0]}) == {}
+
+
+def test_reference_read_takes_the_field_members_of_stock_files(tmp_path, tiny_sim):
+    """On files `phiml.math.save` wrote (not the harness's writer), the reference reads the field members, as numpy's
+    own reader returns them; a pipeline whose `.npz` files are not in that format gets no reference."""
+    from phiml import math
+    from phiml.math import batch, channel, spatial
+    rng = np.random.default_rng(1)
+    velocity = rng.random((5, 6, 4, 2), np.float32)
+    density = rng.random((5, 6, 4), np.float32)
+    for sim in (0, 2):
+        math.save(str(tmp_path / f'sim_{sim:06d}.npz'), {
+            'velocity': math.wrap(velocity + sim, batch('time'), spatial('x,y'), channel(vector='x,y')),
+            'density': math.wrap(density, batch('time'), spatial('x,y')), 'metadata': {'n_frames': 5}})
+    members = npz_members(NativePipeline(tmp_path, 2), [0, 2])
+    assert members == [(tmp_path / f'sim_{sim:06d}.npz', ['root[density]:0', 'root[velocity]:0']) for sim in (0, 2)]
+    arrays = _npz_arrays(members)
+    for got, expected in zip(arrays, [density, velocity, density, velocity + 2], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    from harness.cache.build import write_cache
+    from tests.npy_pipeline import NpyPipeline
+    other = NpyPipeline(tmp_path / 'npy', 2)
+    write_cache(other, tiny_sim, [0])
+    assert other.cache_file(0).suffix == '.npz' and npz_members(other, [0]) is None
 
 
 @pytest.mark.slow

@@ -225,7 +225,8 @@ def format_table(result: dict) -> str:
         rows = [{'size': e['label'], 'speedup': e['speedup'], 'native/floor': e['native_vs_floor'],
                  'legacy/floor': e['legacy_vs_floor'], 'legacy ms': e['legacy_s'] * 1e3, 'native ms': e['native_s'] * 1e3,
                  'floor ms': e['floor_s'] * 1e3, 'MB/epoch': e['epoch_bytes'] / 1e6,
-                 'read: native/np.load': e['read']['native_vs_npy_load'], 'read speedup': e['read']['speedup'],
+                 'read: native/np.load': e['read']['native_vs_npy_load'],
+                 'read: npz/np.load': e['read'].get('npz_vs_npy_load', float('nan')), 'read speedup': e['read']['speedup'],
                  'step s': e.get('step_s', float('nan')), 'loading share': e.get('loading_share', float('nan'))}
                 for part in ('resolution', 'sims') for e in result['scaling'][part]]
         lines += ['', 'by size: one epoch of batch loading (speedup = legacy / native), and the cold open of all sims:',
@@ -296,7 +297,8 @@ def _spread(target: dict) -> str:
 
 def _baseline(stage: str, figures: dict) -> str:
     if stage == 'read':
-        return f"native {figures['native_vs_npy_load']:.2f}x np.load of .npy"
+        reference = f" (numpy's .npz reader {figures['npz_vs_npy_load']:.2f}x)" if 'npz_vs_npy_load' in figures else ''
+        return f"native {figures['native_vs_npy_load']:.2f}x np.load of .npy" + reference
     if stage == 'iterate':
         return f"native {figures['native_vs_floor']:.2f}x, legacy {figures['legacy_vs_floor']:.2f}x the floor"
     if stage == 'convert':
@@ -319,8 +321,10 @@ def _method(repeats: int, warmup: int) -> dict:
                        '(an even number of repetitions: each order as often)',
         'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
                      'each repetition reads legacy, native and np.load of .npy files in the order legacy-native-npy, '
-                     'then legacy-npy-native, and takes the mean of each one\'s two reads (so native and its baseline '
-                     'each follow the legacy read once); '
+                     'then legacy-npy-native, and takes the mean of each one\'s reads (so native and its baseline '
+                     'each follow the legacy read in half their reads); for phiml.math.save files also numpy\'s own '
+                     '.npz reader of the field members (np.load of each file, then each member), for reference, in the '
+                     'orders legacy-npz-npy and legacy-npy-npz; '
                      'before each read (and each np.load baseline) the previous result is dropped and freed memory is '
                      'handed back to the OS (malloc_trim), so every read gets fresh pages as a new process does; the '
                      'OS page cache stays warm (dropping it needs root and would time the disk)',

@@ -29,7 +29,8 @@ from harness.bench.memory import measure_peaks
 from harness.pipeline import AbstractPipeline, drain
 from harness.plan import make_plan
 from harness.data.simulate import simulate
-from harness.bench.stages import frame_bytes as batch_frame_bytes, network_for, time_cold_reads, write_npy
+from harness.bench.stages import (frame_bytes as batch_frame_bytes, network_for, npz_figures, npz_members,
+                                  time_cold_reads, write_npy)
 from harness.bench.timing import ratios
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def bench_scaling(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], na
         `legacy_s`, `native_s`, `speedup`, `floor_s`, `native_vs_floor`, `legacy_vs_floor` (one epoch of batch
         loading), `bandwidth_bytes_per_s`, `epoch_bytes`, `cached_bytes`, `windows`, `batches`, `adjustments`,
         `read` (cold open of all sims: `legacy_s`, `native_s`, `speedup`, `npy_load_s`, `native_vs_npy_load`,
-        `legacy_vs_npy_load`, `native_vs_step`), `step_s` (one native train step on a full batch, median of
+        `legacy_vs_npy_load`, `native_vs_step`; for `phiml.math.save` files also the reference read by numpy's `.npz`
+        reader, see `harness.bench.stages.npz_figures`), `step_s` (one native train step on a full batch, median of
         `STEP_REPEATS`), `loading_share` (native loading per batch / (that + `step_s`)), and `memory` (per pipeline,
         see `harness.bench.memory.PeakMemory.to_dict`) where measured.
     """
@@ -149,7 +151,8 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
         rep += 1
     # cold reads in a loop of their own: each hands freed memory back to the OS first, and an epoch right after one
     # would pay for faulting in fresh pages for its first batches
-    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
+    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup,
+                                          npz=npz_members(pipelines['native'], sims))
     step_s = time_native_step(pipelines['native'], plan, config)
     frame_bytes = batch_frame_bytes(next(pipelines['native'].batches(plan)))
     moved = epoch_bytes(plan.n_windows, frame_bytes, rollout)
@@ -161,6 +164,9 @@ def _entry(label: str, classes: tuple[type[AbstractPipeline], type[AbstractPipel
             'per_repetition': {'native_vs_npy_load': ratios(reads['native'], reads['npy'])}}
     read.update(speedup=read['legacy_s'] / read['native_s'], native_vs_npy_load=read['native_s'] / read['npy_load_s'],
                 legacy_vs_npy_load=read['legacy_s'] / read['npy_load_s'], native_vs_step=read['native_s'] / step_s)
+    reference = npz_figures(reads)
+    read['per_repetition'].update(reference.pop('per_repetition', {}))
+    read.update(reference)
     per_batch = native_s / len(plan)
     entry = {
         'label': label, 'resolution': list(config.sim.resolution), 'n_sims': len(sims), 'n_frames': config.sim.n_frames,

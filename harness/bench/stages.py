@@ -8,7 +8,8 @@ disk, not the pipeline), `iterate` (one epoch of `load_batches`, each batch let 
 between a loaded batch and the torch tensors the network is called with: `to_phiml` plus the `native()` view that
 `math.native_call` takes; identity plus that view for the native pipeline), `step` (one training step on one batch).
 Repetition `r` runs legacy then native for even `r`, the reverse for odd `r`; warm-up repetitions are dropped; figures
-are medians. Baselines: `np.load` of the same arrays from `.npy` files (for `read`), the memory-bandwidth floor (for
+are medians. Baselines: `np.load` of the same arrays from `.npy` files (for `read`; beside it, for reference, numpy's
+own reader of the native `.npz` files where they are `phiml.math.save` files), the memory-bandwidth floor (for
 `iterate`, see `harness.floor`; the bandwidth is sampled once per repetition, between the timed runs), and the train
 step (for `convert`).
 """
@@ -19,6 +20,7 @@ import logging
 import shutil
 import statistics
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,7 +53,7 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     Returns:
         Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
         against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`, `native_vs_step` (the cold open
-        over one native train step); `iterate` adds `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
+        over one native train step) and, for `phiml.math.save` files, `npz_figures`; `iterate` adds `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
         `bandwidth_bytes_per_s`, `loading_share` (native loading per batch / (that + a native train step));
         `convert` adds per-batch figures and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
     """
@@ -72,7 +74,8 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     timings = {stage: StageTiming(stage) for stage in STAGES}
     # cold reads in a loop of their own: right after a timed cache write, the write-back of its dirty pages slows the
     # next read, and only the pipelines' reads, not the np.load baseline, would come right after one
-    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup)
+    reads, fresh_memory = time_cold_reads(pipelines, sims, npy_files, repeats=repeats, warmup=warmup,
+                                          npz=npz_members(pipelines['native'], sims))
     timings['read'].legacy, timings['read'].native, npy_load = reads['legacy'], reads['native'], reads['npy']
     samples_before = len(probe.samples)
     for rep in range(warmup + repeats):
@@ -101,6 +104,9 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
                           legacy_vs_npy_load=result['read']['legacy_s'] / npy_s, fresh_memory=fresh_memory,
                           per_repetition={'native_vs_npy_load': ratios(timings['read'].native, npy_load),
                                           'speedup': ratios(timings['read'].legacy, timings['read'].native)})
+    reference = npz_figures(reads)
+    result['read']['per_repetition'].update(reference.pop('per_repetition', {}))
+    result['read'].update(reference)
     result['write']['per_repetition'] = {'speedup': ratios(timings['write'].legacy, timings['write'].native)}
     moved = epoch_bytes(plan.n_windows, frame_bytes(first['native']), rollout)
     bandwidth = probe.bandwidth(since=samples_before)
@@ -173,6 +179,22 @@ def write_npy(native: AbstractPipeline, sims, folder: Path) -> list[Path]:
     return files
 
 
+def npz_members(native: AbstractPipeline, sims) -> list[tuple[Path, list[str]]] | None:
+    """Each sim's native cache file and the members holding its field arrays, where the files are `phiml.math.save`
+    files (`root[FIELD]:0.npy`), for the reference read by numpy's own `.npz` reader; None for any other format."""
+    members = []
+    for sim in sims:
+        path, (fields, _) = native.cache_file(sim), native.read_fields(sim)
+        names = [f'root[{name}]:0' for name in sorted(fields)]
+        if path.suffix != '.npz' or not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            if not {f'{name}.npy' for name in names} <= set(archive.namelist()):
+                return None
+        members.append((path, names))
+    return members
+
+
 def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder: Path) -> float:
     fresh = type(pipeline)(folder, pipeline.rollout_steps)
     try:
@@ -181,21 +203,24 @@ def _time_write(pipeline: AbstractPipeline, simulation: Simulation, sims, folder
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: list[Path], *, repeats: int, warmup: int
-                    ) -> tuple[dict[str, list[float]], bool]:
+def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: list[Path], *, repeats: int, warmup: int,
+                    npz: list[tuple[Path, list[str]]] | None = None) -> tuple[dict[str, list[float]], bool]:
     """Times cold opens of `sims` by `pipelines['legacy']` and `pipelines['native']`, and `np.load` of `npy_files`: each
-    repetition reads all three in every order of `COLD_READ_ORDERS` (see `ColdReads`), and takes each one's mean.
+    repetition reads all three in every order of `COLD_READ_ORDERS` (see `ColdReads`), and takes each one's mean. With
+    `npz` (see `npz_members`), also numpy's reader of those members, in the orders of `NPZ_READ_ORDERS` as well.
 
     Returns:
-        Seconds per timed repetition under `'legacy'`, `'native'` and `'npy'`, and whether every read got fresh memory.
+        Seconds per timed repetition under `'legacy'`, `'native'`, `'npy'` (and `'npz'`), and whether every read got
+        fresh memory.
     """
     cold = ColdReads([type(p) for p in pipelines.values()])
-    times = {name: [] for name in ('legacy', 'native', 'npy')}
+    orders = COLD_READ_ORDERS + (NPZ_READ_ORDERS if npz else ())
+    times = {name: [] for name in ('legacy', 'native', 'npy', *(['npz'] if npz else []))}
     for rep in range(warmup + repeats):
         samples = {name: [] for name in times}
-        for name in itertools.chain(*COLD_READ_ORDERS):
-            samples[name].append(cold.npy_load(name, npy_files) if name == 'npy' else
-                                 cold.open(name, pipelines[name], sims))
+        for name in itertools.chain(*orders):
+            samples[name].append(cold.npy_load(name, npy_files) if name == 'npy' else cold.npz_load(name, npz)
+                                 if name == 'npz' else cold.open(name, pipelines[name], sims))
         if rep >= warmup:
             for name, seconds in samples.items():
                 times[name].append(statistics.fmean(seconds))
@@ -206,6 +231,7 @@ def time_cold_reads(pipelines: dict[str, AbstractPipeline], sims, npy_files: lis
 # hold torch's code and data. In these two orders the native read and its np.load baseline each follow the legacy read
 # once, so that neither gains from an odd number of repetitions.
 COLD_READ_ORDERS = (('legacy', 'native', 'npy'), ('legacy', 'npy', 'native'))
+NPZ_READ_ORDERS = (('legacy', 'npz', 'npy'), ('legacy', 'npy', 'npz'))  # the reference read, placed as the native one
 
 
 class ColdReads:
@@ -236,11 +262,39 @@ class ColdReads:
         self._kept[key] = arrays
         return seconds
 
+    def npz_load(self, key: str, members: list[tuple[Path, list[str]]]) -> float:
+        """Seconds numpy's own `.npz` reader takes for `members` (`np.load` of each file, then its listed members; it
+        reads neither the pickled members nor the others)."""
+        arrays = []
+        self._prepare(key)
+        seconds = _timed(lambda: arrays.extend(_npz_arrays(members)))
+        self._kept[key] = arrays
+        return seconds
+
     def _prepare(self, key: str) -> None:
         self._kept.pop(key, None)
         for cls in self._classes:
             cls.forget_read_caches()
         self.fresh_memory &= release_free_memory()
+
+
+def npz_figures(reads: dict[str, list[float]]) -> dict:
+    """The reference read's figures (`time_cold_reads` with `npz`): `npz_load_s`, `native_vs_npz_load`,
+    `npz_vs_npy_load`, and both ratios per repetition; empty without it."""
+    if 'npz' not in reads:
+        return {}
+    native, npz, npy = (statistics.median(reads[name]) for name in ('native', 'npz', 'npy'))
+    return {'npz_load_s': npz, 'native_vs_npz_load': native / npz, 'npz_vs_npy_load': npz / npy,
+            'per_repetition': {'native_vs_npz_load': ratios(reads['native'], reads['npz']),
+                               'npz_vs_npy_load': ratios(reads['npz'], reads['npy'])}}
+
+
+def _npz_arrays(members: list[tuple[Path, list[str]]]) -> list[np.ndarray]:
+    arrays = []
+    for path, names in members:
+        with np.load(path) as archive:
+            arrays += [archive[name] for name in names]
+    return arrays
 
 
 def _timed(f: Callable[[], object]) -> float:
