@@ -321,10 +321,11 @@ def _method(repeats: int, warmup: int) -> dict:
                        '(an even number of repetitions: each order as often)',
         'cold_read': 'a fresh pipeline object opens every training sim, the native reader\'s layout caches cleared; '
                      'each repetition reads legacy, native and np.load of .npy files in the order legacy-native-npy, '
-                     'then legacy-npy-native, and takes the mean of each one\'s reads (so native and its baseline '
-                     'each follow the legacy read in half their reads); for phiml.math.save files also numpy\'s own '
-                     '.npz reader of the field members (np.load of each file, then each member), for reference, in the '
-                     'orders legacy-npz-npy and legacy-npy-npz; '
+                     'then legacy-npy-native, and takes the mean of each one\'s two reads (so native and its baseline '
+                     'each follow the legacy read once); for phiml.math.save files then, for reference, numpy\'s own '
+                     '.npz reader of the field members (np.load of each file, then each member) in the orders '
+                     'legacy-npz-npy and legacy-npy-npz, with legacy and np.load reads of its own (a read right after '
+                     'it is faster: those stay out of the target\'s samples); '
                      'before each read (and each np.load baseline) the previous result is dropped and freed memory is '
                      'handed back to the OS (malloc_trim), so every read gets fresh pages as a new process does; the '
                      'OS page cache stays warm (dropping it needs root and would time the disk)',
