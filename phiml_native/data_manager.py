@@ -136,8 +136,8 @@ def field_names(data: Mapping[str, Any]) -> list[str]:
 
 
 def _shape_problem(shape, dtype, allow_any_float: bool) -> str | None:
-    """What is wrong with a field of this shape and dtype, in words; None if nothing. From the shape's names, dim types
-    and sizes only: its queries (`shape.spatial`, ...) build new shapes, slow in a process that has not run them yet."""
+    """What is wrong with a field of this shape and dtype, in words; None if nothing (from the shape's names, dim types,
+    sizes and item names)."""
     names, kinds, sizes = shape.names, tuple(shape.dim_types), shape.sizes
     vector = kinds[-1:] == ('channel',)
     spatial_names = names[1:len(names) - vector]

@@ -349,7 +349,8 @@ def test_reference_read_follows_the_legacy_read_as_the_native_read_does(cache_di
     log = []
     for method in ('open', 'npy_load', 'npz_load'):
         original = getattr(ColdReads, method)
-        monkeypatch.setattr(ColdReads, method, lambda self, key, *args, _f=original: log.append(key) or _f(self, key, *args))
+        monkeypatch.setattr(ColdReads, method,
+                            lambda self, key, *args, _f=original: log.append(key) or _f(self, key, *args))
     pipelines = {'legacy': LegacyPipeline(cache_dirs['legacy'], 2), 'native': NativePipeline(cache_dirs['phiml'], 2)}
     np.save(npy := tmp_path / 'frames.npy', np.zeros((3, 4), np.float32))
     members = npz_members(pipelines['native'], tiny_config.train_sims)

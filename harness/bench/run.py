@@ -226,7 +226,8 @@ def format_table(result: dict) -> str:
                  'legacy/floor': e['legacy_vs_floor'], 'legacy ms': e['legacy_s'] * 1e3, 'native ms': e['native_s'] * 1e3,
                  'floor ms': e['floor_s'] * 1e3, 'MB/epoch': e['epoch_bytes'] / 1e6,
                  'read: native/np.load': e['read']['native_vs_npy_load'],
-                 'read: npz/np.load': e['read'].get('npz_vs_npy_load', float('nan')), 'read speedup': e['read']['speedup'],
+                 'read: npz/np.load': e['read'].get('npz_vs_npy_load', float('nan')),
+                 'read speedup': e['read']['speedup'],
                  'step s': e.get('step_s', float('nan')), 'loading share': e.get('loading_share', float('nan'))}
                 for part in ('resolution', 'sims') for e in result['scaling'][part]]
         lines += ['', 'by size: one epoch of batch loading (speedup = legacy / native), and the cold open of all sims:',

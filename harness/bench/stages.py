@@ -53,8 +53,8 @@ def bench_stages(config: ScenarioConfig, legacy_cls: type[AbstractPipeline], nat
     Returns:
         Stage name -> `legacy_s`, `native_s`, `speedup` (legacy / native), `repeats`, and per stage what it is judged
         against: `read` adds `npy_load_s`, `native_vs_npy_load`, `legacy_vs_npy_load`, `native_vs_step` (the cold open
-        over one native train step) and, for `phiml.math.save` files, `npz_figures`; `iterate` adds `floor_s`, `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`,
-        `bandwidth_bytes_per_s`, `loading_share` (native loading per batch / (that + a native train step));
+        over one native train step) and, for `phiml.math.save` files, `npz_figures`; `iterate` adds `floor_s`,
+        `native_vs_floor`, `legacy_vs_floor`, `epoch_bytes`, `bandwidth_bytes_per_s`, `loading_share` (native loading per batch / (that + a native train step));
         `convert` adds per-batch figures and `native_vs_step`, `legacy_vs_step`; all add `bytes` and counts.
     """
     sims = config.train_sims
@@ -283,7 +283,8 @@ class ColdReads:
 
 def npz_figures(reads: dict[str, list[float]]) -> dict:
     """The reference read's figures (`time_cold_reads` with `npz`): `npz_load_s`, `native_vs_npz_load`,
-    `npz_vs_npy_load` (against the np.load reads of its own orders), and both ratios per repetition; empty without it."""
+    `npz_vs_npy_load` (against the np.load reads of its own orders), and both ratios per repetition; empty without
+    it."""
     if 'npz' not in reads:
         return {}
     native, npz, npy = (statistics.median(reads[name]) for name in ('native', 'npz', 'ref_npy'))
