@@ -182,10 +182,10 @@ def write_npy(native: AbstractPipeline, sims, folder: Path) -> list[Path]:
 def npz_members(native: AbstractPipeline, sims) -> list[tuple[Path, list[str]]] | None:
     """Each sim's native cache file and the members holding its field arrays, where the files are `phiml.math.save`
     files (`root[FIELD]:0.npy`), for the reference read by numpy's own `.npz` reader; None for any other format."""
-    members = []
+    members, (fields, _) = [], native.read_fields(sims[0])  # one cache holds one set of fields (checked on open)
+    names = [f'root[{name}]:0' for name in sorted(fields)]
     for sim in sims:
-        path, (fields, _) = native.cache_file(sim), native.read_fields(sim)
-        names = [f'root[{name}]:0' for name in sorted(fields)]
+        path = native.cache_file(sim)
         if path.suffix != '.npz' or not zipfile.is_zipfile(path):
             return None
         with zipfile.ZipFile(path) as archive:
